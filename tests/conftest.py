@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests import models
+from tests.hubserver import hub, local_hub, unreachable_endpoint  # noqa: F401  (local Hub fixtures)
 
 
 @pytest.fixture(autouse=True)
