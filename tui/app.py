@@ -1,12 +1,22 @@
-"""The Textual application: a first screen with the machine's hardware summary."""
+"""The Textual application: screens, app-wide state (hardware, Hub reachability) and commands."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from textual import work
-from textual.app import App, ComposeResult
-from textual.widgets import Footer, Header, Static
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.reactive import reactive
+from textual.screen import Screen
 
 from runner.hardware import HardwareInfo
+from tui.services import Services
+from tui.notify import error_message
+
+LIGHT_THEME = "textual-light"
+DARK_THEME = "textual-dark"
 
 
 class FitchatApp(App[None]):
@@ -14,35 +24,101 @@ class FitchatApp(App[None]):
 
     TITLE = "fitchat"
     CSS_PATH = "app.tcss"
-    BINDINGS = [("ctrl+q", "quit", "Quit")]
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("ctrl+t", "toggle_theme", "Theme", show=False),
+    ]
 
-    def __init__(self, hardware: HardwareInfo | None = None) -> None:
+    hardware: reactive[HardwareInfo | None] = reactive(None)
+    hub_online: reactive[bool | None] = reactive(None)
+
+    def __init__(
+        self,
+        services: Services | None = None,
+        *,
+        hardware: HardwareInfo | None = None,
+        theme: str | None = None,
+        check_hub: bool = True,
+    ) -> None:
         super().__init__()
-        self._hardware = hardware
+        self.services = services or Services(hardware=hardware)
+        if hardware is not None and self.services.hardware is None:
+            self.services.hardware = hardware
+        self._check_hub = check_hub
+        #: Sampling settings for new replies (runner.engine.SamplingSettings), set on first use.
+        self.sampling: Any = None
+        if theme:
+            self.theme = theme
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("Detecting hardware…", id="hardware")
-        yield Footer()
+    # ------------------------------------------------------------------ start-up
+
+    def get_default_screen(self) -> Screen[Any]:
+        from tui.screens.home import HomeScreen
+
+        return HomeScreen()
 
     def on_mount(self) -> None:
-        if self._hardware is not None:
-            self.show_hardware(self._hardware)
+        if self.services.hardware is not None:
+            self.hardware = self.services.hardware
         else:
-            self.detect()
+            self.detect_hardware()
+        if self._check_hub:
+            self.check_hub()
 
-    @work(thread=True, exclusive=True)
-    def detect(self) -> None:
-        from runner.hardware import detect_hardware
+    @work(thread=True, exclusive=True, group="hardware", exit_on_error=False)
+    def detect_hardware(self) -> None:
+        """Probe the machine after the first paint (llama.cpp loads here)."""
+        try:
+            hw = self.services.detect_hardware()
+        except Exception as exc:  # noqa: BLE001 - shown, never raised
+            self.call_from_thread(self.report_error, exc)
+            return
+        self.call_from_thread(setattr, self, "hardware", hw)
 
-        hw = detect_hardware()
-        self.call_from_thread(self.show_hardware, hw)
+    @work(thread=True, exclusive=True, group="hub", exit_on_error=False)
+    def check_hub(self) -> None:
+        """Find out whether the Hub answers; the offline banner follows ``hub_online``."""
+        online = self.services.hub_reachable()
+        self.call_from_thread(setattr, self, "hub_online", online)
 
-    def show_hardware(self, hw: HardwareInfo) -> None:
-        from runner.commands.hw import render_summary
+    # ------------------------------------------------------------------ navigation
 
-        self._hardware = hw
-        self.query_one("#hardware", Static).update(render_summary(hw))
+    def open_model(self, *, repo: str | None = None, local: Any = None) -> None:
+        """Show a repo's variants (or one local file) with their fit."""
+        from tui.screens.model import ModelScreen
+
+        self.push_screen(ModelScreen(repo=repo, local=local))
+
+    def open_chat(self, model: Any, conversation_id: int | None = None, context: int | None = None) -> None:
+        """Chat with a local model (optionally resuming a conversation, at a chosen context)."""
+        from tui.screens.chat import ChatScreen
+
+        self.push_screen(ChatScreen(model, conversation_id=conversation_id, context=context))
+
+    def action_go_home(self) -> None:
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        if len(self.screen_stack) == 2:
+            self.pop_screen()
+
+    def action_toggle_theme(self) -> None:
+        self.theme = LIGHT_THEME if self.current_theme.dark else DARK_THEME
+
+    def report_error(self, exc: BaseException) -> None:
+        """Show an error as a notification (never a traceback)."""
+        self.notify(error_message(exc), title="Error", severity="error", timeout=8)
+
+    # ------------------------------------------------------------------ command palette
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Home", "Hardware, models on disk, catalog and search", self.action_go_home)
+        yield SystemCommand("Toggle light/dark theme", "Switch between the light and dark themes", self.action_toggle_theme)
+        for title, help_text, action in getattr(screen, "PALETTE", ()):
+            yield SystemCommand(title, help_text, getattr(screen, f"action_{action}"))
+
+    def on_unmount(self) -> None:
+        self.services.close()
 
 
 def run_app() -> int:

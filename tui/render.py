@@ -1,0 +1,153 @@
+"""Pure text helpers shared by the widgets: memory bars, verdict labels, short figures.
+
+Everything here returns Textual ``Content`` (or plain strings) styled with theme variables
+(``$primary``, ``$success`` …), so the same screen reads well in light and dark themes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.text import Text
+from textual.content import Content
+
+from runner.format import human_bytes
+
+FULL = "█"
+FREE = "░"
+MARGIN = "╱"
+
+#: Verdict -> (theme variable, short label).
+VERDICT_STYLES: dict[str, str] = {
+    "full_gpu": "$success",
+    "partial_gpu": "$warning",
+    "cpu": "$accent",
+    "too_big": "$error",
+}
+
+
+def verdict_label(plan: Any) -> str:
+    """``full GPU``, ``GPU 12/30 layers``, ``CPU`` or ``too big`` for a Plan."""
+    verdict = getattr(plan, "verdict", "")
+    if verdict == "full_gpu":
+        return "full GPU"
+    if verdict == "partial_gpu":
+        return f"GPU {plan.gpu_layers}/{plan.n_layers} layers"
+    if verdict == "cpu":
+        return "CPU"
+    if verdict == "too_big":
+        return "too big"
+    return verdict or "?"
+
+
+def verdict_content(plan: Any) -> Content:
+    """The verdict label in its colour."""
+    return Content.styled(verdict_label(plan), f"bold {VERDICT_STYLES.get(plan.verdict, '$foreground')}")
+
+
+def theme_color(theme: Any, variable: str, fallback: str = "default") -> str:
+    """A theme colour (``$success`` -> ``#4EBF71``) for Rich text, where CSS variables don't reach."""
+    value = getattr(theme, variable.lstrip("$").replace("-", "_"), None)
+    return str(value) if value else fallback
+
+
+def verdict_text(plan: Any, theme: Any) -> Text:
+    """The verdict label in its theme colour, as Rich ``Text`` (for DataTable cells)."""
+    variable = VERDICT_STYLES.get(getattr(plan, "verdict", ""), "$foreground")
+    return Text(verdict_label(plan), style=f"bold {theme_color(theme, variable)}")
+
+
+def muted_text(text: str, theme: Any, variable: str = "$secondary") -> Text:
+    """Rich ``Text`` in a theme colour."""
+    return Text(text, style=theme_color(theme, variable))
+
+
+def short_bytes(n: float) -> str:
+    """``human_bytes`` without the space, for narrow table cells (``1.2GiB``)."""
+    return human_bytes(n).replace(" ", "")
+
+
+def usage_bar(used: int, total: int, width: int, style: str = "$primary") -> Content:
+    """A one-line bar: ``used`` of ``total`` filled, the rest shown as free."""
+    width = max(width, 4)
+    filled = 0 if total <= 0 else round(width * min(max(used, 0), total) / total)
+    if used > 0 and filled == 0:
+        filled = 1
+    return Content.assemble((FULL * filled, style), (FREE * (width - filled), "$foreground 30%"))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One coloured part of a stacked bar."""
+
+    label: str
+    nbytes: int
+    style: str
+
+
+def stacked_bar(segments: Sequence[Segment], budget: int, width: int, margin: int = 0) -> Content:
+    """Segments laid end to end against ``budget``; ``margin`` is drawn reserved at its end.
+
+    When the segments overrun the budget, the bar is scaled to what is needed, the part past
+    the budget is drawn in ``$error`` and a ``│`` marks where the budget ends.
+    """
+    width = max(width, 8)
+    needed = sum(max(s.nbytes, 0) for s in segments)
+    scale_total = max(budget, needed + margin, 1)
+    per_cell = scale_total / width
+    cells: list[tuple[str, str]] = []
+    for seg in segments:
+        if seg.nbytes <= 0:
+            continue
+        n = max(1, round(seg.nbytes / per_cell))
+        cells.extend([(FULL, seg.style)] * n)
+    budget_cells = min(width, round(budget / per_cell)) if budget > 0 else 0
+    margin_cells = round(min(margin, budget) / per_cell) if margin > 0 else 0
+    if margin > 0 and margin_cells == 0 and budget > 0:
+        margin_cells = 1
+    margin_start = max(budget_cells - margin_cells, 0)
+    out: list[tuple[str, str]] = []
+    for i in range(width):
+        if i < len(cells):
+            char, style = cells[i]
+            if i >= budget_cells:
+                style = "$error"
+            elif i >= margin_start:
+                style = f"{style} on $warning 40%"
+            out.append((char, style))
+        elif i < margin_start:
+            out.append((FREE, "$foreground 30%"))
+        elif i < budget_cells:
+            out.append((MARGIN, "$warning"))
+        else:
+            out.append((" ", ""))
+    if needed + margin > budget > 0 and budget_cells < width:
+        out[budget_cells] = ("│", "bold $error")
+    return Content.assemble(*_merge(out))
+
+
+def _merge(cells: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    merged: list[tuple[str, str]] = []
+    for char, style in cells:
+        if merged and merged[-1][1] == style:
+            merged[-1] = (merged[-1][0] + char, style)
+        else:
+            merged.append((char, style))
+    return merged
+
+
+def legend(segments: Sequence[Segment], margin: int = 0) -> Content:
+    """``█ weights 92 MiB  █ KV cache 45 MiB …`` in the bar's colours."""
+    parts: list[tuple[str, str] | str] = []
+    for seg in segments:
+        parts.extend([(FULL, seg.style), f" {seg.label} {human_bytes(seg.nbytes)}  "])
+    if margin:
+        parts.extend([(MARGIN, "$warning"), f" margin {human_bytes(margin)}"])
+    return Content.assemble(*parts)
+
+
+def rate(tokens: int, seconds: float) -> float:
+    """Tokens per second, 0 when no time has passed."""
+    return tokens / seconds if seconds > 0 else 0.0

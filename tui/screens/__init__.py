@@ -1,0 +1,1 @@
+"""fitchat's screens: home, model, chat, and the modal dialogs."""

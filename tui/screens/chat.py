@@ -1,0 +1,578 @@
+"""The chat screen: streamed Markdown replies, Esc to stop, history, settings, live stats."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+from textual.worker import get_current_worker
+
+from tui.render import rate
+from tui.screens.pick import PickScreen
+from tui.screens.settings import SettingsScreen
+from tui.widgets.chat_input import ChatInput
+from tui.widgets.chat_message import ChatMessage, code_blocks
+from tui.widgets.history_sidebar import HistorySidebar
+from tui.widgets.local_models import model_name
+from tui.widgets.status_line import StatusLine
+
+SAMPLE_INTERVAL_S = 0.25
+SIDEBAR_MIN_WIDTH = 100
+
+
+def stats_dict(stats: Any) -> dict[str, Any] | None:
+    """ChatStats as a plain dict for the history."""
+    if stats is None:
+        return None
+    if dataclasses.is_dataclass(stats):
+        return dataclasses.asdict(stats)
+    return dict(vars(stats))
+
+
+def reply_meta(stats: dict[str, Any] | None, finish_reason: str | None) -> str:
+    """``42 tokens · 118.3 tok/s · TTFT 0.21s`` (and ``stopped`` when cut short)."""
+    bits: list[str] = []
+    if stats:
+        if stats.get("completion_tokens") is not None:
+            bits.append(f"{stats['completion_tokens']} tokens")
+        if stats.get("decode_tokens_per_s"):
+            bits.append(f"{stats['decode_tokens_per_s']:.1f} tok/s")
+        if stats.get("ttft_s") is not None:
+            bits.append(f"TTFT {stats['ttft_s']:.2f}s")
+    if finish_reason and finish_reason != "stop":
+        bits.append({"cancelled": "stopped", "length": "hit max tokens"}.get(finish_reason, finish_reason))
+    return " · ".join(bits)
+
+
+class ChatScreen(Screen[None]):
+    """Chat with one local model; the conversation is saved to the history as it goes."""
+
+    BINDINGS = [
+        Binding("escape", "stop_or_back", "Stop/Back"),
+        Binding("ctrl+n", "new_chat", "New"),
+        Binding("ctrl+b", "toggle_history", "History"),
+        Binding("f2", "settings", "Settings"),
+        Binding("ctrl+o", "switch_model", "Model"),
+        Binding("ctrl+r", "copy_reply", "Copy reply"),
+        Binding("ctrl+g", "copy_code", "Copy code", show=False),
+    ]
+    PALETTE = (
+        ("New chat", "Start a new conversation with this model", "new_chat"),
+        ("Stop the reply", "Stop generating (Esc)", "stop"),
+        ("Chat settings", "System prompt, temperature, top-p, top-k, seed, max tokens", "settings"),
+        ("Switch model", "Continue with another model on disk", "switch_model"),
+        ("Copy the last reply", "Copy it to the clipboard", "copy_reply"),
+        ("Copy a code block", "Copy one code block of the last reply", "copy_code"),
+        ("Toggle the history sidebar", "Resume (Enter), delete (d) or export (e) conversations", "toggle_history"),
+    )
+
+    class Token(Message):
+        """A piece of the reply (posted from the generation thread)."""
+
+        def __init__(self, text: str) -> None:
+            self.text = text
+            super().__init__()
+
+    class Finished(Message):
+        """The reply ended: finished, stopped or failed."""
+
+        def __init__(self, stats: Any, error: BaseException | None, stopped: bool) -> None:
+            self.stats = stats
+            self.error = error
+            self.stopped = stopped
+            super().__init__()
+
+    def __init__(self, model: Any, conversation_id: int | None = None, context: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.context = context
+        self.conversation_id = conversation_id
+        self.engine: Any = None
+        self.plan: Any = None
+        self.messages: list[dict[str, str]] = []
+        self.generating = False
+        self.waiting_for_engine = False
+        self._reply: ChatMessage | None = None
+        self._stopped = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._t_submit = 0.0
+        self._t_first: float | None = None
+        self._count = 0
+        self._last_tick = (0.0, 0)
+        self._samples: list[float] = []
+        self._timer: Any = None
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="chat-body"):
+            yield HistorySidebar(id="history")
+            with Vertical(id="chat-main"):
+                yield VerticalScroll(id="messages")
+                yield ChatInput(id="chat-input")
+        yield StatusLine(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self._model_title()
+        self.query_one(HistorySidebar).display = self.app.size.width >= SIDEBAR_MIN_WIDTH
+        self.query_one(StatusLine).set_state("loading model…")
+        self.query_one(ChatInput).focus()
+        self.refresh_history()
+        if self.conversation_id is not None:
+            self.resume(self.conversation_id)
+        self.load_engine(self.model)
+
+    def _model_title(self) -> str:
+        quant = getattr(self.model, "quant", None)
+        return model_name(self.model) + (f" {quant}" if quant else "")
+
+    @property
+    def status(self) -> StatusLine:
+        return self.query_one(StatusLine)
+
+    # ------------------------------------------------------------------ the engine
+
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
+    def load_engine(self, model: Any) -> None:
+        """Plan the model for this machine, then load it into llama.cpp."""
+        services = self.app.services
+        self._idle.wait(30)
+        old, self.engine = self.engine, None
+        if old is not None:
+            old.close()
+        hw = self.app.hardware or services.detect_hardware()
+        ctx = self.context or services.default_ctx()
+        try:
+            plan = services.local_plan(model.path, hw, ctx)
+        except Exception:  # noqa: BLE001 - without a plan the engine picks its own settings
+            plan = None
+        if getattr(self.app, "sampling", None) is None:
+            try:
+                self.app.sampling = services.default_sampling()
+            except Exception as exc:  # noqa: BLE001
+                self.app.call_from_thread(self._load_failed, exc)
+                return
+
+        def notice(text: str) -> None:
+            self.app.call_from_thread(self.notify, text, title="llama.cpp")
+
+        try:
+            engine = services.load_engine(model.path, plan=plan, n_ctx=ctx, on_notice=notice)
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self._load_failed, exc)
+            return
+        self.app.call_from_thread(self._engine_ready, engine, plan, ctx)
+
+    def _load_failed(self, exc: BaseException) -> None:
+        self.status.set_state("no model")
+        self.app.report_error(exc)
+
+    async def _engine_ready(self, engine: Any, plan: Any, ctx: int) -> None:
+        if not self.is_attached:
+            engine.close()
+            return
+        self.engine, self.plan = engine, plan
+        status = self.status
+        status.set_state("ready")
+        n_ctx = getattr(engine, "n_ctx", None) or getattr(plan, "context", None) or ctx
+        if callable(n_ctx):
+            n_ctx = n_ctx()
+        status.set_context(status.context_used, int(n_ctx))
+        if plan is not None:
+            status.set_layers(plan.gpu_layers, plan.n_layers)
+        if self.waiting_for_engine:
+            self.waiting_for_engine = False
+            await self._start_reply()
+        elif self.messages:
+            self.count_context()
+
+    @work(thread=True, exclusive=True, group="count", exit_on_error=False)
+    def count_context(self) -> None:
+        engine, messages = self.engine, list(self.messages)
+        if engine is None or not self._idle.is_set():
+            return
+        try:
+            used = int(engine.count_tokens(messages))
+        except Exception:  # noqa: BLE001 - the figure is informative only
+            return
+        self.app.call_from_thread(lambda: self.status.set_context(used, self.status.context_size))
+
+    # ------------------------------------------------------------------ sending and streaming
+
+    @on(ChatInput.Submitted)
+    async def _submitted(self, event: ChatInput.Submitted) -> None:
+        text = event.text.strip()
+        if not text:
+            return
+        if self.generating or self.waiting_for_engine:
+            self.notify("A reply is still coming: Esc stops it", severity="warning")
+            return
+        self.query_one(ChatInput).clear()
+        await self._add_message("user", text)
+        self.messages.append({"role": "user", "content": text})
+        self._persist("user", text)
+        if self.engine is None:
+            self.waiting_for_engine = True
+            self.status.set_state("loading model… (your message goes when it is ready)")
+            return
+        await self._start_reply()
+
+    async def _add_message(self, role: str, text: str, meta: str = "") -> ChatMessage:
+        container = self.query_one("#messages", VerticalScroll)
+        message = ChatMessage(role, text)
+        await container.mount(message)
+        if meta:
+            message.set_meta(meta)
+        container.scroll_end(animate=False)
+        return message
+
+    async def _start_reply(self) -> None:
+        self._reply = await self._add_message("assistant", "")
+        self.query_one("#messages", VerticalScroll).anchor()
+        self.generating = True
+        self._stopped = False
+        self._t_submit = time.perf_counter()
+        self._t_first = None
+        self._count = 0
+        self._samples = []
+        self._last_tick = (self._t_submit, 0)
+        self.status.set_state("generating")
+        self.status.clear_speed()
+        self._timer = self.set_interval(SAMPLE_INTERVAL_S, self._tick)
+        self._idle.clear()
+        self.generate(self.engine, list(self.messages), self.app.sampling)
+
+    @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
+    def generate(self, engine: Any, messages: list[dict[str, str]], settings: Any) -> None:
+        """Run the engine; every piece is posted to the screen without waiting for it to render."""
+        worker = get_current_worker()
+        error: BaseException | None = None
+        try:
+            for piece in engine.stream(messages, settings):
+                if piece:
+                    self.post_message(self.Token(piece))
+                if worker.is_cancelled or self._stopped:
+                    engine.cancel()
+        except Exception as exc:  # noqa: BLE001 - shown as a notification
+            error = exc
+        finally:
+            stats = getattr(engine, "last_stats", None)
+            self._idle.set()
+            self.post_message(self.Finished(stats, error, self._stopped))
+
+    async def on_chat_screen_token(self, message: Token) -> None:
+        if self._reply is None:
+            return
+        if self._t_first is None:
+            self._t_first = time.perf_counter()
+        self._count += 1
+        await self._reply.append(message.text)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        last_t, last_n = self._last_tick
+        self._last_tick = (now, self._count)
+        if self._t_first is None:
+            return
+        self._samples.append(rate(self._count - last_n, now - last_t))
+        overall = rate(self._count - 1, now - self._t_first) if self._count > 1 else None
+        self.status.set_speed(overall, self._t_first - self._t_submit, self._samples[-60:])
+
+    async def on_chat_screen_finished(self, message: Finished) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self._tick()
+        reply, self._reply = self._reply, None
+        self.generating = False
+        stats = stats_dict(message.stats)
+        finish = "cancelled" if message.stopped else (getattr(message.stats, "finish_reason", None) or "stop")
+        if reply is None:
+            return
+        await reply.finish(reply_meta(stats, finish))
+        if message.error is not None:
+            self.app.report_error(message.error)
+        if not reply.text:
+            await reply.remove()
+            self.status.set_state("stopped" if message.stopped else "ready")
+            return
+        self.messages.append({"role": "assistant", "content": reply.text})
+        self._persist("assistant", reply.text, stats=stats, finish_reason=finish)
+        status = self.status
+        status.set_state("stopped" if message.stopped else "ready")
+        if stats:
+            status.set_speed(stats.get("decode_tokens_per_s"), stats.get("ttft_s"), self._samples[-60:])
+            if stats.get("n_ctx"):
+                status.set_context(int(stats.get("context_used") or 0), int(stats["n_ctx"]))
+            if stats.get("gpu_layers") is not None:
+                status.set_layers(int(stats["gpu_layers"]), getattr(self.plan, "n_layers", None))
+
+    def action_stop(self) -> None:
+        if self.generating and self.engine is not None:
+            self._stopped = True
+            self.engine.cancel()
+            self.status.set_state("stopping…")
+
+    def action_stop_or_back(self) -> None:
+        if self.generating:
+            self.action_stop()
+        elif self.waiting_for_engine:
+            self.waiting_for_engine = False
+            self.status.set_state("loading model…")
+        else:
+            self.app.pop_screen()
+
+    # ------------------------------------------------------------------ history
+
+    def _persist(self, role: str, content: str, **extra: Any) -> None:
+        """Save a message now (one short SQLite transaction)."""
+        try:
+            history = self.app.services.history()
+            if self.conversation_id is None:
+                settings = self.app.sampling
+                conv = history.create(
+                    model_name(self.model), quant=getattr(self.model, "quant", None), model_path=self.model.path,
+                    settings=dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {},
+                )
+                self.conversation_id = conv.id
+            history.add_message(self.conversation_id, role, content, **extra)
+        except Exception as exc:  # noqa: BLE001 - the chat goes on; the user is told
+            self.app.report_error(exc)
+            return
+        self.refresh_history()
+
+    @work(thread=True, exclusive=True, group="history", exit_on_error=False)
+    def refresh_history(self) -> None:
+        try:
+            conversations = self.app.services.history().list_conversations(limit=200)
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self.app.report_error, exc)
+            return
+        self.app.call_from_thread(self.query_one(HistorySidebar).show, conversations, self.conversation_id)
+
+    @work(thread=True, exclusive=True, group="resume", exit_on_error=False)
+    def resume(self, conversation_id: int) -> None:
+        try:
+            conv = self.app.services.history().load(conversation_id)
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self.app.report_error, exc)
+            return
+        self.app.call_from_thread(self._show_conversation, conv)
+
+    async def _show_conversation(self, conv: Any) -> None:
+        container = self.query_one("#messages", VerticalScroll)
+        await container.remove_children()
+        self.conversation_id = conv.id
+        self.messages = []
+        for m in conv.messages:
+            if m.role == "system":
+                continue
+            meta = reply_meta(m.stats, m.finish_reason) if m.role == "assistant" else ""
+            await self._add_message(m.role, m.content, meta)
+            self.messages.append({"role": m.role, "content": m.content})
+        self._restore_settings(conv.settings)
+        self.query_one(HistorySidebar).show(self.query_one(HistorySidebar).conversations, conv.id)
+        path = Path(conv.model_path) if conv.model_path else None
+        if path is not None and path != Path(self.model.path) and path.is_file():
+            self.notify(f"Continuing with {conv.model}" + (f" {conv.quant}" if conv.quant else ""))
+            self._switch_to(_ConversationModel(conv.model, conv.quant, path))
+        elif self.engine is not None:
+            self.count_context()
+
+    def _restore_settings(self, saved: dict[str, Any]) -> None:
+        current = getattr(self.app, "sampling", None)
+        if current is None or not dataclasses.is_dataclass(current) or not saved:
+            return
+        known = {f.name for f in dataclasses.fields(current)}
+        try:
+            self.app.sampling = dataclasses.replace(current, **{k: v for k, v in saved.items() if k in known})
+        except (TypeError, ValueError):
+            pass
+
+    @on(HistorySidebar.Resume)
+    def _resume(self, event: HistorySidebar.Resume) -> None:
+        if self._busy():
+            return
+        self.resume(event.conversation_id)
+        self.query_one(ChatInput).focus()
+
+    @on(HistorySidebar.Delete)
+    async def _delete(self, event: HistorySidebar.Delete) -> None:
+        if event.conversation_id == self.conversation_id and self._busy():
+            return
+        try:
+            self.app.services.history().delete(event.conversation_id)
+        except Exception as exc:  # noqa: BLE001
+            self.app.report_error(exc)
+            return
+        if event.conversation_id == self.conversation_id:
+            await self.action_new_chat()
+        self.notify("Conversation deleted")
+        self.refresh_history()
+
+    @on(HistorySidebar.Export)
+    def _export(self, event: HistorySidebar.Export) -> None:
+        try:
+            text = self.app.services.history().export_markdown(event.conversation_id)
+            folder = self.app.services.export_dir or Path.cwd()
+            path = Path(folder) / f"fitchat-conversation-{event.conversation_id}.md"
+            path.write_text(text, encoding="utf-8")
+        except Exception as exc:  # noqa: BLE001
+            self.app.report_error(exc)
+            return
+        self.notify(f"Exported to {path}")
+
+    def _busy(self) -> bool:
+        if self.generating or self.waiting_for_engine:
+            self.notify("Wait for the reply to finish, or press Esc to stop it", severity="warning")
+            return True
+        return False
+
+    # ------------------------------------------------------------------ actions
+
+    async def action_new_chat(self) -> None:
+        if self._busy():
+            return
+        await self.query_one("#messages", VerticalScroll).remove_children()
+        self.messages = []
+        self.conversation_id = None
+        self.status.set_context(0, self.status.context_size)
+        self.status.clear_speed()
+        self.refresh_history()
+        self.query_one(ChatInput).focus()
+
+    def action_toggle_history(self) -> None:
+        sidebar = self.query_one(HistorySidebar)
+        sidebar.display = not sidebar.display
+        if sidebar.display:
+            sidebar.query_one("#history-list").focus()
+        else:
+            self.query_one(ChatInput).focus()
+
+    def action_settings(self) -> None:
+        if getattr(self.app, "sampling", None) is None:
+            try:
+                self.app.sampling = self.app.services.default_sampling()
+            except Exception as exc:  # noqa: BLE001
+                self.app.report_error(exc)
+                return
+
+        def saved(settings: Any) -> None:
+            if settings is None:
+                return
+            self.app.sampling = settings
+            if self.conversation_id is not None:
+                try:
+                    self.app.services.history().update(self.conversation_id, settings=dataclasses.asdict(settings))
+                except Exception as exc:  # noqa: BLE001
+                    self.app.report_error(exc)
+            self.notify("Settings saved")
+
+        self.app.push_screen(SettingsScreen(self.app.sampling), saved)
+
+    def action_switch_model(self) -> None:
+        if not self._busy():
+            self.pick_model()
+
+    @work(thread=True, exclusive=True, group="models", exit_on_error=False)
+    def pick_model(self) -> None:
+        try:
+            models = self.app.services.local_models()
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self.app.report_error, exc)
+            return
+        self.app.call_from_thread(self._show_picker, models)
+
+    def _show_picker(self, models: list[Any]) -> None:
+        if not models:
+            self.notify("No models on disk", severity="warning")
+            return
+        labels = [f"{model_name(m)} {m.quant or ''}".strip() for m in models]
+
+        def chosen(index: int | None) -> None:
+            if index is not None:
+                self._switch_to(models[index])
+
+        self.app.push_screen(PickScreen("Switch model", labels), chosen)
+
+    def _switch_to(self, model: Any) -> None:
+        self.model = model
+        self.sub_title = self._model_title()
+        self.status.set_state("loading model…")
+        self.load_engine(model)
+
+    def _last_reply(self) -> ChatMessage | None:
+        replies = [m for m in self.query(ChatMessage) if m.role == "assistant" and m.text]
+        return replies[-1] if replies else None
+
+    def action_copy_reply(self) -> None:
+        reply = self._last_reply()
+        if reply is None:
+            self.notify("No reply to copy yet", severity="warning")
+        else:
+            reply.action_copy()
+
+    def action_copy_code(self) -> None:
+        reply = self._last_reply()
+        if reply is None:
+            self.notify("No reply to copy from yet", severity="warning")
+        else:
+            reply.action_copy_code()
+
+    @on(ChatMessage.CopyCode)
+    def _pick_code(self, event: ChatMessage.CopyCode) -> None:
+        blocks = event.blocks
+        labels = [f"{i + 1}. {(b.strip().splitlines() or [''])[0][:60]}" for i, b in enumerate(blocks)]
+
+        def chosen(index: int | None) -> None:
+            if index is not None:
+                self.app.copy_to_clipboard(blocks[index])
+                self.notify(f"Copied code block {index + 1}")
+
+        self.app.push_screen(PickScreen("Copy which code block?", labels), chosen)
+
+    # ------------------------------------------------------------------ leaving
+
+    def on_unmount(self) -> None:
+        """Stop any reply and free the model off the UI thread (never close it mid-decode)."""
+        engine = self.engine
+        self.engine = None
+        if engine is None:
+            return
+        if self.generating:
+            self._stopped = True
+            engine.cancel()
+        idle = self._idle
+
+        def close() -> None:
+            idle.wait(10)
+            try:
+                engine.close()
+            except Exception:  # noqa: BLE001 - nothing left to tell
+                pass
+
+        threading.Thread(target=close, name="fitchat-engine-close", daemon=True).start()
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConversationModel:
+    """The model a saved conversation was held with, when it is not in the store's list."""
+
+    repo: str
+    quant: str | None
+    path: Path
+    file: str = ""
+    size_bytes: int = 0

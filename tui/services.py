@@ -1,0 +1,158 @@
+"""The UI's one door into ``runner``: each method is a blocking call made from a worker.
+
+Nothing here decides anything; it forwards to the runner functions that do, importing them
+on first use so that the first screen paints before llama.cpp or huggingface_hub load.
+The app holds one :class:`Services`; tests pass their own (e.g. a fixed ``HardwareInfo``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.errors import FitchatError
+
+if TYPE_CHECKING:
+    from runner.hardware import HardwareInfo
+
+
+class FeatureMissing(FitchatError):
+    """This fitchat build lacks the runner module a screen needs."""
+
+
+def _need(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise FeatureMissing(f"{module} is not available in this fitchat build ({exc}); reinstall fitchat") from exc
+
+
+@dataclass
+class Services:
+    """Calls into runner. ``hardware``, when given, replaces detection (planning for another machine)."""
+
+    hardware: HardwareInfo | None = None
+    endpoint: str | None = field(default_factory=lambda: os.environ.get("HF_ENDPOINT") or None)
+    token: str | None = field(default_factory=lambda: os.environ.get("HF_TOKEN") or None)
+    history_path: Path | None = None
+    export_dir: Path | None = None
+    #: Decode threads for chat; None lets the engine measure the best count (cached per machine).
+    n_threads: int | None = None
+    _history: Any = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    # ------------------------------------------------------------------ machine
+
+    def detect_hardware(self) -> HardwareInfo:
+        """The injected hardware, or a fresh probe of this machine."""
+        if self.hardware is not None:
+            return self.hardware
+        from runner.hardware import detect_hardware
+
+        return detect_hardware()
+
+    # ------------------------------------------------------------------ local models
+
+    def local_models(self) -> list[Any]:
+        """Models on disk (runner.store.list_local)."""
+        return list(_need("runner.store").list_local())
+
+    def import_file(self, path: str) -> Any:
+        """Register a local .gguf (validated by runner)."""
+        return _need("runner.store").import_file(Path(path).expanduser())
+
+    def remove(self, ref: str) -> list[Any]:
+        """Delete a model from disk."""
+        return list(_need("runner.store").remove(ref))
+
+    def local_plan(self, path: Path, hw: HardwareInfo, ctx: int) -> Any:
+        """The fit of one local file at ``ctx``."""
+        spec = _need("runner.gguf_spec").read_spec(path)
+        return _need("runner.plan").plan_model(spec, hw, ctx)
+
+    def default_ctx(self) -> int:
+        """The context length plans start from."""
+        try:
+            return int(_need("runner.estimate").DEFAULT_CTX)
+        except FeatureMissing:
+            return 4096
+
+    # ------------------------------------------------------------------ hub
+
+    def curated(self) -> list[Any]:
+        """The bundled catalog."""
+        return list(_need("runner.catalog").curated())
+
+    def search(self, text: str, limit: int = 30) -> list[Any]:
+        """Hub search for GGUF repos."""
+        return list(_need("runner.catalog").search(text, limit=limit, endpoint=self.endpoint, token=self.token))
+
+    def hub_reachable(self) -> bool:
+        """Whether the Hub (or HF_ENDPOINT) answers; False offline, never raises."""
+        catalog = _need("runner.catalog")
+        probe = getattr(catalog, "hub_reachable", None)
+        try:
+            if probe is not None:
+                return bool(probe(endpoint=self.endpoint, token=self.token))
+            catalog.search("gguf", limit=1, endpoint=self.endpoint, token=self.token)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            return False
+
+    def remote_plans(self, repo: str, hw: HardwareInfo, ctx: int) -> list[Any]:
+        """Every GGUF variant of ``repo`` planned at ``ctx`` (headers read remotely)."""
+        return list(_need("runner.plan").fit_remote_repo(repo, hw, ctx, endpoint=self.endpoint, token=self.token))
+
+    def replan(self, specs: list[Any], hw: HardwareInfo, ctx: int) -> list[Any]:
+        """Plan already-read specs at another context (no network)."""
+        return list(_need("runner.plan").plan_variants(specs, hw, ctx))
+
+    def pull(
+        self,
+        ref: str,
+        *,
+        quant: str | None,
+        ctx: int,
+        progress_class: type | None,
+        cancel: threading.Event,
+        notice: Callable[[str], None] | None = None,
+    ) -> Any:
+        """Download a variant (or ``starter``); returns the LocalModel."""
+        return _need("runner.download").pull(
+            ref, quant=quant, ctx=ctx, progress_class=progress_class, cancel=cancel,
+            notice=notice, endpoint=self.endpoint, token=self.token,
+        )
+
+    # ------------------------------------------------------------------ chat
+
+    def load_engine(self, path: Path, *, plan: Any, n_ctx: int | None, on_notice: Callable[[str], None]) -> Any:
+        """Load a model into llama.cpp for chatting."""
+        return _need("runner.engine").ChatEngine.load(
+            path, plan=plan, n_ctx=n_ctx, n_threads=self.n_threads, on_notice=on_notice
+        )
+
+    def default_sampling(self) -> Any:
+        """The engine's default sampling settings."""
+        engine = _need("runner.engine")
+        default = getattr(engine, "DEFAULT_SAMPLING", None)
+        return default if default is not None else engine.SamplingSettings()
+
+    def history(self) -> Any:
+        """The conversation store (opened once)."""
+        with self._lock:
+            if self._history is None:
+                self._history = _need("runner.history").History(self.history_path)
+            return self._history
+
+    def close(self) -> None:
+        """Close what was opened."""
+        with self._lock:
+            if self._history is not None:
+                self._history.close()
+                self._history = None

@@ -1,0 +1,1 @@
+"""fitchat's widgets, one per module."""

@@ -1,0 +1,101 @@
+"""One turn of the conversation: a role label over streamed Markdown, focusable to copy."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import Label, Markdown
+from textual.widgets.markdown import MarkdownStream
+
+ROLE_LABELS = {"user": "You", "assistant": "Assistant", "system": "System"}
+
+
+def code_blocks(markdown: str) -> list[str]:
+    """The fenced and indented code blocks of a Markdown text, in order."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(markdown)
+    return [t.content for t in tokens if t.type in ("fence", "code_block")]
+
+
+class ChatMessage(Vertical, can_focus=True):
+    """A message. ``y`` copies it, ``b`` copies a code block (posts :class:`CopyCode` when there are several)."""
+
+    DEFAULT_CSS = """
+    ChatMessage { height: auto; margin: 0 0 1 0; padding: 0 0 0 1; border-left: outer $primary 40%; }
+    ChatMessage.-user { border-left: outer $accent; background: $boost; }
+    ChatMessage:focus { border-left: outer $secondary; background: $primary 10%; }
+    ChatMessage .role { color: $text-muted; text-style: bold; }
+    ChatMessage.-user .role { color: $accent; }
+    ChatMessage .meta { color: $text-muted; }
+    ChatMessage Markdown { margin: 0; padding: 0 1 0 0; }
+    ChatMessage Markdown > MarkdownParagraph:last-child { margin-bottom: 0; }
+    """
+
+    BINDINGS = [
+        Binding("y", "copy", "Copy"),
+        Binding("b", "copy_code", "Copy code"),
+    ]
+
+    class CopyCode(Message):
+        """Several code blocks: the screen asks which one."""
+
+        def __init__(self, message: ChatMessage, blocks: list[str]) -> None:
+            self.message = message
+            self.blocks = blocks
+            super().__init__()
+
+    def __init__(self, role: str, text: str = "", **kwargs: object) -> None:
+        super().__init__(classes=f"-{role}", **kwargs)  # type: ignore[arg-type]
+        self.role = role
+        self.text = text
+        self._stream: MarkdownStream | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label(ROLE_LABELS.get(self.role, self.role), classes="role")
+        yield Markdown(self.text)
+        yield Label("", classes="meta")
+
+    def on_mount(self) -> None:
+        self.query_one(".meta", Label).display = False
+
+    @property
+    def markdown(self) -> Markdown:
+        return self.query_one(Markdown)
+
+    async def append(self, fragment: str) -> None:
+        """Stream a fragment in (batched by ``Markdown.get_stream``)."""
+        self.text += fragment
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.markdown)
+        await self._stream.write(fragment)
+
+    async def finish(self, meta: str = "") -> None:
+        """Stop streaming and re-render the whole text (an open fence can leave stale blocks)."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        await self.markdown.update(self.text)
+        self.set_meta(meta)
+
+    def set_meta(self, meta: str) -> None:
+        """The small line under a reply (tokens, speed, stopped)."""
+        label = self.query_one(".meta", Label)
+        label.update(meta)
+        label.display = bool(meta)
+
+    def action_copy(self) -> None:
+        self.app.copy_to_clipboard(self.text)
+        self.notify("Copied the message")
+
+    def action_copy_code(self) -> None:
+        blocks = code_blocks(self.text)
+        if not blocks:
+            self.notify("This message has no code block", severity="warning")
+        elif len(blocks) == 1:
+            self.app.copy_to_clipboard(blocks[0])
+            self.notify("Copied the code block")
+        else:
+            self.post_message(self.CopyCode(self, blocks))
