@@ -1,0 +1,310 @@
+"""What there is to download: the curated list, Hub search, and the GGUF variants of any repo.
+
+Everything that talks to the Hub goes through huggingface_hub, with the endpoint, token and offline flag
+read from the environment at call time (``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE``), so a mirror or
+offline mode set after start-up is honoured. Hub failures become one-line :class:`~runner.errors.HubError`\\ s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from runner.errors import GatedRepo, HubError, ModelNotFound
+from runner.quants import quant_bits, quant_from_filename, split_names, split_part
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+class NotOnHub(HubError, ModelNotFound):
+    """The repo, revision or file does not exist on the Hub (or is private)."""
+
+
+class HubUnreachable(HubError):
+    """The Hub cannot be reached: no network, HF_HUB_OFFLINE, or a dead mirror."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One downloadable GGUF variant of a repo (a single file or a whole split set)."""
+
+    repo: str
+    file: str
+    files: tuple[str, ...]
+    quant: str
+    size_bytes: int
+    sha256: tuple[str | None, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repo": self.repo, "file": self.file, "files": list(self.files), "quant": self.quant,
+                "size_bytes": self.size_bytes, "sha256": list(self.sha256)}
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A curated model: a Hub repo with its published variant files."""
+
+    repo: str
+    name: str
+    family: str
+    params_b: float
+    context: int
+    license: str
+    gated: bool
+    default_quant: str
+    variants: tuple[tuple[str, str], ...]  # (quant, first file)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repo": self.repo, "name": self.name, "family": self.family, "params_b": self.params_b,
+                "context": self.context, "license": self.license, "gated": self.gated,
+                "default_quant": self.default_quant, "variants": dict(self.variants)}
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One Hub search result."""
+
+    repo: str
+    downloads: int
+    likes: int
+    gated: bool
+    curated: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repo": self.repo, "downloads": self.downloads, "likes": self.likes, "gated": self.gated,
+                "curated": self.curated}
+
+
+# -- environment ------------------------------------------------------------------------------------
+
+def hub_endpoint(endpoint: str | None = None) -> str:
+    """The Hub endpoint: ``endpoint``, else ``HF_ENDPOINT``, else huggingface.co."""
+    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def hub_token(token: str | None = None) -> str | None:
+    """``token``, else ``HF_TOKEN``; None lets huggingface_hub use the stored login."""
+    return token or os.environ.get("HF_TOKEN") or None
+
+
+def is_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    return False
+
+
+def require_online(endpoint: str | None = None) -> None:
+    """Raise :class:`HubUnreachable` when offline mode is on."""
+    if is_offline():
+        raise HubUnreachable(
+            f"the Hub ({hub_endpoint(endpoint)}) is not contacted because HF_HUB_OFFLINE is set; "
+            "unset it to search or download ('fitchat ls' shows what is already here)"
+        )
+
+
+@contextmanager
+def hub_errors(repo: str, filename: str | None = None, endpoint: str | None = None) -> Iterator[None]:
+    """Translate huggingface_hub / network exceptions into one-line fitchat errors."""
+    import httpx2
+    from huggingface_hub import errors as hf
+
+    where = hub_endpoint(endpoint)
+    what = f"{filename} in {repo}" if filename else repo
+    try:
+        yield
+    except hf.GatedRepoError as exc:
+        raise GatedRepo(
+            f"{repo} is gated: accept its licence at {where}/{repo} (logged in), then set HF_TOKEN to a token "
+            "of that account or run 'hf auth login'"
+            + (" (the token in use has not been granted access)" if _status(exc) == 403 else "")
+        ) from None
+    except hf.RevisionNotFoundError:
+        raise NotOnHub(f"revision not found for {repo} on {where}") from None
+    except (hf.RemoteEntryNotFoundError, hf.EntryNotFoundError):
+        raise NotOnHub(f"{what} not found on {where} ('fitchat pull {repo}' lists its variants)") from None
+    except hf.RepositoryNotFoundError:
+        raise NotOnHub(
+            f"{repo} not found on {where}: check the name (org/name); if it is private, set HF_TOKEN"
+        ) from None
+    except (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError) as exc:
+        raise HubUnreachable(f"cannot reach the Hub at {where} for {what} ({_first_line(exc)}); "
+                             "check your network or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model") from None
+    except (httpx2.ConnectError, httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError,
+            httpx2.ProxyError) as exc:
+        raise HubUnreachable(
+            f"cannot reach the Hub at {where} ({type(exc).__name__}: {_first_line(exc)}); check your network "
+            "or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model"
+        ) from None
+    except hf.HfHubHTTPError as exc:
+        status = _status(exc)
+        if status in (401, 403):
+            raise GatedRepo(f"the Hub refused access to {what} ({status}); set HF_TOKEN or run 'hf auth login'") from None
+        raise HubError(f"the Hub at {where} answered {status or 'an error'} for {what}; try again later") from None
+
+
+def _status(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def quiet_hub() -> None:
+    """Stop huggingface_hub's own background request (its agent registry, fetched for the User-Agent).
+
+    fitchat only contacts the Hub for what the user asked; an explicit ``HF_HUB_DISABLE_TELEMETRY`` wins.
+    """
+    from huggingface_hub import constants
+
+    if not os.environ.get("HF_HUB_DISABLE_TELEMETRY", "").strip():
+        constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
+def _api(endpoint: str | None, token: str | None) -> Any:
+    from huggingface_hub import HfApi
+
+    quiet_hub()
+    return HfApi(endpoint=hub_endpoint(endpoint), token=hub_token(token))
+
+
+def _probe(endpoint: str | None, timeout: float = 5.0) -> None:
+    """One API call without retries; raises the network error if the Hub does not answer."""
+    from huggingface_hub.utils import get_session
+
+    get_session().get(f"{hub_endpoint(endpoint)}/api/models", params={"limit": 1}, timeout=timeout)
+
+
+def hub_reachable(*, endpoint: str | None = None, token: str | None = None, timeout: float = 3.0) -> bool:
+    """Whether the Hub (or ``HF_ENDPOINT``) answers an API call within ``timeout``; False when offline."""
+    if is_offline():
+        return False
+    import httpx2
+
+    try:
+        r = httpx2.get(f"{hub_endpoint(endpoint)}/api/models", params={"limit": 1, "filter": "gguf"}, timeout=timeout)
+    except httpx2.HTTPError:
+        return False
+    return r.status_code < 500
+
+
+# -- curated list -----------------------------------------------------------------------------------
+
+def curated() -> list[CatalogEntry]:
+    """The curated instruct models shipped with fitchat, smallest first."""
+    raw = json.loads(resources.files("runner").joinpath("data/catalog.json").read_text(encoding="utf-8"))
+    entries = [
+        CatalogEntry(
+            repo=m["repo"], name=m["name"], family=m["family"], params_b=float(m["params_b"]),
+            context=int(m["context"]), license=m["license"], gated=bool(m.get("gated", False)),
+            default_quant=m.get("default_quant", "Q4_K_M"), variants=tuple(m["variants"].items()),
+        )
+        for m in raw["models"]
+    ]
+    return sorted(entries, key=lambda e: e.params_b)
+
+
+def curated_entry(repo: str) -> CatalogEntry | None:
+    """The curated entry for ``repo`` (case-insensitive), if any."""
+    for entry in curated():
+        if entry.repo.lower() == repo.lower():
+            return entry
+    return None
+
+
+# -- Hub search -------------------------------------------------------------------------------------
+
+def search(text: str, limit: int = 20, *, endpoint: str | None = None, token: str | None = None) -> list[SearchHit]:
+    """GGUF repos on the Hub matching ``text``, most downloaded first."""
+    require_online(endpoint)
+    curated_repos = {e.repo.lower() for e in curated()}
+    api = _api(endpoint, token)
+    with hub_errors(f"search {text!r}", endpoint=endpoint):
+        # list_models retries a refused connection for ~20 s; one quick call first fails fast when offline.
+        _probe(endpoint)
+        models = list(api.list_models(search=text or None, filter="gguf", sort="downloads", limit=limit))
+    return [
+        SearchHit(repo=m.id, downloads=int(m.downloads or 0), likes=int(m.likes or 0), gated=bool(m.gated),
+                  curated=m.id.lower() in curated_repos)
+        for m in models
+    ]
+
+
+# -- variants of a repo -----------------------------------------------------------------------------
+
+def is_model_gguf(path: str) -> bool:
+    """A GGUF that is a language model (not a vision projector or an imatrix)."""
+    name = path.rsplit("/", 1)[-1].lower()
+    return name.endswith(".gguf") and not name.startswith("mmproj") and "imatrix" not in name
+
+
+def variants_from_siblings(repo: str, siblings: list[Any]) -> list[Variant]:
+    """Group a repo's files (``RepoSibling``\\ s with size and lfs) into variants, smallest first.
+
+    Split sets become one variant (listed only when every part is there); vision projectors and imatrix
+    files are left out.
+    """
+    by_name = {s.rfilename: s for s in siblings if is_model_gguf(s.rfilename)}
+    variants: list[Variant] = []
+    seen_parts: set[str] = set()
+    for name in sorted(by_name):
+        if name in seen_parts:
+            continue
+        folder, _, base = name.rpartition("/")
+        split = split_part(base)
+        if split:
+            if split[1] != 1:
+                continue
+            names = [f"{folder}/{n}" if folder else n for n in split_names(base, split[2])]
+            if not all(n in by_name for n in names):
+                continue
+        else:
+            names = [name]
+        seen_parts.update(names)
+        parts = [by_name[n] for n in names]
+        quant = quant_from_filename(name) or (split[0] if split else base).removesuffix(".gguf")
+        variants.append(
+            Variant(
+                repo=repo, file=name, files=tuple(names), quant=quant,
+                size_bytes=sum(int(p.size or 0) for p in parts),
+                sha256=tuple(p.lfs.sha256 if p.lfs is not None else None for p in parts),
+            )
+        )
+    variants.sort(key=lambda v: (v.size_bytes, quant_bits(v.quant) or 99.0, v.file))
+    return variants
+
+
+def list_variants(repo_id: str, *, endpoint: str | None = None, token: str | None = None,
+                  revision: str | None = None) -> list[Variant]:
+    """The GGUF variants of ``repo_id`` with exact sizes and LFS sha256, from ``model_info(files_metadata=True)``."""
+    require_online(endpoint)
+    api = _api(endpoint, token)
+    with hub_errors(repo_id, endpoint=endpoint):
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
+    variants = variants_from_siblings(repo_id, list(info.siblings or []))
+    if not variants:
+        raise NotOnHub(f"{repo_id} has no GGUF files on {hub_endpoint(endpoint)}; try 'fitchat search NAME' for a GGUF repo")
+    return variants
+
+
+def pick_variant(variants: list[Variant], quant: str) -> Variant:
+    """The variant named by ``quant`` (a quant like ``q4_k_m`` or a file name), case-insensitive."""
+    wanted = quant.strip().lower()
+    for v in variants:
+        if v.quant.lower() == wanted or v.file.lower() == wanted or v.file.rsplit("/", 1)[-1].lower() == wanted:
+            return v
+    for v in variants:  # "Q4_K_XL" also finds "UD-Q4_K_XL"
+        if v.quant.lower().removeprefix("ud-") == wanted.removeprefix("ud-"):
+            return v
+    repo = variants[0].repo if variants else "the repo"
+    have = ", ".join(v.quant for v in variants) or "none"
+    raise NotOnHub(f"{repo} has no {quant} variant; it has: {have}")

