@@ -214,6 +214,10 @@ def _reader_class() -> type:
         def _check_count(self, what: str, count: int, min_item: int, offs: int) -> None:
             room = self._size - int(offs)
             if count < 0 or count * min_item > max(room, 0):
+                if 0 <= count <= 10_000_000:
+                    raise _Malformed(
+                        f"it is truncated or damaged: its header lists {count:,} {what} but the file ends after {self._size:,} bytes"
+                    )
                 raise _Malformed(
                     f"its header claims {count:,} {what}, more than a {self._size:,}-byte file can hold"
                 )
@@ -350,8 +354,12 @@ def _parse(path: str | os.PathLike[str], label: str, total_size: int | None = No
     alignment = int(reader.alignment)
     data_offset = int(reader.data_offset)
     tensors = []
+    seen: set[bytes] = set()
     expected = 0
     for i, (raw_name, dims, raw_type, offset) in enumerate(reader.tensor_infos):
+        if raw_name in seen:
+            raise InvalidModelFile(f"{label}: tensor {raw_name.decode('utf-8', 'replace')!r} appears twice")
+        seen.add(raw_name)
         try:
             name = raw_name.decode("utf-8")
         except UnicodeDecodeError:
@@ -646,7 +654,7 @@ def _check_split_part(part: _Part, index: int, total: int, label: str) -> None:
 
 
 def find_models(directory: str | Path) -> list[Path]:
-    """The .gguf models in a directory (first part only for split sets), largest first."""
+    """The .gguf models in a directory (first part only for split sets; vision projectors left out)."""
     d = Path(directory).expanduser()
     found = []
     for p in sorted(d.glob("*.gguf")):
@@ -684,6 +692,11 @@ def read_remote_spec(
     """
     from huggingface_hub import hf_hub_url
 
+    from runner.catalog import hub_endpoint, hub_token, require_online
+
+    endpoint = hub_endpoint(endpoint)
+    token = hub_token(token) if token is None or isinstance(token, str) else token
+    require_online(endpoint)
     folder, _, base = filename.rpartition("/")
     m = SPLIT_RE.match(base)
     if m:
@@ -697,7 +710,7 @@ def read_remote_spec(
     read = 0
     for i, name in enumerate(names):
         url = hf_hub_url(repo_id, name, revision=revision, endpoint=endpoint)
-        part, part_size, n_read = _read_remote_part(url, f"{repo_id}/{name}", endpoint=endpoint, token=token)
+        part, part_size, n_read = _read_remote_part(url, repo_id, name, endpoint=endpoint, token=token)
         if len(names) > 1:
             _check_split_part(part, i, len(names), name)
         parsed.append(part)
@@ -708,15 +721,16 @@ def read_remote_spec(
 
 
 def _read_remote_part(
-    url: str, label: str, *, endpoint: str | None, token: str | bool | None
+    url: str, repo_id: str, filename: str, *, endpoint: str | None, token: str | bool | None
 ) -> tuple[_Part, int, int]:
     from huggingface_hub import get_hf_file_metadata
     from huggingface_hub.utils import build_hf_headers
 
-    try:
+    from runner.catalog import hub_errors
+
+    with hub_errors(repo_id, filename, endpoint):
         meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
-    except Exception as exc:  # noqa: BLE001 - mapped to one line below
-        raise _hub_error(exc, label) from None
+    label = f"{repo_id}/{filename}"
     if not meta.size:
         raise HubError(f"the Hub did not report a size for {label}; try again later")
     location = meta.location or url
@@ -809,21 +823,3 @@ def _check_status(status: int, label: str) -> None:
     if status == 416:
         raise InvalidModelFile(f"{label}: the server refused the byte range (HTTP 416); the file may be empty")
     raise HubError(f"the Hub answered HTTP {status} for {label}; try again later")
-
-
-def _hub_error(exc: BaseException, label: str) -> FitchatError:
-    """Map huggingface_hub's exceptions to one-line fitchat errors."""
-    name = type(exc).__name__
-    if name == "GatedRepoError":
-        return GatedRepo(f"{label} is gated: accept its licence on the Hub and set HF_TOKEN")
-    if name in ("RepositoryNotFoundError", "RevisionNotFoundError"):
-        return ModelNotFound(f"no such repository or revision on the Hub: {label} (private repos need HF_TOKEN)")
-    if name in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
-        return ModelNotFound(f"no such file on the Hub: {label}")
-    if name == "OfflineModeIsEnabled":
-        return HubError(f"HF_HUB_OFFLINE is set, so fitchat cannot read {label} from the Hub")
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status in (401, 403):
-        return GatedRepo(f"{label} needs access (HTTP {status}): accept its licence and set HF_TOKEN")
-    detail = _reader_error(exc)
-    return HubError(f"could not reach the Hub for {label}: {detail}")

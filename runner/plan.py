@@ -305,6 +305,11 @@ def _levers(plan: Plan, hw: HardwareInfo, b: _Budget) -> list[str]:
 # --------------------------------------------------------------------------- the recommendation
 
 
+def same_model(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether two specs are variants (quants) of one model: same architecture and shapes."""
+    return (a.architecture, a.n_layers, a.n_embd, a.vocab_size, a.n_head) == (b.architecture, b.n_layers, b.n_embd, b.vocab_size, b.n_head)
+
+
 def choose(plans: Sequence[Plan]) -> int:
     """Index of the recommended plan.
 
@@ -344,7 +349,11 @@ def _recommendation(plans: Sequence[Plan], i: int, hw: HardwareInfo, margin_byte
     text = f"{q}: {explain(chosen, hw)}"
     # The next better-quality preferred variant that did not make it, and what it would need.
     larger = sorted(
-        (p for p in plans if p.spec.size_bytes > chosen.spec.size_bytes and p.spec.quant in PREFERRED_QUANTS),
+        (
+            p
+            for p in plans
+            if p.spec.size_bytes > chosen.spec.size_bytes and p.spec.quant in PREFERRED_QUANTS and same_model(p.spec, chosen.spec)
+        ),
         key=lambda p: p.spec.size_bytes,
     )
     if larger:
