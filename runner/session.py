@@ -1,0 +1,165 @@
+"""A conversation held with a loaded engine and saved to the history as it goes.
+
+The user's message is committed before the reply starts and the reply when it ends (a stopped
+reply is kept with what was written, marked ``cancelled``), so a crash mid-reply loses at most
+that reply. The CLI's REPL and the terminal UI both drive chats through this class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from runner.engine import ChatEngine, ChatStats, SamplingSettings
+from runner.history import Conversation, History
+
+
+class ChatSession:
+    """Messages, settings and the engine; saved to ``history`` when one is given."""
+
+    def __init__(
+        self,
+        engine: ChatEngine,
+        history: History | None = None,
+        *,
+        settings: SamplingSettings | None = None,
+        model_name: str = "",
+        quant: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.history = history
+        self.settings = settings or SamplingSettings()
+        self.model_name = model_name or engine.path.rsplit("/", 1)[-1]
+        self.quant = quant
+        self.messages: list[dict[str, Any]] = []  # {"role", "content", "id"?}
+        self.conversation_id: int | None = None
+        self._regen_attempt = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def resume(cls, engine: ChatEngine, history: History, conversation_id: int, **overrides: Any) -> ChatSession:
+        """Continue a saved conversation with its settings (``overrides`` replace single settings)."""
+        conv = history.load(conversation_id)
+        settings = SamplingSettings.from_json(conv.settings) if conv.settings else SamplingSettings()
+        known = {k: v for k, v in overrides.items() if v is not None}
+        if known:
+            settings = replace(settings, **known)
+        session = cls(engine, history, settings=settings, model_name=conv.model, quant=conv.quant)
+        session.conversation_id = conv.id
+        session.messages = [{"role": m.role, "content": m.content, "id": m.id} for m in conv.messages]
+        return session
+
+    @property
+    def unanswered(self) -> bool:
+        """True when the last message is the user's with no reply (a crash or kill mid-reply)."""
+        return bool(self.messages) and self.messages[-1]["role"] == "user"
+
+    @property
+    def last_stats(self) -> ChatStats | None:
+        return self.engine.last_stats
+
+    def set_system(self, text: str | None) -> None:
+        """Set (or with None/empty, remove) the system prompt for the next replies."""
+        self.settings = replace(self.settings, system_prompt=text or None)
+        self._save_settings()
+
+    def set_settings(self, settings: SamplingSettings) -> None:
+        self.settings = settings
+        self._save_settings()
+
+    def clear(self) -> None:
+        """Start a new conversation (the old one stays in the history); settings carry over."""
+        self.messages = []
+        self.conversation_id = None
+
+    def export_markdown(self) -> str:
+        """This conversation as Markdown."""
+        if self.history is not None and self.conversation_id is not None:
+            return self.history.export_markdown(self.conversation_id)
+        from runner.history import Message, conversation_markdown
+
+        msgs = tuple(Message(0, 0, m["role"], m["content"], 0.0) for m in self.messages)
+        conv = Conversation(0, "", self.model_name, self.quant, self.engine.path, self.settings.to_json(), 0.0, 0.0,
+                            len(msgs), msgs)
+        return conversation_markdown(conv)
+
+    # ------------------------------------------------------------------ turns
+
+    def _ensure_conversation(self) -> int | None:
+        if self.history is None:
+            return None
+        if self.conversation_id is None:
+            conv = self.history.create(
+                self.model_name, quant=self.quant, model_path=self.engine.path, settings=self.settings.to_json()
+            )
+            self.conversation_id = conv.id
+        return self.conversation_id
+
+    def _save_settings(self) -> None:
+        if self.history is not None and self.conversation_id is not None:
+            self.history.update(self.conversation_id, settings=self.settings.to_json())
+
+    def _chat_messages(self) -> list[dict[str, str]]:
+        return [{"role": m["role"], "content": m["content"]} for m in self.messages]
+
+    def send(self, text: str) -> Iterator[str]:
+        """Add the user's message (saved at once) and stream the reply (saved when it ends).
+
+        When the engine refuses the turn before replying (the message does not fit the context,
+        the template fails), the user's message is taken back so it can be edited and sent again.
+        """
+        cid = self._ensure_conversation()
+        entry: dict[str, Any] = {"role": "user", "content": text}
+        if cid is not None and self.history is not None:
+            entry["id"] = self.history.add_message(cid, "user", text).id
+        self.messages.append(entry)
+        self._regen_attempt = 0
+        return self._reply(self.engine.stream(self._chat_messages(), self.settings), taken_back=entry)
+
+    def regenerate(self) -> Iterator[str]:
+        """Replace the last reply with a new one (or answer an unanswered last message)."""
+        while self.messages and self.messages[-1]["role"] == "assistant":
+            old = self.messages.pop()
+            if self.history is not None and "id" in old:
+                self.history.delete_message(old["id"])
+        self._regen_attempt += 1
+        return self._reply(self.engine.regenerate(self._chat_messages(), self.settings, attempt=self._regen_attempt))
+
+    def _reply(self, pieces: Iterator[str], taken_back: dict[str, Any] | None = None) -> Iterator[str]:
+        parts: list[str] = []
+        before = self.engine.last_stats
+        try:
+            for piece in pieces:
+                parts.append(piece)
+                yield piece
+        except Exception:
+            if not parts and taken_back is not None and self.engine.last_stats is before:
+                self._take_back(taken_back)
+            raise
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+            if self.engine.last_stats is not before:
+                self._record("".join(parts))
+
+    def _take_back(self, entry: dict[str, Any]) -> None:
+        if self.messages and self.messages[-1] is entry:
+            self.messages.pop()
+        if self.history is not None and "id" in entry:
+            self.history.delete_message(entry["id"])
+
+    def _record(self, text: str) -> None:
+        stats = self.engine.last_stats
+        finish = stats.finish_reason if stats else "stop"
+        if not text and finish == "cancelled":
+            return  # stopped before any text: nothing to keep
+        entry: dict[str, Any] = {"role": "assistant", "content": text}
+        cid = self.conversation_id
+        if cid is not None and self.history is not None:
+            entry["id"] = self.history.add_message(
+                cid, "assistant", text, stats=stats.to_json() if stats else None, finish_reason=finish
+            ).id
+        self.messages.append(entry)
