@@ -380,8 +380,9 @@ def _parse(path: str | os.PathLike[str], label: str, total_size: int | None = No
             n_el *= d
         if n_el >= 1 << 62:
             raise InvalidModelFile(f"{label}: tensor {name!r} is impossibly large ({dims})")
-        if dims[0] % block:
-            raise InvalidModelFile(f"{label}: tensor {name!r} row length {dims[0]} is not a multiple of {block} ({qtype.name})")
+        row = dims[0] if dims else 1  # no dimensions: a scalar
+        if row % block:
+            raise InvalidModelFile(f"{label}: tensor {name!r} row length {row} is not a multiple of {block} ({qtype.name})")
         n_bytes = n_el // block * type_size
         if offset != expected:
             raise InvalidModelFile(
@@ -416,12 +417,17 @@ def _group(name: str) -> str:
 
 
 def _as_layers(value: Any, n_layers: int, default: int) -> tuple[int, ...]:
+    """A per-layer value that GGUF stores as one number or as an array (one per layer)."""
     if isinstance(value, list):
         vals = [int(v) for v in value]
         if len(vals) < n_layers:
             vals += [vals[-1] if vals else default] * (n_layers - len(vals))
-        return tuple(vals[:n_layers])
-    return (int(value) if value is not None else default,) * n_layers
+        vals = vals[:n_layers]
+    else:
+        vals = [int(value) if value is not None else default] * n_layers
+    if any(v < 0 or v > 1 << 20 for v in vals):
+        raise ValueError(f"implausible head count {max(vals, key=abs)}")
+    return tuple(vals)
 
 
 def _int_field(fields: Mapping[str, Any], key: str, label: str, *, required: bool = False, default: int = 0) -> int:
@@ -481,7 +487,7 @@ def _swa_layers(arch: str, fields: Mapping[str, Any], n_layers: int, window: int
     return tuple(n_pattern == 0 or il % n_pattern < n_pattern - 1 for il in range(n_layers))
 
 
-def _build_spec(
+def _build_spec_unchecked(
     path_or_url: str,
     file: str,
     parts: list[_Part],
@@ -587,6 +593,22 @@ def _build_spec(
         header_bytes=sum(p.data_offset for p in parts),
         bytes_read=bytes_read,
     )
+
+
+def _build_spec(
+    path_or_url: str,
+    file: str,
+    parts: list[_Part],
+    part_names: tuple[str, ...],
+    size_bytes: int,
+    label: str,
+    bytes_read: int = 0,
+) -> ModelSpec:
+    """The ModelSpec of parsed parts; metadata of the wrong type or range becomes InvalidModelFile."""
+    try:
+        return _build_spec_unchecked(path_or_url, file, parts, part_names, size_bytes, label, bytes_read)
+    except (TypeError, ValueError, OverflowError, KeyError, IndexError, AttributeError) as exc:
+        raise InvalidModelFile(f"{label} has malformed metadata ({_reader_error(exc)})") from None
 
 
 # --------------------------------------------------------------------------- local files

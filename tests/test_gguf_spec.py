@@ -150,6 +150,15 @@ MALFORMED = {
         gf.raw_gguf(gf.llama_kvs(), [gf.tensor_info("x.weight", [32], 0, 0), gf.tensor_info("x.weight", [32], 0, 128)], b"\0" * 256),
         "appears twice",
     ),
+    "head count of the wrong type": (
+        gf.raw_gguf([*gf.llama_kvs()[:3], gf.kv_str("llama.attention.head_count", "four")], [gf.tensor_info("a.weight", [32], 0, 0)], b"\0" * 128),
+        "malformed metadata",
+    ),
+    "block count of the wrong type": (
+        gf.raw_gguf([gf.kv_str("general.architecture", "llama"), gf.kv_str("llama.block_count", "1"), gf.kv_u32("llama.embedding_length", 32)],
+                    [gf.tensor_info("a.weight", [32], 0, 0)], b"\0" * 128),
+        "not a number",
+    ),
     "row not a whole block": (gf.minimal_model(dims=[30, 8], ggml_type=8), "not a multiple of 32"),
 }
 
