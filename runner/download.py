@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import shutil
 import threading
 from collections.abc import Callable
@@ -240,24 +241,32 @@ def _transfer(repo: str, meta: Any, blob: Path, filename: str, expected_sha: str
     if _origin(meta.location) != _origin(where):
         headers.pop("authorization", None)  # the token never goes to the CDN
     # Smaller chunks than huggingface_hub's default 10 MiB: smoother progress and a prompt cancel.
-    if constants.DOWNLOAD_CHUNK_SIZE > CHUNK_BYTES:
-        constants.DOWNLOAD_CHUNK_SIZE = CHUNK_BYTES
+    default_chunk = constants.DOWNLOAD_CHUNK_SIZE
     with open(partial, "ab") as fh:
         out = _HashingWriter(fh, partial, have)
         try:
+            constants.DOWNLOAD_CHUNK_SIZE = min(default_chunk, CHUNK_BYTES)
             with hub_errors(repo, filename, endpoint=where):
                 http_get(meta.location, out, resume_size=have, headers=headers, expected_size=size,
                          displayed_filename=Path(filename).name, tqdm_class=_progress_class(progress_class, cancel))
         except HubError as exc:
+            out.close()
+            fh.flush()
             kept = partial.stat().st_size if partial.is_file() else 0
             raise type(exc)(f"{exc} ({human_bytes(kept)} kept: run the pull again to resume)") from None
         except OSError as exc:
+            out.close()
             if exc.errno == errno.ENOSPC:
                 raise NotEnoughDisk(f"the disk filled up while downloading {filename}; free some space and run "
                                     "the pull again to resume") from None
             if "Consistency check failed" in str(exc):
                 raise HubError(f"{filename}: the server sent a different size than announced; run the pull again") from None
             raise
+        except BaseException:
+            out.close()
+            raise
+        finally:
+            constants.DOWNLOAD_CHUNK_SIZE = default_chunk
         digest = out.hexdigest()
     if expected_sha is not None and digest != expected_sha:
         partial.unlink(missing_ok=True)
@@ -293,23 +302,38 @@ def _progress_class(base: type | None, cancel: threading.Event | None) -> type |
 
 
 class _HashingWriter:
-    """A write-only file wrapper that hashes what goes through it (after hashing what was already there)."""
+    """A write-only file wrapper that hashes what goes through it, on a second thread.
+
+    ``hashlib`` releases the GIL, so hashing overlaps the network reads instead of adding to them.
+    Bytes already in the partial file are hashed first (on resume).
+    """
 
     def __init__(self, fh: BinaryIO, path: Path, existing: int) -> None:
         self._fh = fh
         self._path = path
         self._hash = hashlib.sha256()
         self._valid = True
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=32)
+        self._thread = threading.Thread(target=self._run, args=(existing,), name="fitchat-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self, existing: int) -> None:
         if existing:
-            with open(path, "rb") as src:
+            with open(self._path, "rb") as src:
                 left = existing
                 while left > 0 and (block := src.read(min(CHUNK_BYTES * 8, left))):
                     self._hash.update(block)
                     left -= len(block)
+        while (block := self._queue.get()) is not _END:
+            if block is _RESET:
+                self._hash = hashlib.sha256()
+            else:
+                self._hash.update(block)
 
     def write(self, data: bytes) -> int:
-        self._hash.update(data)
-        return self._fh.write(data)
+        written = self._fh.write(data)
+        self._queue.put(bytes(data))
+        return written
 
     def tell(self) -> int:
         return self._fh.tell()
@@ -321,7 +345,7 @@ class _HashingWriter:
         result = self._fh.truncate(size)
         end = self._fh.tell() if size is None else size
         if end == 0:
-            self._hash = hashlib.sha256()  # the server ignored Range: start over
+            self._queue.put(_RESET)  # the server ignored Range: start over
         else:
             self._valid = False
         return result
@@ -329,8 +353,15 @@ class _HashingWriter:
     def flush(self) -> None:
         self._fh.flush()
 
+    def close(self) -> None:
+        """Stop the hashing thread (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(_END)
+            self._thread.join()
+
     def hexdigest(self) -> str:
         self._fh.flush()
+        self.close()
         if self._valid:
             return self._hash.hexdigest()
         h = hashlib.sha256()
@@ -338,3 +369,7 @@ class _HashingWriter:
             while block := src.read(CHUNK_BYTES * 8):
                 h.update(block)
         return h.hexdigest()
+
+
+_RESET = object()  # markers for the hashing queue
+_END = object()

@@ -190,14 +190,14 @@ def import_file(path: str | Path) -> LocalModel:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ModelNotFound(f"no such file: {p}")
-    p = p.resolve()
+    p = p.absolute()  # keep the name the user gave (a symlink stays a symlink)
     spec = read_spec(p)  # raises InvalidModelFile with one line
     base = p.name
     split = split_part(base)
     stem = (split[0] if split else base).removesuffix(".gguf").removesuffix(".GGUF")
     quant = getattr(spec, "quant", None) or quant_from_filename(base) or "unknown"
     size = int(getattr(spec, "size_bytes", 0) or p.stat().st_size)
-    entries = [e for e in _read_registry() if Path(e["path"]) != p]
+    entries = [e for e in _read_registry() if Path(e["path"]).resolve() != p.resolve()]
     taken = {e["repo"] for e in entries}
     name, n = LOCAL_PREFIX + stem, 2
     while name in taken:

@@ -17,7 +17,7 @@ Errors carry the Hub's ``X-Error-Code`` headers (``RepoNotFound``, ``GatedRepo``
 
 Faults are injected per route (``api``, ``resolve``, ``cdn``) and optionally per path substring:
 :meth:`LocalHub.drop_connection`, :meth:`LocalHub.corrupt`, :meth:`LocalHub.fail`,
-:meth:`LocalHub.slow`, :meth:`LocalHub.delay`. Every request is recorded in :attr:`LocalHub.requests`.
+:meth:`LocalHub.slow`, :meth:`LocalHub.delay`, :meth:`LocalHub.ignore_range`. Every request is recorded in :attr:`LocalHub.requests`.
 
 Fixtures (registered from ``tests/conftest.py``): ``local_hub`` (session-wide server) and ``hub``
 (per test: emptied, faults cleared, ``HF_ENDPOINT`` pointed at it), ``unreachable_endpoint``.
@@ -190,7 +190,7 @@ class HubRepo:
 class Fault:
     """One injected fault. ``times=None`` means every matching request."""
 
-    kind: str  # "drop" | "corrupt" | "status" | "slow" | "delay"
+    kind: str  # "drop" | "corrupt" | "status" | "slow" | "delay" | "ignore_range"
     route: str  # "api" | "resolve" | "cdn" | "any"
     match: str | None = None
     times: int | None = 1
@@ -325,6 +325,10 @@ class LocalHub:
     def delay(self, seconds: float, *, route: str = "any", match: str | None = None, times: int | None = None) -> Fault:
         """Wait ``seconds`` before answering."""
         return self._add_fault(Fault("delay", route, match=match, times=times, seconds=seconds))
+
+    def ignore_range(self, *, match: str | None = None, times: int | None = None) -> Fault:
+        """The CDN answers ``200`` with the whole file even when asked for a ``Range`` (as some proxies do)."""
+        return self._add_fault(Fault("ignore_range", "cdn", match=match, times=times))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -577,6 +581,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, None, "NoSuchKey")
         start, end, status = 0, f.size - 1, 200
         rng = self.headers.get("Range")
+        if any(x.kind == "ignore_range" for x in faults):
+            rng = None
         if rng:
             m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
             if not m or (not m[1] and not m[2]):
@@ -687,3 +693,30 @@ def unreachable_endpoint() -> str:
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
 
+
+
+def _serve_main(argv: list[str] | None = None) -> int:
+    """``python -m tests.hubserver --repo org/name FILE...``: serve files until interrupted (for manual runs and benches)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Serve GGUF files as a local Hub (127.0.0.1) with its CDN (localhost).")
+    parser.add_argument("--repo", required=True, help="repo id to publish the files under")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    hub = LocalHub(port=args.port)
+    hub.add_repo(args.repo, {f.name: f for f in args.files})
+    hub.start()
+    print(hub.endpoint, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        hub.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_serve_main())

@@ -256,6 +256,25 @@ def test_cancel_keeps_the_partial_and_the_next_pull_resumes(smol: Path, hub: Loc
     assert hub.cdn_requests()[-1].range == f"bytes={kept}-"
 
 
+def test_resume_when_the_server_ignores_range(smol: Path, smol_sha: str, hub: LocalHub) -> None:
+    cancel = threading.Event()
+
+    class CancelAt10MiB(Recorder):
+        def update(self, n: int = 1) -> None:
+            super().update(n)
+            if self.n >= 10 << 20:
+                cancel.set()
+
+    with pytest.raises(Cancelled):
+        download.pull(f"{REPO}:Q4_1", progress_class=CancelAt10MiB, cancel=cancel)
+    assert partials()
+    hub.ignore_range()
+    model = download.pull(f"{REPO}:Q4_1")  # starts over from byte 0, and hashes only the new bytes
+    assert model.sha256 == smol_sha and model.path.read_bytes() == smol.read_bytes()
+    last = hub.cdn_requests()[-1]
+    assert last.range is not None and last.status == 200 and last.bytes_sent == smol.stat().st_size
+
+
 def test_split_set_is_pulled_listed_and_removed_as_one(hub: LocalHub, smollm2: Path) -> None:
     data = smollm2.read_bytes()
     half = len(data) // 2
