@@ -438,9 +438,11 @@ def _int_field(fields: Mapping[str, Any], key: str, label: str, *, required: boo
         return default
     if isinstance(value, list):
         value = max(value) if value else default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidModelFile(f"{label}: metadata key {key} is not a number ({str(value)[:40]!r})")
     try:
         out = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidModelFile(f"{label}: metadata key {key} is not a number ({value!r})") from None
     if out < 0:
         raise InvalidModelFile(f"{label}: metadata key {key} is negative ({out})")
