@@ -23,7 +23,7 @@ MARGIN = "╱"
 VERDICT_STYLES: dict[str, str] = {
     "full_gpu": "$success",
     "partial_gpu": "$warning",
-    "cpu": "$accent",
+    "cpu": "$secondary",
     "too_big": "$error",
 }
 
@@ -139,12 +139,12 @@ def _merge(cells: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def legend(segments: Sequence[Segment], margin: int = 0) -> Content:
-    """``█ weights 92 MiB  █ KV cache 45 MiB …`` in the bar's colours."""
+    """``█ weights 92 MiB  █ KV cache 45 MiB …`` in the bar's colours (``margin``: add its key)."""
     parts: list[tuple[str, str] | str] = []
     for seg in segments:
-        parts.extend([(FULL, seg.style), f" {seg.label} {human_bytes(seg.nbytes)}  "])
+        parts.extend([(FULL, seg.style), f" {seg.label} {human_bytes(seg.nbytes)} "])
     if margin:
-        parts.extend([(MARGIN, "$warning"), f" margin {human_bytes(margin)}"])
+        parts.extend([(MARGIN, "$warning"), " margin"])
     return Content.assemble(*parts)
 
 

@@ -297,22 +297,27 @@ class ChatScreen(Screen[None]):
             self._timer = None
         self._tick()
         reply, self._reply = self._reply, None
-        self.generating = False
+        try:
+            if reply is not None:
+                await self._end_reply(reply, message)
+        finally:
+            self.generating = False
+
+    async def _end_reply(self, reply: ChatMessage, message: Finished) -> None:
         stats = stats_dict(message.stats)
         finish = "cancelled" if message.stopped else (getattr(message.stats, "finish_reason", None) or "stop")
-        if reply is None:
-            return
+        state = "stopped" if message.stopped else "ready"
         await reply.finish(reply_meta(stats, finish))
         if message.error is not None:
             self.app.report_error(message.error)
         if not reply.text:
             await reply.remove()
-            self.status.set_state("stopped" if message.stopped else "ready")
+            self.status.set_state(state)
             return
         self.messages.append({"role": "assistant", "content": reply.text})
         self._persist("assistant", reply.text, stats=stats, finish_reason=finish)
         status = self.status
-        status.set_state("stopped" if message.stopped else "ready")
+        status.set_state(state)
         if stats:
             status.set_speed(stats.get("decode_tokens_per_s"), stats.get("ttft_s"), self._samples[-60:])
             if stats.get("n_ctx"):

@@ -27,10 +27,10 @@ class HomeScreen(Screen[None]):
     """Hardware summary on top, then tabs: On disk, Catalog, Search."""
 
     BINDINGS = [
-        Binding("s", "starter", "Starter model"),
+        Binding("s", "starter", "Starter"),
         Binding("i", "import_file", "Import"),
         Binding("slash", "search", "Search"),
-        Binding("r", "refresh", "Refresh"),
+        Binding("r", "refresh", "Refresh", show=False),
     ]
     #: (title, help, action) entries for the command palette.
     PALETTE = (
@@ -45,7 +45,9 @@ class HomeScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield OfflineBanner()
-        yield HardwarePanel(id="hardware")
+        panel = HardwarePanel(id="hardware")
+        panel.border_title = "This machine"
+        yield panel
         with TabbedContent(initial="local-tab", id="home-tabs"):
             with TabPane("On disk", id="local-tab"):
                 yield LocalModels(id="local-models")

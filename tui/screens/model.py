@@ -52,9 +52,9 @@ class ModelScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield OfflineBanner()
-        yield Static(self.title_text, id="model-title")
         with Horizontal(id="model-top"):
             yield ContextControl(value=self.app.services.default_ctx(), limit=0, id="context")
+            yield Static("", id="model-hint")
         yield VariantsTable(id="variants")
         yield Static("", id="reason")
         yield FitPicture(id="fit-picture")
@@ -117,7 +117,7 @@ class ModelScreen(Screen[None]):
         if best is None:
             reason.update("")
         else:
-            reason.update(f"★ {best.spec.quant} is recommended: {best.reason}")
+            reason.update(f"★ recommended {best.reason}")
 
     @on(ContextControl.Changed)
     def _context_changed(self, event: ContextControl.Changed) -> None:

@@ -37,16 +37,16 @@ class SettingsScreen(ModalScreen[Any]):
         with VerticalScroll(classes="dialog", id="settings-dialog"):
             yield Label("Chat settings", classes="dialog-title")
             yield Label("System prompt")
-            yield TextArea(getattr(self.settings, "system_prompt", None) or "", id="system-prompt")
+            yield TextArea(getattr(self.settings, "system_prompt", None) or "", id="system-prompt", compact=True)
             with Grid(id="settings-grid"):
                 for name, label, _kind in self._fields:
                     value = getattr(self.settings, name)
                     yield Label(label)
-                    yield Input("" if value is None else str(value), id=f"set-{name}",
+                    yield Input("" if value is None else str(value), id=f"set-{name}", compact=True,
                                 placeholder="random" if name == "seed" else "default")
             with Horizontal(classes="dialog-buttons"):
-                yield Button("Save", variant="primary", id="save")
-                yield Button("Cancel", id="cancel")
+                yield Button("Save", variant="primary", id="save", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
 
     def collect(self) -> Any:
         """A new settings object from the form; raises ValueError naming the bad field."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
@@ -43,6 +44,8 @@ def entry_cells(entry: Any) -> tuple[str, str, str]:
 
 class CatalogTable(DataTable[Any]):
     """Rows of repos; Enter posts :class:`CatalogTable.Opened`."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Open")]
 
     class Opened(Message):
         """The user opened a repo."""

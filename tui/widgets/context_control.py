@@ -36,8 +36,8 @@ class ContextControl(Widget, can_focus=True):
         Binding("right,plus,equals_sign", "larger", "More context", show=False),
     ]
 
-    value: reactive[int] = reactive(4096)
-    limit: reactive[int] = reactive(131072)
+    value: reactive[int] = reactive(4096, layout=True)
+    limit: reactive[int] = reactive(131072, layout=True)
 
     class Changed(Message):
         """The context length changed."""

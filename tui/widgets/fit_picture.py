@@ -30,43 +30,46 @@ class DeviceLoad:
         return sum(s.nbytes for s in self.segments)
 
 
-def _segments(est: Any, share: float) -> tuple[Segment, ...]:
+def _segments(weights: int, kv: int, compute: int, overhead: int) -> tuple[Segment, ...]:
     parts = [
-        Segment("weights", int(est.weights_bytes * share), STYLES["weights"]),
-        Segment("KV cache", int(est.kv_bytes * share), STYLES["kv"]),
-        Segment("compute", int(est.compute_bytes * share), STYLES["compute"]),
+        Segment("weights", max(weights, 0), STYLES["weights"]),
+        Segment("KV cache", max(kv, 0), STYLES["kv"]),
+        Segment("compute", max(compute, 0), STYLES["compute"]),
     ]
-    overhead = int(getattr(est, "overhead_bytes", 0) * share)
-    if overhead:
-        parts.append(Segment("overhead", overhead, STYLES["overhead"]))
+    if overhead > 0:
+        parts.append(Segment("other", overhead, STYLES["overhead"]))
     return tuple(parts)
 
 
 def device_loads(plan: Any, hw: Any) -> list[DeviceLoad]:
-    """Split a plan's estimate over the devices that would hold it.
+    """What each device would hold under ``plan``, against its free memory and margin.
 
-    The GPU part (``gpu_bytes``) is spread over the GPUs in proportion to their free memory, as
-    llama.cpp's default tensor split does; the rest (``cpu_bytes``) lands in RAM. Each part keeps
-    the estimate's own mix of weights, KV cache and compute buffer.
+    GPU parts come from the estimate's per-device split (``gpu_weights_bytes`` …); with several
+    GPUs, weights and KV cache spread in proportion to free memory (llama.cpp's default split) and
+    each device keeps its own compute buffer. The rest is RAM; on Apple Silicon, RAM holds it all.
     """
     est = plan.estimate
-    total = max(est.total_bytes, 1)
-    margin = int(getattr(plan, "margin_bytes", 0) or 0)
     loads: list[DeviceLoad] = []
     budgets = hw.gpu_budgets() if hw is not None else ()
-    gpu_bytes = est.gpu_bytes if plan.verdict in ("full_gpu", "partial_gpu") else 0
-    if plan.verdict == "too_big" and budgets:
-        gpu_bytes = est.gpu_bytes
+    gw, gk, gc = est.gpu_weights_bytes, est.gpu_kv_bytes, est.gpu_compute_bytes
+    g_other = est.gpu_bytes - gw - gk - gc
     if budgets:
         names = [f"GPU {g.index}" for g in hw.gpus] if hw.backend == "cuda" else ["Metal"]
         free_total = max(sum(budgets), 1)
         for name, budget in zip(names, budgets):
-            share = gpu_bytes / total * (budget / free_total)
-            loads.append(DeviceLoad(name, budget, _segments(est, share), margin))
-    ram_budget = hw.ram.available_bytes if hw is not None else 0
-    cpu_bytes = est.cpu_bytes if budgets else est.total_bytes
-    if cpu_bytes > 0 or not budgets:
-        loads.append(DeviceLoad("RAM", ram_budget, _segments(est, cpu_bytes / total), 0 if budgets else margin))
+            share = budget / free_total
+            loads.append(DeviceLoad(
+                name, budget, _segments(int(gw * share), int(gk * share), gc, int(g_other * share)), plan.margin_bytes,
+            ))
+    ram_avail = hw.ram.available_bytes if hw is not None else plan.ram_budget_bytes
+    ram_margin = max(ram_avail - plan.ram_budget_bytes, 0)
+    if hw is not None and hw.backend == "metal":
+        ram = _segments(est.weights_bytes, est.kv_bytes, est.compute_bytes, est.total_bytes - est.weights_bytes
+                        - est.kv_bytes - est.compute_bytes)
+    else:
+        cw, ck, cc = est.weights_bytes - gw, est.kv_bytes - gk, est.compute_bytes - gc
+        ram = _segments(cw, ck, cc, est.cpu_bytes - cw - ck - cc)
+    loads.append(DeviceLoad("RAM", ram_avail, ram, ram_margin))
     return loads
 
 
@@ -84,36 +87,43 @@ class FitPicture(Widget):
         plan = self.plan
         if plan is None:
             return Content.from_markup("[$text-muted]Reading model headers…[/]")
-        width = max(20, (self.size.width or 80) - LABEL_WIDTH - 28)
-        lines: list[Content] = []
-        first = plan.estimate
-        lines.append(
+        avail = (self.size.width or 80) - LABEL_WIDTH
+        est = plan.estimate
+        lines: list[Content] = [
             Content.assemble(
-                (f"{plan.spec.quant} ", "bold"), verdict_content(plan),
-                f"  needs {human_bytes(first.total_bytes)} at {plan.context:,} tokens",
+                (f"{plan.spec.quant}  ", "bold"), verdict_content(plan),
+                f"  needs {human_bytes(est.total_bytes)} at {plan.context:,} tokens",
             )
-        )
+        ]
         loads = device_loads(plan, self.hardware)
         for load in loads:
             left = load.budget - load.used - load.margin
-            tail = (f" {human_bytes(load.used)} of {human_bytes(load.budget)}",)
-            status = (f", {human_bytes(left)} left", "$text-muted") if left >= 0 else (
-                f", {human_bytes(-left)} short", "bold $error")
-            lines.append(
-                Content.assemble(
-                    (f"{load.name:<{LABEL_WIDTH}}", "bold"),
-                    stacked_bar(load.segments, load.budget, width, load.margin),
-                    *tail, status,
+            if load.used == 0:
+                why = f", under its {human_bytes(load.margin)} margin" if load.margin >= load.budget else ""
+                tail = Content.styled(f" unused: {human_bytes(load.budget)} free{why}", "$text-muted")
+            else:
+                tail = Content.assemble(
+                    f" {human_bytes(load.used)} of {human_bytes(load.budget)}",
+                    (f", {human_bytes(left)} left", "$text-muted") if left >= 0
+                    else (f", {human_bytes(-left)} short", "bold $error"),
                 )
-            )
-        if loads:
-            merged = [Segment(s.label, sum(l.segments[i].nbytes for l in loads if i < len(l.segments)), s.style)
-                      for i, s in enumerate(max((l.segments for l in loads), key=len))]
-            lines.append(Content.assemble(" " * LABEL_WIDTH, legend(merged, max(l.margin for l in loads))))
+            width = max(10, min(60, avail - tail.cell_length))
+            lines.append(Content.assemble(
+                (f"{load.name:<{LABEL_WIDTH}}", "bold"),
+                stacked_bar(load.segments, load.budget, width, min(load.margin, load.budget)),
+                tail,
+            ))
+        if plan.verdict == "too_big" and plan.full_gpu_bytes and self.hardware is not None and self.hardware.gpu_budgets():
+            lines.append(Content.styled(
+                f"{'':<{LABEL_WIDTH}}all layers on the GPU would need {human_bytes(plan.full_gpu_bytes)}", "$text-muted"))
+        totals = [Segment("weights", est.weights_bytes, STYLES["weights"]),
+                  Segment("KV", est.kv_bytes, STYLES["kv"]),
+                  Segment("compute", est.compute_bytes, STYLES["compute"])]
+        lines.append(Content.assemble(" " * LABEL_WIDTH, legend(totals, margin=1 if any(l.margin for l in loads) else 0)))
         reason = getattr(plan, "reason", "")
-        if reason:
+        if reason and not plan.recommended:
             lines.append(Content.styled(reason, "$text-muted"))
         levers = tuple(getattr(plan, "levers", ()) or ())
-        if levers and plan.verdict != "full_gpu":
+        if levers:
             lines.append(Content.assemble(("To fit better: ", "bold"), "; ".join(levers)))
         return Content("\n").join(lines)

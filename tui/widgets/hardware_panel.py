@@ -41,11 +41,10 @@ class HardwarePanel(Widget):
         backend = {"cuda": "CUDA", "metal": "Metal", "cpu": "CPU"}.get(hw.backend, hw.backend)
         row("Backend", (backend, "bold $accent"), f"  llama-cpp-python {build.version} ({offload})")
         for g in hw.gpus:
-            row(
-                f"GPU {g.index}",
-                usage_bar(g.total_bytes - g.free_bytes, g.total_bytes, bar_width),
-                f" {human_bytes(g.free_bytes)} free of {human_bytes(g.total_bytes)}  {g.name}",
-            )
+            figures = f" {human_bytes(g.free_bytes)} free of {human_bytes(g.total_bytes)}  "
+            room = (self.size.width or 80) - LABEL_WIDTH - bar_width - len(figures)
+            name = g.name if len(g.name) <= room else g.name[: max(room - 1, 0)] + "…"
+            row(f"GPU {g.index}", usage_bar(g.total_bytes - g.free_bytes, g.total_bytes, bar_width), figures + name)
         if hw.metal is not None:
             row(
                 "Metal",

@@ -18,7 +18,7 @@ class HistorySidebar(Vertical):
     """A list of conversation headers (newest first)."""
 
     DEFAULT_CSS = """
-    HistorySidebar { width: 30; height: 1fr; border-right: vkey $primary 40%; }
+    HistorySidebar { width: 32; height: 1fr; border-right: vkey $primary 40%; }
     HistorySidebar > Label { padding: 0 1; text-style: bold; color: $accent; width: 1fr; }
     HistorySidebar OptionList { height: 1fr; border: none; padding: 0; }
     """

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
@@ -35,7 +36,8 @@ class LocalModels(DataTable[Any]):
     """One row per local model; Enter chats with it (posts :class:`LocalModels.Chosen`)."""
 
     BINDINGS = [
-        ("f", "fit", "Fit details"),
+        Binding("enter", "select_cursor", "Chat"),
+        ("f", "fit", "Fit"),
         ("delete", "remove", "Remove"),
     ]
 

@@ -6,6 +6,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
@@ -17,6 +18,8 @@ COLUMNS = (("", "mark"), ("Quant", "quant"), ("Size", "size"), ("Fit", "fit"), (
 
 class VariantsTable(DataTable[Any]):
     """One row per Plan. ★ marks the recommended row, ✓ the ones already on disk."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Chat/Download", show=False)]
 
     class Highlighted(Message):
         """The cursor moved to another variant."""
