@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from runner.catalog import (
+    HubUnreachable,
     NotOnHub,
     Variant,
     hub_endpoint,
@@ -77,7 +78,14 @@ def pull(
         if len(have) == 1:
             return have[0]
         require_online(endpoint)
-    variants = list_variants(repo, endpoint=endpoint, token=token)
+    try:
+        variants = list_variants(repo, endpoint=endpoint, token=token)
+    except HubUnreachable:
+        have = find_local(repo, quant)
+        if len(have) != 1:
+            raise
+        say(f"the Hub is unreachable; {have[0].ref} is already here")
+        return have[0]
     if quant:
         variant = pick_variant(variants, quant)
     else:

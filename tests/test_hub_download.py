@@ -190,8 +190,11 @@ def test_server_errors_and_no_network(smol: Path, hub: LocalHub, unreachable_end
 def test_offline_pull_returns_what_is_here(smol: Path, hub: LocalHub, monkeypatch: pytest.MonkeyPatch,
                                            unreachable_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
     model = download.pull(f"{REPO}:Q4_1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", unreachable_endpoint)
+    notes: list[str] = []
+    assert download.pull(f"{REPO}:Q4_1", notice=notes.append) == model
+    assert notes == [f"the Hub is unreachable; {REPO}:Q4_1 is already here"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert download.pull(f"{REPO}:Q4_1") == model
     with pytest.raises(HubUnreachable, match="HF_HUB_OFFLINE is set"):
         download.pull("org/other:Q4_K_M")
@@ -242,10 +245,9 @@ def test_cancel_keeps_the_partial_and_the_next_pull_resumes(smol: Path, hub: Loc
                 cancel.set()
 
     hub.slow(50 << 20)
-    started = time.monotonic()
     with pytest.raises(Cancelled, match="cancelled"):
         download.pull(f"{REPO}:Q4_1", progress_class=CancelAt20MiB, cancel=cancel)
-    assert time.monotonic() - started < 1.5  # stopped at once, not after the whole file
+    assert hub.cdn_requests()[0].bytes_sent < 60 << 20  # the transfer stopped, it did not run to the end
     (partial,) = partials()
     kept = partial.stat().st_size
     assert 19 << 20 <= kept <= 21 << 20  # the chunk in hand when cancelled is not written
