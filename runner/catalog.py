@@ -112,9 +112,9 @@ def require_online(endpoint: str | None = None) -> None:
 @contextmanager
 def hub_errors(repo: str, filename: str | None = None, endpoint: str | None = None) -> Iterator[None]:
     """Translate huggingface_hub / network exceptions into one-line fitchat errors."""
-    import httpx2
     from huggingface_hub import errors as hf
 
+    http = _http_module()
     where = hub_endpoint(endpoint)
     what = f"{filename} in {repo}" if filename else repo
     try:
@@ -136,8 +136,8 @@ def hub_errors(repo: str, filename: str | None = None, endpoint: str | None = No
     except (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError) as exc:
         raise HubUnreachable(f"cannot reach the Hub at {where} for {what} ({_first_line(exc)}); "
                              "check your network or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model") from None
-    except (httpx2.ConnectError, httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError,
-            httpx2.ProxyError) as exc:
+    except (http.ConnectError, http.TimeoutException, http.NetworkError, http.RemoteProtocolError,
+            http.ProxyError) as exc:
         raise HubUnreachable(
             f"cannot reach the Hub at {where} ({type(exc).__name__}: {_first_line(exc)}); check your network "
             "or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model"
@@ -147,6 +147,18 @@ def hub_errors(repo: str, filename: str | None = None, endpoint: str | None = No
         if status in (401, 403):
             raise GatedRepo(f"the Hub refused access to {what} ({status}); set HF_TOKEN or run 'hf auth login'") from None
         raise HubError(f"the Hub at {where} answered {status or 'an error'} for {what}; try again later") from None
+
+
+def _http_module() -> Any:
+    """The HTTP client huggingface_hub uses (httpx2 in 2.x; httpx in earlier releases)."""
+    try:
+        import httpx2
+
+        return httpx2
+    except ImportError:
+        import httpx
+
+        return httpx
 
 
 def _status(exc: Exception) -> int | None:
@@ -188,11 +200,12 @@ def hub_reachable(*, endpoint: str | None = None, token: str | None = None, time
     """Whether the Hub (or ``HF_ENDPOINT``) answers an API call within ``timeout``; False when offline."""
     if is_offline():
         return False
-    import httpx2
+    from huggingface_hub.utils import get_session
 
+    http = _http_module()
     try:
-        r = httpx2.get(f"{hub_endpoint(endpoint)}/api/models", params={"limit": 1, "filter": "gguf"}, timeout=timeout)
-    except httpx2.HTTPError:
+        r = get_session().get(f"{hub_endpoint(endpoint)}/api/models", params={"limit": 1, "filter": "gguf"}, timeout=timeout)
+    except (http.HTTPError, OSError):
         return False
     return r.status_code < 500
 
