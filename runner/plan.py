@@ -416,20 +416,12 @@ def fit_remote_repo(
     ``quant`` keeps only that variant. Variants whose header is malformed are left out; if none
     remain, the first error is raised.
     """
-    from runner.catalog import list_variants
+    from runner.catalog import list_variants, pick_variant
     from runner.gguf_spec import read_remote_spec
 
     variants = list_variants(repo_id, endpoint=endpoint, token=token)
     if quant is not None:
-        variants = [v for v in variants if (v.quant or "").upper() == quant.upper()]
-        if not variants:
-            from runner.errors import ModelNotFound
-
-            raise ModelNotFound(f"{repo_id} has no {quant} GGUF; run 'fitchat fit {repo_id}' to see its variants")
-    if not variants:
-        from runner.errors import ModelNotFound
-
-        raise ModelNotFound(f"{repo_id} has no GGUF files")
+        variants = [pick_variant(variants, quant)]
     specs: list[ModelSpec] = []
     first_error: FitchatError | None = None
     for v in variants:
@@ -438,10 +430,10 @@ def fit_remote_repo(
         except InvalidModelFile as exc:
             first_error = first_error or exc
             continue
-        if v.quant and spec.quant != v.quant and spec.quant == "unknown":
+        if v.quant and v.quant.lower() != "unknown" and v.quant != spec.quant:
+            # The Hub's name for the variant (say UD-Q4_K_XL) is what 'fitchat pull repo:QUANT' takes.
             spec = dataclasses.replace(spec, quant=v.quant)
         specs.append(spec)
     if not specs:
-        assert first_error is not None
-        raise first_error
+        raise first_error or FitchatError(f"no readable GGUF variants in {repo_id}")
     return plan_variants(specs, hw, ctx, settings, margin_bytes)
