@@ -387,20 +387,11 @@ def check_metal(hw: HardwareInfo, sysctl: Callable[[str], str | None] = read_sys
 
 
 def hf_home(env: Mapping[str, str]) -> Path:
-    """``HF_HOME``, as huggingface_hub resolves it."""
+    """``HF_HOME``, as huggingface_hub resolves it (where the token file lives)."""
     if env.get("HF_HOME"):
         return Path(env["HF_HOME"]).expanduser()
     xdg = env.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface"
-
-
-def hub_cache_dir(env: Mapping[str, str] | None = None) -> Path:
-    """Where downloaded models go: ``HF_HUB_CACHE`` (or the legacy ``HUGGINGFACE_HUB_CACHE``), else ``HF_HOME/hub``."""
-    env = os.environ if env is None else env
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(var):
-            return Path(env[var]).expanduser()
-    return hf_home(env) / "hub"
 
 
 def _existing_parent(path: Path) -> Path:
@@ -602,12 +593,14 @@ def run_doctor(
 
         hw = detect_hardware()
     env = dict(os.environ) if env is None else env
+    from runner.store import hf_cache_dir
+
     hub = check_hub(env, timeout_s)
     checks = (
         check_llama_build(hw),
         check_cuda(hw, probe_cuda_toolkit(env, which, default_homes=cuda_homes), env),
         check_metal(hw, sysctl),
-        check_disk(hub_cache_dir(env)),
+        check_disk(hf_cache_dir()),
         hub,
         check_token(env, hub, timeout_s),
     )

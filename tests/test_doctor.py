@@ -468,13 +468,6 @@ def test_disk_check_on_a_cache_that_does_not_exist_yet(tmp_path):
     assert check.details["cached_bytes"] == 0 and check.details["total_bytes"] > 0
 
 
-def test_hub_cache_dir_follows_huggingface_hub_rules(tmp_path):
-    assert doctor.hub_cache_dir({"HF_HUB_CACHE": "/a/hub", "HF_HOME": "/b"}) == Path("/a/hub")
-    assert doctor.hub_cache_dir({"HF_HOME": "/b"}) == Path("/b/hub")
-    assert doctor.hub_cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/huggingface/hub")
-    assert doctor.hub_cache_dir({}) == Path.home() / ".cache" / "huggingface" / "hub"
-
-
 # --------------------------------------------------------------------------- fix commands per install kind
 
 

@@ -31,6 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALL_SH = ROOT / "packaging" / "install.sh"
 SPEC = ROOT / "packaging" / "fitchat.spec"
 VERSION = runner.__version__
+#: pip's own cache, read before the tests point XDG_CACHE_HOME at a private folder: the full
+#: installs reuse the llama-cpp-python wheel pip built before instead of compiling it again.
+PIP_CACHE_DIR = os.environ.get("PIP_CACHE_DIR") or str(
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pip"
+)
 
 
 def project_files() -> list[str]:
@@ -64,7 +69,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
         shutil.copy2(ROOT / rel, dest)
     proc = subprocess.run(
         [sys.executable, "-m", "build", "--outdir", str(base / "dist"), str(src)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=clean_env(),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sdists = list((base / "dist").glob("*.tar.gz"))
@@ -103,6 +108,7 @@ def make_venv_with_wheel(venv: Path, wheel: Path) -> Path:
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PIP_CACHE_DIR"] = PIP_CACHE_DIR
     env.update(extra)
     return env
 
@@ -369,7 +375,7 @@ def test_wheel_installs_with_its_dependencies(dist, tmp_path):
     start = time.monotonic()
     proc = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(dist.wheel)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=clean_env(),
     )
     print(f"pip install of the wheel with its dependencies: {time.monotonic() - start:.1f} s")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -400,8 +406,8 @@ def test_install_script_cpu_install_into_a_prefix(dist, tmp_path):
 
 
 @pytest.mark.slow
-def test_pyinstaller_bundle_builds_and_runs(tmp_path):
-    """Build the one-folder bundle from packaging/fitchat.spec and run it with llama.cpp loaded."""
+def test_pyinstaller_bundle_builds_and_runs(tmp_path, smollm2):
+    """Build the one-folder bundle from packaging/fitchat.spec and run it: llama.cpp loads and generates."""
     pytest.importorskip("PyInstaller")
     start = time.monotonic()
     proc = subprocess.run(
@@ -438,7 +444,16 @@ def test_pyinstaller_bundle_builds_and_runs(tmp_path):
     doctor = subprocess.run([str(exe), "doctor", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert doctor.returncode in (0, 1), doctor.stderr
     assert json.loads(doctor.stdout)["checks"][0]["details"]["version"] == llama_cpp.__version__
+
+    chat = subprocess.run(
+        [str(exe), "chat", str(smollm2), "-p", "Say hi", "--max-tokens", "8", "--temp", "0", "--json"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert chat.returncode == 0, chat.stderr
+    answer = json.loads(chat.stdout)
+    assert answer["reply"].strip() and answer["stats"]["completion_tokens"] > 0
     print(
         f"bundle: built in {build_s:.0f} s, {size / 2**20:.1f} MiB; "
-        f"--help {help_s * 1000:.0f} ms, hw --json {hw_s * 1000:.0f} ms (first run)"
+        f"--help {help_s * 1000:.0f} ms, hw --json {hw_s * 1000:.0f} ms (first run); "
+        f"chat reply {answer['reply']!r}"
     )
