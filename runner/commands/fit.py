@@ -48,6 +48,19 @@ def parse_ctx(text: str) -> int:
     return value
 
 
+def _arg(parse: Any) -> Any:
+    """An argparse ``type=`` that reports a bad value as a usage error (exit 2), not a traceback."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except BadOption as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "fit",
@@ -57,11 +70,11 @@ def register(subparsers: Any) -> None:
         "a Hub repo id (headers only, no download) or repo:QUANT.",
     )
     p.add_argument("source", metavar="SOURCE", help="a .gguf file, a directory, org/name or org/name:QUANT")
-    p.add_argument("--ctx", type=parse_ctx, default=None, help="context length in tokens (default 4096; 8k works)")
-    p.add_argument("--gpu-mem", type=parse_size, default=None, metavar="BYTES",
+    p.add_argument("--ctx", type=_arg(parse_ctx), default=None, help="context length in tokens (default 4096; 8k works)")
+    p.add_argument("--gpu-mem", type=_arg(parse_size), default=None, metavar="BYTES",
                    help="plan for a GPU with this much free memory (8G; 0 = no GPU) instead of this machine's")
-    p.add_argument("--ram", type=parse_size, default=None, metavar="BYTES", help="plan for this much available RAM (16G)")
-    p.add_argument("--margin", type=parse_size, default=None, metavar="BYTES",
+    p.add_argument("--ram", type=_arg(parse_size), default=None, metavar="BYTES", help="plan for this much available RAM (16G)")
+    p.add_argument("--margin", type=_arg(parse_size), default=None, metavar="BYTES",
                    help="GPU memory to keep free per device (default: 10%% of the GPU, at least 512M, at most 1G)")
     p.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default=None, help="KV cache type (default f16)")
     p.add_argument("--n-ubatch", type=int, default=None, metavar="N", help="micro-batch size (default 512)")
