@@ -1,0 +1,105 @@
+"""How close fitchat's memory estimate is to what llama.cpp reports it allocates.
+
+    python bench/estimate_accuracy.py [--ctx 512 2048 8192] [--no-flash-attn] [--json]
+
+Loads SmolLM2-135M (Q4_1 from PyPI; Q8_0, Q5_K_M, Q4_K_M made from it) and gemma-3-270m Q4_K_M
+(262k vocabulary, sliding-window attention) on the CPU, each in a child process, with the settings
+``fitchat chat`` uses, and reads llama.cpp's buffer lines (model, KV, compute, output). Prints the
+estimate beside each figure and checks the tolerances: every part within max(2 %, 16 MiB), the
+total within max(3 %, 32 MiB). As a baseline in the same run it also shows the error of the
+common flat-overhead rule (weights + KV cache + 0.5 GiB) that other tools use.
+
+Exit status 0 when every row is within tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from runner.estimate import DEFAULT_SETTINGS, estimate  # noqa: E402
+from runner.gguf_spec import read_spec  # noqa: E402
+from runner.hardware import parse_isa, probe_llama_build  # noqa: E402
+from runner.measure import PART_TOLERANCE, TOTAL_TOLERANCE, measure_many, within  # noqa: E402
+from tests import models  # noqa: E402
+
+MiB = 1024 * 1024
+FLAT_OVERHEAD = 512 * MiB
+
+
+def model_paths() -> dict[str, Path]:
+    paths = {f"SmolLM2-135M {q}": models.smollm2_variant(q) for q in ("Q4_1", "Q8_0", "Q5_K_M", "Q4_K_M")}
+    paths["gemma-3-270m Q4_K_M"] = models.gemma3_270m()
+    return paths
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ctx", type=int, nargs="+", default=[512, 2048, 8192])
+    parser.add_argument("--no-flash-attn", action="store_true", help="measure with flash attention off")
+    parser.add_argument("--swa-window", action="store_true", help="window-sized SWA cache")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    settings = dataclasses.replace(DEFAULT_SETTINGS, flash_attn=not args.no_flash_attn, swa_full=not args.swa_window)
+    isa = parse_isa(probe_llama_build().system_info)
+
+    rows = []
+    for name, path in model_paths().items():
+        spec = read_spec(path)
+        for m in measure_many(path, [(c, settings) for c in args.ctx]):
+            e = estimate(spec, m.context, settings, cpu_isa=isa)
+            flat = spec.size_bytes + e.kv_bytes + FLAT_OVERHEAD
+            ok = (
+                within(e.weights_bytes, m.weights_bytes, PART_TOLERANCE)
+                and within(e.kv_bytes, m.kv_bytes, PART_TOLERANCE)
+                and within(e.compute_bytes, m.compute_bytes, PART_TOLERANCE)
+                and within(e.total_bytes, m.total_bytes, TOTAL_TOLERANCE)
+            )
+            rows.append({
+                "model": name, "ctx": m.context,
+                "weights": (e.weights_bytes, m.weights_bytes), "kv": (e.kv_bytes, m.kv_bytes),
+                "compute": (e.compute_bytes, m.compute_bytes), "total": (e.total_bytes, m.total_bytes),
+                "flat_total": flat, "ok": ok, "load_s": round(m.seconds, 2),
+            })
+
+    if args.json:
+        print(json.dumps({"settings": settings.to_json(), "rows": rows}, indent=2))
+        return 0 if all(r["ok"] for r in rows) else 1
+
+    s = settings
+    print(f"llama.cpp CPU loads; flash attention {'on' if s.flash_attn else 'off'}, KV {s.type_k}, n_ubatch {s.n_ubatch}, "
+          f"SWA cache {'full' if s.swa_full else 'window'}; MiB, estimate / measured (difference)")
+    head = f"{'model':22} {'ctx':>5}  {'weights':>22}  {'KV cache':>22}  {'compute':>22}  {'total':>22}  {'flat rule err':>13}  ok"
+    print(head)
+    print("-" * len(head))
+
+    def cell(pair: tuple[int, int]) -> str:
+        e, m = pair
+        return f"{e / MiB:7.2f}/{m / MiB:7.2f} ({(e - m) / MiB:+5.2f})"
+
+    worst = {"weights": 0.0, "kv": 0.0, "compute": 0.0, "total": 0.0}
+    flat_errors = []
+    for r in rows:
+        for k in worst:
+            e, m = r[k]
+            worst[k] = max(worst[k], abs(e - m) / MiB)
+        m_total = r["total"][1]
+        flat_err = (r["flat_total"] - m_total) / m_total
+        flat_errors.append(abs(flat_err))
+        print(f"{r['model']:22} {r['ctx']:>5}  {cell(r['weights'])}  {cell(r['kv'])}  {cell(r['compute'])}  {cell(r['total'])}"
+              f"  {flat_err * 100:+12.0f}%  {'yes' if r['ok'] else 'NO'}")
+    rel = max(abs(r["total"][0] - r["total"][1]) / r["total"][1] for r in rows)
+    print()
+    print("worst difference (MiB): " + ", ".join(f"{k} {v:.2f}" for k, v in worst.items()))
+    print(f"worst total error: fitchat {rel * 100:.2f}%, flat weights+KV+0.5 GiB rule {max(flat_errors) * 100:.0f}%")
+    print(f"{sum(r['ok'] for r in rows)}/{len(rows)} rows within tolerance (parts max(2%, 16 MiB), total max(3%, 32 MiB))")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

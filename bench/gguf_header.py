@@ -1,0 +1,71 @@
+"""Reading GGUF headers: time against the stock reader, and bytes fetched from a Hub.
+
+    python bench/gguf_header.py [--runs N]
+
+1. Local files: ``runner.gguf_spec.read_spec`` against gguf's own ``GGUFReader`` (the baseline),
+   median of N runs each, in the same process; prints the ratio.
+2. Remote headers: ``read_remote_spec`` through the local Hub test server (a real
+   ``huggingface_hub`` client, a 302 to a CDN host, HTTP Range), printing how many bytes each
+   variant needed: SmolLM2 (49k vocabulary) and gemma-3-270m (262k vocabulary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from runner.gguf_spec import read_remote_spec, read_spec  # noqa: E402
+from tests import models  # noqa: E402
+from tests.hubserver import LocalHub  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def median_time(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    from gguf import GGUFReader
+
+    files = {
+        "SmolLM2-135M Q8_0 (49k vocab)": models.smollm2_variant("Q8_0"),
+        "gemma-3-270m Q4_K_M (262k vocab)": models.gemma3_270m(),
+    }
+    read_spec(files["SmolLM2-135M Q8_0 (49k vocab)"])  # imports
+    print("Local header parse, median of", args.runs, "runs (noisy on a shared machine; compare the ratio)")
+    for name, path in files.items():
+        ours = median_time(lambda p=path: read_spec(p), args.runs)
+        stock = median_time(lambda p=path: GGUFReader(p), args.runs)
+        print(f"  {name:34} read_spec {ours * 1000:7.0f} ms   GGUFReader {stock * 1000:7.0f} ms   {stock / ours:5.1f}x faster")
+
+    print("Remote header (local Hub server, Range reads that grow until the header parses)")
+    with LocalHub() as hub:
+        os.environ["HF_ENDPOINT"] = hub.endpoint
+        hub.add_repo("bench/models-GGUF", {f"{name.split(' (')[0].replace(' ', '-')}.gguf": p for name, p in files.items()})
+        for name, path in files.items():
+            filename = f"{name.split(' (')[0].replace(' ', '-')}.gguf"
+            hub.requests.clear()
+            spec = read_remote_spec("bench/models-GGUF", filename, endpoint=hub.endpoint)
+            requests = len(hub.cdn_requests())
+            print(f"  {name:34} header {spec.header_bytes / MiB:5.2f} MiB, read {spec.bytes_read / MiB:5.2f} MiB "
+                  f"in {requests} range request(s), file {spec.size_bytes / MiB:6.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
