@@ -52,7 +52,7 @@ Split between GPU and CPU
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from runner.errors import FitchatError
@@ -369,11 +369,6 @@ def estimate(
         gpu_compute_bytes=gpu_compute,
         notes=tuple(notes),
     )
-
-
-def with_settings(settings: LoadSettings, **changes: Any) -> LoadSettings:
-    """A copy of ``settings`` with some fields changed (validated)."""
-    return replace(settings, **changes)
 
 
 #: Architectures with a recurrent state (Mamba/RWKV style, alone or hybrid) that llama.cpp keeps
