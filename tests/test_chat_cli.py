@@ -58,6 +58,18 @@ def test_prompt_on_stdin_and_system_prompt(smollm2: Path, capsys: pytest.Capture
     assert rc == 0 and json.loads(out)["reply"].strip()
 
 
+def test_model_references_starter_and_repo_quant(smollm2: Path, private_home: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "starter", "-p", "hi", *FAST]) == 1
+    assert "fitchat pull starter" in capsys.readouterr().err
+    kept = private_home / "cache" / "fitchat" / "starter" / smollm2.name  # where 'fitchat pull starter' puts it
+    kept.parent.mkdir(parents=True)
+    kept.symlink_to(smollm2)
+    for ref in ("starter", "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1"):
+        assert main(["chat", ref, "-p", "Name a fruit.", "--json", "--max-tokens", "8", *FAST]) == 0
+        assert json.loads(capsys.readouterr().out)["reply"].strip()
+
+
 @pytest.mark.parametrize(
     ("argv", "stdin", "message"),
     [

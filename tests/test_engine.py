@@ -34,7 +34,7 @@ def reply(engine: ChatEngine, messages: list[dict[str, str]], settings: Sampling
     return "".join(engine.stream(messages, settings))
 
 
-def test_reply_matches_llama_cpp_python_through_the_gguf_template(engine: ChatEngine, smollm2: Path) -> None:
+def test_replies_match_llama_cpp_python_through_the_gguf_template(engine: ChatEngine, smollm2: Path) -> None:
     import llama_cpp
 
     engine.reset()
@@ -44,9 +44,18 @@ def test_reply_matches_llama_cpp_python_through_the_gguf_template(engine: ChatEn
         bare = llama_cpp.Llama(str(smollm2), n_ctx=4096, n_threads=1, verbose=True, **engine.load_kwargs)
     try:
         theirs = bare.create_chat_completion(QUESTION, temperature=0.0, max_tokens=48, repeat_penalty=1.1, seed=42)
+        # Longer than the 64-token penalty window, and sampled at temperature 0.9 with a seed.
+        long_greedy = bare.create_chat_completion(STORY, temperature=0.0, max_tokens=120, repeat_penalty=1.3)
+        warm = bare.create_chat_completion(STORY, temperature=0.9, top_p=0.9, top_k=30, min_p=0.05,
+                                           repeat_penalty=1.2, max_tokens=100, seed=1234)
     finally:
         bare.close()
     assert ours == theirs["choices"][0]["message"]["content"]
+    assert reply(engine, STORY, SamplingSettings(temperature=0.0, repeat_penalty=1.3, max_tokens=120)) == \
+        long_greedy["choices"][0]["message"]["content"]
+    assert reply(engine, STORY, SamplingSettings(temperature=0.9, top_p=0.9, top_k=30, min_p=0.05,
+                                                 repeat_penalty=1.2, max_tokens=100, seed=1234)) == \
+        warm["choices"][0]["message"]["content"]
     assert engine.has_chat_template
     assert engine.load_kwargs["flash_attn"] is True  # the fit estimate's settings, not llama-cpp-python's
 
@@ -315,3 +324,42 @@ def _cores() -> tuple[int, int]:
     import psutil
 
     return psutil.cpu_count(logical=False) or 1, psutil.cpu_count() or 1
+
+
+def test_close_releases_memory_before_the_next_load(smollm2: Path) -> None:
+    import gc
+
+    import psutil
+
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    e = ChatEngine.load(smollm2, n_ctx=32768, n_threads=1)  # a 720 MiB KV cache, written at load
+    loaded = proc.memory_info().rss
+    e.close()
+    gc.collect()
+    closed = proc.memory_info().rss
+    assert loaded - before > 500 * 2**20
+    assert closed - before < 150 * 2**20
+    e = ChatEngine.load(smollm2, n_ctx=32768, n_threads=1)
+    e.close()
+    assert proc.memory_info().rss - closed < 150 * 2**20  # no growth from load to load
+
+
+@pytest.mark.slow
+def test_calibration_with_the_other_core_busy_prefers_one_thread(smollm2: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    if _cores()[0] != 2:
+        pytest.skip("written for a 2-core machine")
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        e = ChatEngine.load(smollm2, n_ctx=1024, thread_cache=tp.ThreadCache(tmp_path / "threads.json"))
+        try:
+            assert e.threads.n_threads == 1, e.threads
+        finally:
+            e.close()
+    finally:
+        burner.kill()
+        burner.wait()
