@@ -757,7 +757,9 @@ def _read_remote_part(
     label = f"{repo_id}/{filename}"
     if not meta.size:
         raise HubError(f"the Hub did not report a size for {label}; try again later")
-    location = meta.location or url
+    from urllib.parse import urljoin
+
+    location = urljoin(url, meta.location) if meta.location else url  # mirrors may answer a relative Location
     headers = build_hf_headers(token=token)
     headers["Accept-Encoding"] = "identity"
     if not _same_origin(url, location):
