@@ -389,17 +389,24 @@ class ChatEngine:
         loader: Loader | None = None,
         calibrate: bool = True,
         thread_cache: thread_policy.ThreadCache | None = None,
+        validate: bool = True,
     ) -> ChatEngine:
         """Load a GGUF as ``plan`` says (or with explicit settings), walking the fallback ladder.
 
         ``settings``: a ``runner.estimate.LoadSettings`` or a dict of ``Llama`` keyword args
         (defaults to the fit estimate's ``DEFAULT_SETTINGS``). ``n_threads``: a user override; without
         it the thread counts are measured (``calibrate``) and cached in ``thread_cache``.
-        ``loader(path, **kwargs)`` builds the ``llama_cpp.Llama`` (replaceable in tests).
+        ``loader(path, **kwargs)`` builds the ``llama_cpp.Llama`` (replaceable in tests). Without a
+        plan the file is first checked with ``runner.gguf_spec.read_spec`` (``validate``), so a bad
+        file is one clear line rather than whatever llama.cpp makes of it.
         """
         path = str(path)
         if not Path(path).is_file():
             raise LoadFailed(f"no model file at {path}")
+        if plan is None and validate:
+            from runner.gguf_spec import read_spec
+
+            read_spec(path)
         n_layers: int | None = None
         if plan is not None:
             kwargs = _settings_kwargs(plan.settings)
@@ -471,28 +478,38 @@ class ChatEngine:
                 "free some memory or pick a smaller quant ('fitchat fit MODEL' shows what fits)"
             )
         report = LoadReport(step, tuple(failures), time.perf_counter() - t0)
-        engine = cls(llm, path=path, gpu_layers=step.gpu_layers, load_kwargs=kwargs, report=report, on_notice=on_notice)
+        try:
+            engine = cls(llm, path=path, gpu_layers=step.gpu_layers, load_kwargs=kwargs, report=report,
+                         on_notice=on_notice)
+        except BaseException:
+            llm.close()
+            log.restore()
+            raise
         engine._log = log
         engine.notices[:0] = early
         if failures:
             engine._notice(f"loaded with {step.label}: {step.gpu_layers} GPU layers, context {engine.n_ctx}")
-        if n_threads is not None:
-            engine.set_threads(n_threads, n_threads_batch or n_threads)
-        elif calibrate:
-            engine._thread_cache = thread_cache or thread_policy.ThreadCache()
-            engine._thread_cache_key = thread_policy.cache_key(
-                thread_policy.machine_key(
-                    cpu.model, cpu.physical_cores, cpu.logical_cores, _offload_backend(), engine.gpu_layers
-                ),
-                Path(path).stat().st_size,
-            )
-            cached = engine._thread_cache.get(engine._thread_cache_key)
-            if cached is not None:
-                engine._lc.llama_set_n_threads(engine._ctx, cached.n_threads, cached.n_threads_batch)
-                engine.threads = cached
-                engine._last_thread_check = time.time()
-            else:
-                engine.calibrate_threads()
+        try:
+            if n_threads is not None:
+                engine.set_threads(n_threads, n_threads_batch or n_threads)
+            elif calibrate:
+                engine._thread_cache = thread_cache or thread_policy.ThreadCache()
+                engine._thread_cache_key = thread_policy.cache_key(
+                    thread_policy.machine_key(
+                        cpu.model, cpu.physical_cores, cpu.logical_cores, _offload_backend(), engine.gpu_layers
+                    ),
+                    Path(path).stat().st_size,
+                )
+                cached = engine._thread_cache.get(engine._thread_cache_key)
+                if cached is not None:
+                    engine._lc.llama_set_n_threads(engine._ctx, cached.n_threads, cached.n_threads_batch)
+                    engine.threads = cached
+                    engine._last_thread_check = time.time()
+                else:
+                    engine.calibrate_threads()
+        except BaseException:
+            engine.close()
+            raise
         return engine
 
     # ------------------------------------------------------------------ basics

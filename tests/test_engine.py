@@ -14,7 +14,7 @@ import pytest
 from runner import engine as eng
 from runner import threads as tp
 from runner.engine import ChatEngine, ContextOverflow, EngineBusy, EngineClosed, SamplingSettings
-from runner.errors import LoadFailed
+from runner.errors import InvalidModelFile, LoadFailed
 
 GREEDY = SamplingSettings(temperature=0.0, seed=42, max_tokens=48)
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -45,16 +45,16 @@ def test_replies_match_llama_cpp_python_through_the_gguf_template(engine: ChatEn
     try:
         theirs = bare.create_chat_completion(QUESTION, temperature=0.0, max_tokens=48, repeat_penalty=1.1, seed=42)
         # Longer than the 64-token penalty window, and sampled at temperature 0.9 with a seed.
-        long_greedy = bare.create_chat_completion(STORY, temperature=0.0, max_tokens=120, repeat_penalty=1.3)
+        long_greedy = bare.create_chat_completion(STORY, temperature=0.0, max_tokens=80, repeat_penalty=1.3)
         warm = bare.create_chat_completion(STORY, temperature=0.9, top_p=0.9, top_k=30, min_p=0.05,
-                                           repeat_penalty=1.2, max_tokens=100, seed=1234)
+                                           repeat_penalty=1.2, max_tokens=70, seed=1234)
     finally:
         bare.close()
     assert ours == theirs["choices"][0]["message"]["content"]
-    assert reply(engine, STORY, SamplingSettings(temperature=0.0, repeat_penalty=1.3, max_tokens=120)) == \
+    assert reply(engine, STORY, SamplingSettings(temperature=0.0, repeat_penalty=1.3, max_tokens=80)) == \
         long_greedy["choices"][0]["message"]["content"]
     assert reply(engine, STORY, SamplingSettings(temperature=0.9, top_p=0.9, top_k=30, min_p=0.05,
-                                                 repeat_penalty=1.2, max_tokens=100, seed=1234)) == \
+                                                 repeat_penalty=1.2, max_tokens=70, seed=1234)) == \
         warm["choices"][0]["message"]["content"]
     assert engine.has_chat_template
     assert engine.load_kwargs["flash_attn"] is True  # the fit estimate's settings, not llama-cpp-python's
@@ -280,8 +280,11 @@ def test_not_a_memory_failure_is_reported_at_once(tmp_path: Path) -> None:
         attempts.append(kwargs["n_ctx"])
         return eng.default_loader(path, **kwargs)
 
-    with pytest.raises(LoadFailed, match="no-such-architecture"):
+    with pytest.raises(InvalidModelFile):  # fitchat's own check comes first
         ChatEngine.load(bad, n_ctx=8192, n_threads=1, gpu_layers=0, loader=loader)
+    assert attempts == []
+    with pytest.raises(LoadFailed, match="no-such-architecture"):  # llama.cpp's refusal, without retries
+        ChatEngine.load(bad, n_ctx=8192, n_threads=1, gpu_layers=0, loader=loader, validate=False)
     assert attempts == [8192]
     with pytest.raises(LoadFailed, match="no model file"):
         ChatEngine.load(tmp_path / "missing.gguf")
