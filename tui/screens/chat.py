@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header
 from textual.worker import get_current_worker
 
+from tui.coalesce import Coalescer
 from tui.render import rate
 from tui.screens.pick import PickScreen
 from tui.screens.settings import SettingsScreen
@@ -27,6 +28,9 @@ from tui.widgets.local_models import model_name
 from tui.widgets.status_line import StatusLine
 
 SAMPLE_INTERVAL_S = 0.25
+#: Pieces arriving closer together than this are posted to the screen as one update: each
+#: update costs a layout of the screen, and the UI thread shares the GIL with llama.cpp's loop.
+COALESCE_S = 0.1
 SIDEBAR_MIN_WIDTH = 100
 
 
@@ -77,10 +81,11 @@ class ChatScreen(Screen[None]):
     )
 
     class Token(Message):
-        """A piece of the reply (posted from the generation thread)."""
+        """New text of the reply: ``count`` pieces from the engine (posted from the generation thread)."""
 
-        def __init__(self, text: str) -> None:
+        def __init__(self, text: str, count: int = 1) -> None:
             self.text = text
+            self.count = count
             super().__init__()
 
     class Finished(Message):
@@ -257,18 +262,24 @@ class ChatScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
     def generate(self, engine: Any, messages: list[dict[str, str]], settings: Any) -> None:
-        """Run the engine; every piece is posted to the screen without waiting for it to render."""
+        """Run the engine and post its text to the screen, never waiting for the screen.
+
+        A piece goes out at once unless the last post was under ``COALESCE_S`` ago; then it joins
+        the next post. Slow replies show every token as it comes, fast ones in ~10 updates a
+        second, which keeps the UI thread (and the GIL) free for llama.cpp.
+        """
         worker = get_current_worker()
         error: BaseException | None = None
+        out = Coalescer(lambda text, count: self.post_message(self.Token(text, count)), COALESCE_S)
         try:
             for piece in engine.stream(messages, settings):
-                if piece:
-                    self.post_message(self.Token(piece))
+                out.add(piece)
                 if worker.is_cancelled or self._stopped:
                     engine.cancel()
         except Exception as exc:  # noqa: BLE001 - shown as a notification
             error = exc
         finally:
+            out.flush()
             stats = getattr(engine, "last_stats", None)
             self._idle.set()
             self.post_message(self.Finished(stats, error, self._stopped))
@@ -278,7 +289,7 @@ class ChatScreen(Screen[None]):
             return
         if self._t_first is None:
             self._t_first = time.perf_counter()
-        self._count += 1
+        self._count += message.count
         await self._reply.append(message.text)
 
     def _tick(self) -> None:

@@ -7,9 +7,30 @@ from collections.abc import Sequence
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.content import Content
-from textual.widgets import Sparkline, Static
+from textual.widget import Widget
+from textual.widgets import Sparkline
 
 from tui.render import usage_bar
+
+
+class StatusText(Widget):
+    """The status words; a fixed one-line box, so an update repaints without a new layout."""
+
+    DEFAULT_CSS = """
+    StatusText { width: 1fr; height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.content = Content("")
+
+    def show(self, content: Content) -> None:
+        if content != self.content:
+            self.content = content
+            self.refresh()
+
+    def render(self) -> Content:
+        return self.content
 
 
 class StatusLine(Horizontal):
@@ -18,7 +39,6 @@ class StatusLine(Horizontal):
     DEFAULT_CSS = """
     StatusLine { height: 1; background: $panel; padding: 0 1; }
     StatusLine Sparkline { width: 10; margin-right: 1; }
-    StatusLine #status-text { width: 1fr; height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def __init__(self, **kwargs: object) -> None:
@@ -33,7 +53,7 @@ class StatusLine(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Sparkline([], id="status-spark")
-        yield Static("", id="status-text")
+        yield StatusText(id="status-text")
 
     def on_mount(self) -> None:
         self.refresh_text()
@@ -82,4 +102,4 @@ class StatusLine(Horizontal):
         layers = self._layers_text()
         if layers:
             parts += [" · ", layers]
-        self.query_one("#status-text", Static).update(Content.assemble(*parts))
+        self.query_one(StatusText).show(Content.assemble(*parts))
