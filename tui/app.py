@@ -16,6 +16,8 @@ from tui.services import Services
 from tui.notify import error_message
 
 LIGHT_THEME = "textual-light"
+#: Pause between the first frame and the background probes (the writer thread needs the GIL).
+PROBE_DELAY_S = 0.15
 DARK_THEME = "textual-dark"
 
 
@@ -60,7 +62,12 @@ class FitchatApp(App[None]):
     def on_mount(self) -> None:
         if self.services.hardware is not None:
             self.hardware = self.services.hardware
-        else:
+        # The probes import llama.cpp and huggingface_hub, holding the GIL for a while: start them
+        # once the first frame is composed and has had time to reach the terminal.
+        self.call_after_refresh(self.set_timer, PROBE_DELAY_S, self._start_probes)
+
+    def _start_probes(self) -> None:
+        if self.services.hardware is None:
             self.detect_hardware()
         if self._check_hub:
             self.check_hub()
@@ -123,5 +130,28 @@ class FitchatApp(App[None]):
 
 def run_app() -> int:
     """Run the UI until the user quits."""
-    FitchatApp().run()
-    return 0
+    app = FitchatApp()
+    app.run()
+    _leave_promptly()
+    return int(app.return_code or 0)
+
+
+def _leave_promptly(grace_s: float = 2.0) -> None:
+    """Quit now even if a network probe is still waiting on a slow connection.
+
+    Downloads and replies are cancelled when their screens close; what may linger is a Hub request
+    stuck in a connect timeout, in a worker thread Python would otherwise wait for at exit.
+    """
+    import os
+    import sys
+    import threading
+    import time
+
+    deadline = time.monotonic() + grace_s
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

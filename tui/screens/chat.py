@@ -67,7 +67,7 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+b", "toggle_history", "History"),
         Binding("f2", "settings", "Settings"),
         Binding("ctrl+o", "switch_model", "Model"),
-        Binding("ctrl+r", "copy_reply", "Copy reply"),
+        Binding("ctrl+r", "copy_reply", "Copy"),
         Binding("ctrl+g", "copy_code", "Copy code", show=False),
     ]
     PALETTE = (

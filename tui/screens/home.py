@@ -11,6 +11,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 
+from tui.app import PROBE_DELAY_S
 from tui.screens.prompt import PromptScreen
 from tui.widgets.catalog_table import CatalogTable
 from tui.widgets.hardware_panel import HardwarePanel
@@ -62,8 +63,8 @@ class HomeScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.watch(self.app, "hardware", self._hardware_changed, init=True)
-        self.load_local()
-        self.load_catalog()
+        self.call_after_refresh(self.set_timer, PROBE_DELAY_S, self.load_local)
+        self.call_after_refresh(self.set_timer, PROBE_DELAY_S, self.load_catalog)
 
     def _hardware_changed(self, hw: Any) -> None:
         self.query_one(HardwarePanel).hardware = hw

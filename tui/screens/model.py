@@ -42,6 +42,7 @@ class ModelScreen(Screen[None]):
         self.specs: list[Any] = []
         self.on_disk: dict[str, Any] = {}
         self.downloading = False
+        self._cancel: Any = None
 
     @property
     def title_text(self) -> str:
@@ -176,7 +177,7 @@ class ModelScreen(Screen[None]):
             self.notify(f"{plan.spec.quant} does not fit this machine at {plan.context:,} tokens; downloading anyway",
                         severity="warning")
         panel = self.query_one(DownloadPanel)
-        cancel = panel.start(f"{self.repo} {plan.spec.quant}", plan.spec.size_bytes)
+        cancel = self._cancel = panel.start(f"{self.repo} {plan.spec.quant}", plan.spec.size_bytes)
         self.downloading = True
         self.download(plan.spec.quant, plan.context, cancel)
 
@@ -206,6 +207,11 @@ class ModelScreen(Screen[None]):
         table = self.query_one(VariantsTable)
         table.show(table.plans, self.on_disk.keys())
         self.notify(f"Downloaded {model_name(model)} {model.quant}: press c to chat")
+
+    def on_unmount(self) -> None:
+        """Leaving (or quitting) stops a running download; what it fetched is kept for a resume."""
+        if self._cancel is not None:
+            self._cancel.set()
 
     def action_back(self) -> None:
         if self.downloading:
