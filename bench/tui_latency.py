@@ -31,8 +31,8 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def measure(path: Path, threads: int, keys: int, streaming: bool) -> tuple[list[float], int]:
-    """Latencies in seconds, and how many pieces streamed meanwhile."""
+def measure(path: Path, threads: int, keys: int, streaming: bool) -> tuple[list[float], int, float | None]:
+    """Latencies in seconds, how many pieces streamed meanwhile, and how long Esc took to stop the reply."""
     from textual import events
 
     from runner.engine import SamplingSettings
@@ -40,6 +40,7 @@ def measure(path: Path, threads: int, keys: int, streaming: bool) -> tuple[list[
     app = make_app(threads, SamplingSettings(temperature=0.0, seed=1, max_tokens=4000))
     out: list[float] = []
     streamed = [0]
+    stop: list[float] = []
 
     async def run() -> None:
         async with app.run_test(size=(120, 40)) as pilot:
@@ -71,12 +72,16 @@ def measure(path: Path, threads: int, keys: int, streaming: bool) -> tuple[list[
                 await asyncio.sleep(0.05 + (i % 5) * 0.013)  # keys at an uneven typing pace
             streamed[0] = screen._count
             if screen.generating:
-                screen.action_stop()
+                escape = events.Key("escape", None)
+                escape.set_sender(app)
+                t0 = time.perf_counter()
+                driver.send_message(escape)
                 while screen.generating:
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.0005)
+                stop.append(time.perf_counter() - t0)
 
     asyncio.run(run())
-    return out, streamed[0]
+    return out, streamed[0], stop[0] if stop else None
 
 
 def main() -> int:
@@ -87,14 +92,16 @@ def main() -> int:
     args = parser.parse_args()
     private_home()
     path = args.model or default_model()
-    idle, _ = measure(path, args.threads, args.keys, streaming=False)
-    busy, pieces = measure(path, args.threads, args.keys, streaming=True)
+    idle, _, _ = measure(path, args.threads, args.keys, streaming=False)
+    busy, pieces, stop = measure(path, args.threads, args.keys, streaming=True)
     for label, values in (("idle", idle), ("streaming", busy)):
         ms = [v * 1000 for v in values]
         print(f"{label:<10} p50 {statistics.median(ms):6.1f} ms  p95 {pct(ms, 0.95):6.1f} ms  max {max(ms):6.1f} ms"
               f"  ({len(ms)} keys)")
     print(f"while streaming ({pieces} pieces on screen): p50 {statistics.median(busy) / statistics.median(idle):.1f}x idle, "
           f"{sum(v <= 0.05 for v in busy)}/{len(busy)} keys within 50 ms")
+    if stop is not None:
+        print(f"Esc to reply stopped and saved: {stop * 1000:.0f} ms")
     return 0
 
 

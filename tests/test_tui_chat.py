@@ -62,6 +62,11 @@ async def test_choose_local_model_chat_and_save(smollm2: Path, tmp_path: Path, u
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await open_chat(pilot, app)
         assert "SmolLM2-135M-Instruct" in screen.sub_title
+        # The prompt box takes several lines: Ctrl+J adds one, Enter sends.
+        box = screen.query_one("#chat-input")
+        await pilot.press("a", "ctrl+j", "b")
+        assert box.text == "a\nb"
+        box.clear()
         reply = await ask(pilot, screen, "What is the capital of France?")
         assert reply.text.strip(), "the model replied nothing"
         # What streamed in is what the Markdown widget shows and what the history kept.

@@ -144,6 +144,19 @@ def test_settings_dialog(snap_compare, size, smollm2: Path, tmp_path: Path, unre
     assert snap_compare(app, terminal_size=size, run_before=run_before)
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_import_dialog(snap_compare, size, tmp_path: Path, unreachable_endpoint: str) -> None:
+    """The import dialog over the home screen (no models on disk yet)."""
+    app = make_app(cpu_machine(), unreachable_endpoint, tmp_path)
+
+    async def run_before(pilot) -> None:
+        await until_home_ready(pilot)
+        await pilot.press("i")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
 def test_home_light_theme(snap_compare, smollm2: Path, tmp_path: Path, unreachable_endpoint: str) -> None:
     """The home screen in the light theme."""
     link_starter(smollm2)
