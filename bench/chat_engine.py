@@ -3,20 +3,25 @@
     python bench/chat_engine.py [--model PATH] [--tokens 128] [--rounds 5] [--llama-tools DIR] [--json]
 
 1. Decode throughput: fitchat's engine against bare llama-cpp-python on the same model, prompt,
-   load settings and sampler (greedy, repeat penalty 1.1), in the same process, interleaved round
-   by round. llama-cpp-python runs at its best thread count (each candidate is tried first) in two
-   ways: ``create_chat_completion(stream=True)`` (what an application calls) and its lowest-level
-   ``generate()`` loop with per-token detokenize. The engine runs with the threads it measured.
-   The rate is (tokens - 1) / (last token time - first token time), seen by the consumer.
+   load settings and sampler (greedy, repeat penalty 1.1), in the same process. llama-cpp-python
+   runs at its best thread count (the candidates are tried first) in two ways:
+   ``create_chat_completion(stream=True)`` (what an application calls) and its lowest-level
+   ``generate()`` loop with per-token detokenize; the engine runs with the threads it measured.
+   The three replies are generated together, one token from each in turn, and each pull is timed:
+   every path sees the same moments of the machine's load. The first token (the prompt) is not
+   counted. The ratio is the median over rounds of the per-round ratios.
 2. Against llama.cpp itself: ``llama-bench`` token generation (tg) with the same model, threads,
-   flash attention, batch sizes and depth (the prompt length), interleaved with engine rounds.
-   Needs llama-bench in ``--llama-tools`` (default /work/llama-tools/bin, or $LLAMA_TOOLS);
-   skipped with a message when it is absent.
+   flash attention, batch sizes and depth (the prompt length); each llama-bench run sits between
+   two engine runs, and the ratio is the median of per-round ratios. Needs llama-bench in
+   ``--llama-tools`` (default /work/llama-tools/bin, or $LLAMA_TOOLS); skipped with a message when
+   it is absent.
 3. TTFT overhead: time to first token from a cold cache, engine against
    ``create_chat_completion``, same prompt and prompt-batch threads; and the engine's own time
    outside llama.cpp's prompt evaluation (template, tokenize, sampler set-up).
 
-Timings on a shared machine are noisy: compare the ratios, which come from the same run.
+Timings on a shared machine are noisy: compare the ratios, which come from the same run. Beside
+wall-clock figures the report gives this process's CPU time per token (or to the first token),
+which other programs' load does not inflate.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,44 +58,69 @@ def rate(times: list[float]) -> float:
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
 
-def engine_decode(engine: Any, n: int) -> tuple[float, int]:
+
+
+def engine_tokens(engine: Any, n: int) -> Iterator[None]:
     from runner.engine import SamplingSettings
 
-    settings = SamplingSettings(temperature=0.0, repeat_penalty=REPEAT_PENALTY, max_tokens=n)
-    times = []
-    clock = time.perf_counter
-    for _ in engine.stream(PROMPT, settings):
-        times.append(clock())
-    return rate(times), engine.last_stats.completion_tokens
+    for _ in engine.stream(PROMPT, SamplingSettings(temperature=0.0, repeat_penalty=REPEAT_PENALTY, max_tokens=n)):
+        yield None
 
 
-def bare_chat_decode(llm: Any, n: int) -> tuple[float, int]:
-    times = []
-    clock = time.perf_counter
-    chunks = llm.create_chat_completion(PROMPT, temperature=0.0, repeat_penalty=REPEAT_PENALTY, max_tokens=n,
-                                        stream=True)
-    finish = None
-    for chunk in chunks:
-        choice = chunk["choices"][0]
-        if choice["delta"].get("content"):
-            times.append(clock())
-        finish = choice.get("finish_reason") or finish
-    return rate(times), n if finish == "length" else len(times)
+def bare_chat_tokens(llm: Any, n: int) -> Iterator[None]:
+    for chunk in llm.create_chat_completion(PROMPT, temperature=0.0, repeat_penalty=REPEAT_PENALTY, max_tokens=n,
+                                            stream=True):
+        if chunk["choices"][0]["delta"].get("content"):
+            yield None
 
 
-def bare_generate_decode(llm: Any, n: int) -> tuple[float, int]:
+def bare_generate_tokens(llm: Any, n: int) -> Iterator[None]:
     tokens = llm.tokenize(render_prompt(llm).encode(), add_bos=False, special=True)
-    times = []
-    clock = time.perf_counter
     eos = llm.token_eos()
+    produced = 0
     for token in llm.generate(tokens, temp=0.0, repeat_penalty=REPEAT_PENALTY, top_k=40, top_p=0.95):
         if token == eos:
-            break
+            return
         llm.detokenize([token])
-        times.append(clock())
-        if len(times) >= n:
-            break
-    return rate(times), len(times)
+        yield None
+        produced += 1
+        if produced >= n:
+            return
+
+
+def interleaved_decode(streams: dict[str, Iterator[None]]) -> dict[str, tuple[float, float, int]]:
+    """Pull one token from each stream in turn, timing each pull; the first token (prompt) is not timed.
+
+    Every path sees the same moments of the machine's load, so their ratio survives a busy machine.
+    Returns, per path, (tokens per second of wall time, CPU milliseconds per token, tokens timed).
+    """
+    wall = dict.fromkeys(streams, 0.0)
+    cpu = dict.fromkeys(streams, 0.0)
+    timed = dict.fromkeys(streams, 0)
+    live = dict(streams)
+    for it in live.values():
+        next(it, None)
+    while live:
+        for name in list(live):
+            t0, c0 = time.perf_counter(), time.process_time()
+            got = next(live[name], StopIteration)
+            t1, c1 = time.perf_counter(), time.process_time()
+            if got is StopIteration:
+                del live[name]
+                continue
+            wall[name] += t1 - t0
+            cpu[name] += c1 - c0
+            timed[name] += 1
+    return {k: (timed[k] / wall[k] if wall[k] else 0.0, cpu[k] * 1000 / timed[k] if timed[k] else 0.0, timed[k])
+            for k in streams}
+
+
+def engine_decode(engine: Any, n: int) -> float:
+    """The engine alone: tokens per second after the first, seen by the consumer."""
+    times = []
+    for _ in engine_tokens(engine, n):
+        times.append(time.perf_counter())
+    return rate(times)
 
 
 def render_prompt(llm: Any) -> str:
@@ -126,26 +157,30 @@ def llama_bench(tools: Path, model: Path, threads: int, n: int, depth: int, kwar
     return float(json.loads(out)[0]["avg_ts"])
 
 
-def ttft_engine(engine: Any) -> tuple[float, float]:
+def ttft_engine(engine: Any) -> tuple[float, float, float]:
+    """(TTFT, time outside llama.cpp's prompt evaluation, process CPU seconds to the first token)."""
     from runner.engine import SamplingSettings
 
     engine.reset()
+    cpu = 0.0
+    c0 = time.process_time()
     for _ in engine.stream(LONG_PROMPT, SamplingSettings(temperature=0.0, repeat_penalty=REPEAT_PENALTY, max_tokens=1)):
-        pass
+        cpu = time.process_time() - c0
     s = engine.last_stats
     evaluated = s.prompt_tokens - s.cached_tokens
     eval_s = evaluated / s.prompt_tokens_per_s if s.prompt_tokens_per_s else 0.0
-    return s.ttft_s, s.ttft_s - eval_s
+    return s.ttft_s, s.ttft_s - eval_s, cpu
 
 
-def ttft_bare(llm: Any) -> float:
+def ttft_bare(llm: Any) -> tuple[float, float]:
+    """(TTFT, process CPU seconds to the first token) through create_chat_completion, cold cache."""
     llm.reset()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for chunk in llm.create_chat_completion(LONG_PROMPT, temperature=0.0, repeat_penalty=REPEAT_PENALTY, max_tokens=1,
                                             stream=True):
         if chunk["choices"][0]["delta"].get("content") is not None:
-            return time.perf_counter() - t0
-    return time.perf_counter() - t0
+            break
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> int:
@@ -172,36 +207,53 @@ def main() -> int:
 
     counts = candidates(psutil.cpu_count(logical=False) or 1, psutil.cpu_count() or 1)
 
-    # llama-cpp-python at its best thread count: two quick runs at each candidate.
-    bare_by_threads = {}
-    for t in counts:
-        llm = load_bare(model, kwargs, t, threads.n_threads_batch, args.ctx)
-        bare_by_threads[t] = max(bare_generate_decode(llm, n)[0] for _ in range(2))
-        llm.close()
-    bare_threads = max(bare_by_threads, key=bare_by_threads.get)
+    # llama-cpp-python at its best thread count: the candidates interleaved, best of two runs.
+    bare_by_threads: dict[int, float] = dict.fromkeys(counts, 0.0)
+    trials = {t: load_bare(model, kwargs, t, threads.n_threads_batch, args.ctx) for t in counts}
+    for _ in range(2):
+        got = interleaved_decode({str(t): bare_generate_tokens(m, n // 2) for t, m in trials.items()})
+        for t in counts:
+            bare_by_threads[t] = max(bare_by_threads[t], got[str(t)][0])
+    for m in trials.values():
+        m.close()
+    bare_threads = max(bare_by_threads, key=lambda t: bare_by_threads[t])
     llm = load_bare(model, kwargs, bare_threads, threads.n_threads_batch, args.ctx)
+    llm_gen = load_bare(model, kwargs, bare_threads, threads.n_threads_batch, args.ctx)
 
-    engine_decode(engine, n)  # warm both up once
-    bare_chat_decode(llm, n)
     rows: dict[str, list[float]] = {"engine": [], "bare_chat": [], "bare_generate": []}
+    cpu_rows: dict[str, list[float]] = {"engine": [], "bare_chat": [], "bare_generate": []}
+    ratio_rows: dict[str, list[float]] = {"bare_chat": [], "bare_generate": []}
     counts_seen: dict[str, int] = {}
-    for _ in range(args.rounds):
-        for name, fn, target in (("engine", engine_decode, engine), ("bare_chat", bare_chat_decode, llm),
-                                 ("bare_generate", bare_generate_decode, llm)):
-            r, produced = fn(target, n)
+    for i in range(args.rounds + 1):  # the first round warms up and is not counted
+        got = interleaved_decode({"engine": engine_tokens(engine, n), "bare_chat": bare_chat_tokens(llm, n),
+                                  "bare_generate": bare_generate_tokens(llm_gen, n)})
+        if i == 0:
+            continue
+        for name, (r, cpu_ms, timed) in got.items():
             rows[name].append(r)
-            counts_seen[name] = produced
+            cpu_rows[name].append(cpu_ms)
+            counts_seen[name] = timed + 1
+        for name in ratio_rows:
+            ratio_rows[name].append(got["engine"][0] / got[name][0])
+    llm_gen.close()
     med = {k: statistics.median(v) for k, v in rows.items()}
-    best_bare = max(med["bare_chat"], med["bare_generate"])
+    cpu_med = {k: statistics.median(v) for k, v in cpu_rows.items()}
+    ratios = {k: statistics.median(v) for k, v in ratio_rows.items()}
 
     # TTFT from a cold cache, same prompt-batch threads.
-    ttft_rows: dict[str, list[float]] = {"engine": [], "engine_outside_eval": [], "bare_chat": []}
+    ttft_rows: dict[str, list[float]] = {"engine": [], "engine_outside_eval": [], "bare_chat": [],
+                                         "engine_cpu": [], "bare_chat_cpu": []}
     for _ in range(args.rounds):
-        t, outside = ttft_engine(engine)
+        t, outside, cpu = ttft_engine(engine)
         ttft_rows["engine"].append(t)
         ttft_rows["engine_outside_eval"].append(outside)
-        ttft_rows["bare_chat"].append(ttft_bare(llm))
+        ttft_rows["engine_cpu"].append(cpu)
+        t, cpu = ttft_bare(llm)
+        ttft_rows["bare_chat"].append(t)
+        ttft_rows["bare_chat_cpu"].append(cpu)
     ttft = {k: statistics.median(v) for k, v in ttft_rows.items()}
+    ttft_ratio = statistics.median(e / b for e, b in zip(ttft_rows["engine"], ttft_rows["bare_chat"]))
+    ttft_cpu_ratio = statistics.median(e / b for e, b in zip(ttft_rows["engine_cpu"], ttft_rows["bare_chat_cpu"]))
     prompt_tokens = engine.count_tokens(LONG_PROMPT)
     llm.close()
 
@@ -211,13 +263,16 @@ def main() -> int:
     skipped = None
     if tool.is_file():
         depth = engine.count_tokens(PROMPT)
-        eng_rates, lb_rates = [], []
+        eng_rates, lb_rates, lb_ratios = [], [], []
         for _ in range(args.rounds):
-            eng_rates.append(engine_decode(engine, n)[0])
-            lb_rates.append(llama_bench(args.llama_tools, model, engine.threads.n_threads, n, depth, kwargs))
+            before = engine_decode(engine, n)
+            lb = llama_bench(args.llama_tools, model, engine.threads.n_threads, n, depth, kwargs)
+            after = engine_decode(engine, n)
+            eng_rates += [before, after]
+            lb_rates.append(lb)
+            lb_ratios.append((before + after) / 2 / lb)  # the engine on both sides of each llama-bench run
         bench = {"llama_bench_tg": statistics.median(lb_rates), "engine": statistics.median(eng_rates),
-                 "depth": depth, "threads": engine.threads.n_threads}
-        bench["ratio"] = bench["engine"] / bench["llama_bench_tg"]
+                 "depth": depth, "threads": engine.threads.n_threads, "ratio": statistics.median(lb_ratios)}
     else:
         skipped = f"llama-bench not found in {args.llama_tools}: build it from the sdist's vendored llama.cpp"
     engine.close()
@@ -232,12 +287,15 @@ def main() -> int:
         "bare_threads": bare_threads,
         "bare_by_threads": bare_by_threads,
         "decode_tokens_per_s": med,
-        "decode_ratio_vs_best_bare": med["engine"] / best_bare,
-        "decode_ratio_vs_bare_chat": med["engine"] / med["bare_chat"],
+        "decode_cpu_ms_per_token": cpu_med,
+        "decode_ratio_vs_bare_chat": ratios["bare_chat"],
+        "decode_ratio_vs_bare_generate": ratios["bare_generate"],
+        "decode_ratio_vs_best_bare": min(ratios.values()),
         "tokens_produced": counts_seen,
         "ttft_s": ttft,
         "ttft_prompt_tokens": prompt_tokens,
-        "ttft_ratio": ttft["engine"] / ttft["bare_chat"],
+        "ttft_ratio": ttft_ratio,
+        "ttft_cpu_ratio": ttft_cpu_ratio,
         "llama_bench": bench,
         "llama_bench_skipped": skipped,
         "load_average": os.getloadavg(),
@@ -250,16 +308,17 @@ def main() -> int:
           f"llama-cpp-python best threads {bare_threads} ({ {k: round(v) for k, v in bare_by_threads.items()} })")
     print("decode tok/s (median):")
     for k in ("engine", "bare_chat", "bare_generate"):
-        print(f"  {k:<14} {med[k]:8.1f}")
-    print(f"  engine / best bare llama-cpp-python = {result['decode_ratio_vs_best_bare']:.3f}  "
-          f"(/ create_chat_completion = {result['decode_ratio_vs_bare_chat']:.3f})")
+        print(f"  {k:<14} {med[k]:8.1f}   ({cpu_med[k]:.2f} ms CPU per token)")
+    print(f"  engine / create_chat_completion = {ratios['bare_chat']:.3f}, engine / generate() = "
+          f"{ratios['bare_generate']:.3f} (medians of per-round ratios; tokens interleaved one by one)")
     if bench:
         print(f"  llama-bench tg{n} at depth {bench['depth']}: {bench['llama_bench_tg']:.1f}, engine {bench['engine']:.1f}"
               f" -> engine / llama-bench = {bench['ratio']:.3f}")
     else:
         print(f"  {skipped}")
     print(f"TTFT, cold cache, {prompt_tokens} prompt tokens (median): engine {ttft['engine'] * 1000:.1f} ms, "
-          f"create_chat_completion {ttft['bare_chat'] * 1000:.1f} ms -> ratio {result['ttft_ratio']:.3f}; "
+          f"create_chat_completion {ttft['bare_chat'] * 1000:.1f} ms -> ratio {result['ttft_ratio']:.3f} "
+          f"(CPU time ratio {result['ttft_cpu_ratio']:.3f}); "
           f"engine time outside prompt evaluation {ttft['engine_outside_eval'] * 1000:.2f} ms")
     return 0
 
