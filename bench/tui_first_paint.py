@@ -85,7 +85,8 @@ def main() -> int:
     finally:
         tmux(sock, "kill-server")
     b, p, h = statistics.median(bare_times), statistics.median(paint), statistics.median(hw)
-    print(f"bare Textual app: first frame median {b * 1000:.0f} ms (min {min(bare_times) * 1000:.0f}, max {max(bare_times) * 1000:.0f})")
+    print(f"bare Textual app: first frame median {b * 1000:.0f} ms "
+          f"(min {min(bare_times) * 1000:.0f}, max {max(bare_times) * 1000:.0f})")
     print(f"fitchat: first paint median {p * 1000:.0f} ms (min {min(paint) * 1000:.0f}, max {max(paint) * 1000:.0f}), "
           f"{p / b:.2f}x the bare app; hardware on screen at {h * 1000:.0f} ms")
     return 0

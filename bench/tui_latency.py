@@ -59,7 +59,7 @@ def measure(path: Path, threads: int, keys: int, streaming: bool) -> tuple[list[
                 before = len(box.text)
                 sent: list[float] = []
 
-                def press() -> None:
+                def press(sent: list[float] = sent) -> None:
                     event = events.Key("x", "x")
                     event.set_sender(app)
                     sent.append(time.perf_counter())

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pytest
-
 from runner.engine import SamplingSettings
 from runner.history import History
 from tests.tui_support import cpu_machine, link_starter, screen_text, wait_for

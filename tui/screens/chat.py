@@ -22,7 +22,7 @@ from tui.render import rate
 from tui.screens.pick import PickScreen
 from tui.screens.settings import SettingsScreen
 from tui.widgets.chat_input import ChatInput
-from tui.widgets.chat_message import ChatMessage, code_blocks
+from tui.widgets.chat_message import ChatMessage
 from tui.widgets.history_sidebar import HistorySidebar
 from tui.widgets.local_models import model_name
 from tui.widgets.status_line import StatusLine

@@ -119,7 +119,7 @@ class FitPicture(Widget):
         totals = [Segment("weights", est.weights_bytes, STYLES["weights"]),
                   Segment("KV", est.kv_bytes, STYLES["kv"]),
                   Segment("compute", est.compute_bytes, STYLES["compute"])]
-        lines.append(Content.assemble(" " * LABEL_WIDTH, legend(totals, margin=1 if any(l.margin for l in loads) else 0)))
+        lines.append(Content.assemble(" " * LABEL_WIDTH, legend(totals, margin=1 if any(d.margin for d in loads) else 0)))
         reason = getattr(plan, "reason", "")
         if reason and not plan.recommended:
             lines.append(Content.styled(reason, "$text-muted"))
