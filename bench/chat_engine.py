@@ -275,6 +275,8 @@ def main() -> int:
                  "depth": depth, "threads": engine.threads.n_threads, "ratio": statistics.median(lb_ratios)}
     else:
         skipped = f"llama-bench not found in {args.llama_tools}: build it from the sdist's vendored llama.cpp"
+    threads_end = engine.threads
+    notices = list(engine.notices)
     engine.close()
 
     result = {
@@ -284,6 +286,8 @@ def main() -> int:
         "load_kwargs": kwargs,
         "engine_threads": {"n_threads": threads.n_threads, "n_threads_batch": threads.n_threads_batch,
                            "measured": threads.decode_measured},
+        "engine_threads_at_end": {"n_threads": threads_end.n_threads, "n_threads_batch": threads_end.n_threads_batch},
+        "engine_notices": notices,
         "bare_threads": bare_threads,
         "bare_by_threads": bare_by_threads,
         "decode_tokens_per_s": med,
@@ -305,15 +309,18 @@ def main() -> int:
         return 0
     print(f"model {model.name}, {n} tokens, {args.rounds} rounds, load average {os.getloadavg()[0]:.1f}")
     print(f"engine threads {threads.n_threads}/{threads.n_threads_batch} (measured {threads.decode_measured}); "
-          f"llama-cpp-python best threads {bare_threads} ({ {k: round(v) for k, v in bare_by_threads.items()} })")
+          f"llama-cpp-python best threads {bare_threads} ({ {k: round(v) for k, v in bare_by_threads.items()} }); "
+          f"engine threads at the end {threads_end.n_threads}/{threads_end.n_threads_batch}")
+    for notice in notices:
+        print(f"  engine notice: {notice}")
     print("decode tok/s (median):")
     for k in ("engine", "bare_chat", "bare_generate"):
         print(f"  {k:<14} {med[k]:8.1f}   ({cpu_med[k]:.2f} ms CPU per token)")
     print(f"  engine / create_chat_completion = {ratios['bare_chat']:.3f}, engine / generate() = "
           f"{ratios['bare_generate']:.3f} (medians of per-round ratios; tokens interleaved one by one)")
     if bench:
-        print(f"  llama-bench tg{n} at depth {bench['depth']}: {bench['llama_bench_tg']:.1f}, engine {bench['engine']:.1f}"
-              f" -> engine / llama-bench = {bench['ratio']:.3f}")
+        print(f"  llama-bench tg{n} at depth {bench['depth']}, {bench['threads']} threads: "
+              f"{bench['llama_bench_tg']:.1f}, engine {bench['engine']:.1f} -> engine / llama-bench = {bench['ratio']:.3f}")
     else:
         print(f"  {skipped}")
     print(f"TTFT, cold cache, {prompt_tokens} prompt tokens (median): engine {ttft['engine'] * 1000:.1f} ms, "
