@@ -42,6 +42,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,8 +71,16 @@ KEEP_REFERENCES = 3
 ANSWER_TOKENS = 12
 #: Prompt tokens before the timed decode.
 SPEED_PROMPT_TOKENS = 16
-#: Rows scored at once (bounds the memory of the numpy work to a few (rows × vocabulary) arrays).
-_ROW_BLOCK = 64
+#: Vocabulary entries scored at once per worker: blocks of rows are sized to this, which bounds the
+#: memory of the numpy work (a few float32 arrays of this many entries per worker).
+_BLOCK_ENTRIES = 4_000_000
+_MAX_ROW_BLOCK = 64
+#: Threads scoring blocks of rows (numpy releases the GIL).
+_SCORE_WORKERS = 4
+
+
+def _row_block(n_vocab: int) -> int:
+    return max(4, min(_MAX_ROW_BLOCK, _BLOCK_ENTRIES // max(1, n_vocab)))
 
 ProgressCallback = Callable[["Progress"], None]
 
@@ -160,6 +169,11 @@ class ProbeAnswer:
     correct: bool
 
 
+def _finite(x: float | None) -> float | None:
+    """JSON has no NaN or infinity: a figure that is not a finite number is reported as null."""
+    return x if x is not None and math.isfinite(x) else None
+
+
 @dataclass(frozen=True)
 class VariantResult:
     """One variant's row of the table. ``top1_agreement`` is a fraction (0..1)."""
@@ -194,13 +208,13 @@ class VariantResult:
             "sha256": self.sha256,
             "is_reference": self.is_reference,
             "fit": self.fit,
-            "ppl": self.ppl,
-            "mean_kld": self.mean_kld,
-            "top1_agreement": self.top1_agreement,
+            "ppl": _finite(self.ppl),
+            "mean_kld": _finite(self.mean_kld),
+            "top1_agreement": _finite(self.top1_agreement),
             "tokens_scored": self.tokens_scored,
             "arithmetic": {"correct": self.arithmetic_correct, "total": self.arithmetic_total},
             "needle": {"found": self.needle_found, "total": self.needle_total},
-            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "decode_tokens_per_s": _finite(self.decode_tokens_per_s),
             "skipped": self.skipped,
             "cached": self.cached,
             "answers": [asdict(a) for a in self.answers],
@@ -528,7 +542,7 @@ class _LogitsWriter:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
         self.fh = open(self.tmp, "wb")
         self.fh.write(LOGITS_MAGIC)
         self.fh.write(np.array([n_ctx, n_vocab, n_chunk], dtype=np.int32).tobytes())
@@ -560,6 +574,51 @@ def _prune_references(keep: int = KEEP_REFERENCES) -> None:
 # -- scoring (numpy, llama.cpp's arithmetic) ------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Encoded:
+    """One block of logits through llama.cpp's 16-bit log-prob encoding, with the pieces scoring reuses."""
+
+    rows: np.ndarray  # (n, nv) uint16: the file's rows
+    q: np.ndarray  # (n, n_vocab) float32: the integer codes
+    top: np.ndarray  # (n,) float32: max_logit + log_sum_exp, so log p = logit - top
+    floor: np.ndarray  # (n,) float32: the clamped min_logit; codes at or below it are 0
+    scale: np.ndarray  # (n,) float32
+    min_log_prob: np.ndarray  # (n,) float32
+
+
+def _encode(logits: np.ndarray) -> _Encoded:
+    import numpy as np
+
+    L = np.asarray(logits, dtype=np.float32)
+    n, n_vocab = L.shape
+    nv = 2 * ((n_vocab + 1) // 2) + 4
+    mx = L.max(axis=1)
+    mn = np.maximum(L.min(axis=1), mx - np.float32(16))
+    # llama.cpp: sum of expf(logit - max) in double, log of it stored as float
+    work = L - mx[:, None]
+    np.exp(work, out=work)
+    lse = np.log(work.sum(axis=1, dtype=np.float64)).astype(np.float32)
+    min_log_prob = (mn - mx) - lse
+    scale = (mx - mn) / np.float32(65535)
+    live = scale != 0
+    inv = np.ones_like(scale)
+    inv[live] = np.float32(1) / scale[live]
+    # nearest_int(inv_scale * (logit - min_logit)) for logits above min_logit, else 0; round-half-even
+    # as the FPU does. Codes of logits at or below the floor come out <= 0 and are clipped to 0.
+    q = np.subtract(L, mn[:, None], out=work)
+    q *= inv[:, None]
+    np.rint(q, out=q)
+    np.clip(q, 0, 65535, out=q)
+    if not live.all():
+        q[~live] = 0
+    rows = np.zeros((n, nv), dtype=np.uint16)
+    head = rows[:, :4].view(np.float32)
+    head[:, 0] = scale
+    head[:, 1] = min_log_prob
+    rows[:, 4:4 + n_vocab] = q
+    return _Encoded(rows=rows, q=q, top=mx + lse, floor=mn, scale=scale, min_log_prob=min_log_prob)
+
+
 def encode_logprobs(logits: np.ndarray) -> np.ndarray:
     """llama.cpp's 16-bit log-probability rows for float32 logits of shape (n, n_vocab).
 
@@ -567,30 +626,7 @@ def encode_logprobs(logits: np.ndarray) -> np.ndarray:
     vocabulary entry, ``round((logit - min_logit) / scale)`` with ``min_logit`` clamped to
     ``max_logit - 16`` and entries at or below it stored as 0.
     """
-    import numpy as np
-
-    L = np.asarray(logits, dtype=np.float32)
-    n, n_vocab = L.shape
-    nv = 2 * ((n_vocab + 1) // 2) + 4
-    out = np.zeros((n, nv), dtype=np.uint16)
-    mx = L.max(axis=1)
-    mn = np.maximum(L.min(axis=1), mx - np.float32(16))
-    sum_exp = np.exp(L - mx[:, None]).sum(axis=1, dtype=np.float64)
-    lse = np.log(sum_exp).astype(np.float32)
-    min_log_prob = (mn - mx) - lse
-    scale = (mx - mn) / np.float32(65535)
-    head = out[:, :4].view(np.float32)
-    head[:, 0] = scale
-    head[:, 1] = min_log_prob
-    live = scale != 0
-    if live.any():
-        inv = np.ones_like(scale)
-        inv[live] = np.float32(1) / scale[live]
-        q = np.rint(inv[:, None] * (L - mn[:, None]))
-        q[~(L > mn[:, None])] = 0
-        q[~live] = 0
-        out[:, 4:4 + n_vocab] = q.astype(np.uint16)
-    return out
+    return _encode(logits).rows
 
 
 def _decode_rows(rows: np.ndarray, n_vocab: int) -> np.ndarray:
@@ -598,7 +634,10 @@ def _decode_rows(rows: np.ndarray, n_vocab: int) -> np.ndarray:
     import numpy as np
 
     head = np.ascontiguousarray(rows[:, :4]).view(np.float32)
-    return head[:, 0:1] * rows[:, 4:4 + n_vocab].astype(np.float32) + head[:, 1:2]
+    out = rows[:, 4:4 + n_vocab].astype(np.float32)
+    out *= head[:, 0:1]
+    out += head[:, 1:2]
+    return out
 
 
 @dataclass
@@ -627,38 +666,77 @@ class ScoreSums:
     def top1(self) -> float:
         return self.same_top / self.count if self.count else float("nan")
 
+    def add(self, other: ScoreSums) -> None:
+        self.nll += other.nll
+        self.nll_base += other.nll_base
+        self.kld += other.kld
+        self.same_top += other.same_top
+        self.count += other.count
 
-def score_rows(logits: np.ndarray, base_rows: np.ndarray, targets: Sequence[int], sums: ScoreSums) -> None:
-    """Add rows of variant logits, scored against the reference's encoded rows, to ``sums``."""
+
+def score_rows(logits: np.ndarray, base_rows: np.ndarray, targets: Sequence[int], sums: ScoreSums,
+               pool: Executor | None = None) -> None:
+    """Add rows of variant logits, scored against the reference's encoded rows, to ``sums``.
+
+    With ``pool``, blocks of rows are scored in parallel (numpy releases the GIL); the sums are added
+    in row order either way, so the result does not depend on it.
+    """
+    _score_blocks(logits, base_rows, targets, sums, pool)
+
+
+def _score_blocks(logits: np.ndarray, base_rows: np.ndarray | None, targets: Sequence[int], sums: ScoreSums,
+                  pool: Executor | None) -> np.ndarray | None:
+    """Score blocks of rows; with ``base_rows=None`` the logits are the reference's own (rows returned)."""
     import numpy as np
 
     L_all = np.asarray(logits, dtype=np.float32)
     tg_all = np.asarray(targets, dtype=np.int64)
-    n_vocab = L_all.shape[1]
-    for s in range(0, L_all.shape[0], _ROW_BLOCK):
-        L = L_all[s:s + _ROW_BLOCK]
-        tg = tg_all[s:s + _ROW_BLOCK]
-        base = np.asarray(base_rows[s:s + _ROW_BLOCK])
-        idx = np.arange(L.shape[0])
-        mx = L.max(axis=1)
-        lse = np.log(np.exp(L - mx[:, None]).sum(axis=1, dtype=np.float64)).astype(np.float32)
-        top = mx + lse  # llama.cpp's max_logit += log_sum_exp
-        nll = top - L[idx, tg]
-        lp_base = _decode_rows(base, n_vocab)
-        nll_base = -lp_base[idx, tg]
-        mine = encode_logprobs(L)
-        lp_mine = _decode_rows(mine, n_vocab)
-        floor = np.maximum(L.min(axis=1), mx - np.float32(16))
-        diff = np.where(L >= floor[:, None], lp_base - lp_mine, (lp_base - L) + top[:, None])
-        p_base = np.exp(lp_base)
-        terms = np.where(lp_base > np.float32(-16), p_base * diff, np.float32(0))
-        sums.kld += float(terms.sum(axis=1, dtype=np.float64).sum())
-        sums.nll += float(nll.astype(np.float64).sum())
-        sums.nll_base += float(nll_base.astype(np.float64).sum())
-        top_base = base[:, 4:4 + n_vocab].argmax(axis=1)
-        top_mine = mine[:, 4:4 + n_vocab].argmax(axis=1)
-        sums.same_top += int((top_base == top_mine).sum())
-        sums.count += int(L.shape[0])
+    block = _row_block(L_all.shape[1])
+
+    def one(s: int) -> tuple[ScoreSums, np.ndarray]:
+        L = L_all[s:s + block]
+        enc = _encode(L)
+        base = enc.rows if base_rows is None else np.asarray(base_rows[s:s + block])
+        part = ScoreSums()
+        _score_block(L, enc, base, tg_all[s:s + block], part)
+        return part, enc.rows
+
+    starts = range(0, L_all.shape[0], block)
+    done = list(pool.map(one, starts)) if pool is not None and len(starts) > 1 else [one(s) for s in starts]
+    for part, _ in done:
+        sums.add(part)
+    if base_rows is None:
+        return np.concatenate([rows for _, rows in done])
+    return None
+
+
+def _score_block(L: np.ndarray, mine: _Encoded, base: np.ndarray, tg: np.ndarray, sums: ScoreSums) -> None:
+    """llama.cpp's per-token KL divergence, NLL and top-1 test, with the variant's side encoded like the base's."""
+    import numpy as np
+
+    n, n_vocab = L.shape
+    idx = np.arange(n)
+    nll = mine.top - L[idx, tg]
+    lp_base = _decode_rows(base, n_vocab)
+    nll_base = -lp_base[idx, tg]
+    keep = lp_base > np.float32(-16)  # llama.cpp sums over the reference's tokens above -16
+    # the variant's log-probs through the same encoding: q * scale + min_log_prob
+    diff = mine.q * mine.scale[:, None]
+    diff += mine.min_log_prob[:, None]
+    np.subtract(lp_base, diff, out=diff)
+    # below its clamped floor the variant's code is 0; there llama.cpp's exact log-prob stands instead
+    exact = (L < mine.floor[:, None]) & keep
+    if exact.any():
+        np.subtract(lp_base, L, out=diff, where=exact)
+        np.add(diff, mine.top[:, None], out=diff, where=exact)
+    p_base = np.zeros_like(lp_base)
+    np.exp(lp_base, out=p_base, where=keep)
+    diff *= p_base
+    sums.kld += float(diff.sum(axis=1, dtype=np.float64).sum())
+    sums.nll += float(nll.astype(np.float64).sum())
+    sums.nll_base += float(nll_base.astype(np.float64).sum())
+    sums.same_top += int((base[:, 4:4 + n_vocab].argmax(axis=1) == mine.q.argmax(axis=1)).sum())
+    sums.count += n
 
 
 # -- llama.cpp ------------------------------------------------------------------------------------
@@ -917,32 +995,37 @@ def _score_text(model: ScoringModel, ref: ReferenceLogits | None, writer: _Logit
                 tokens: Sequence[int], n_chunks: int, tracker: _Tracker) -> ScoreSums:
     """Evaluate the chunks; with a writer, also produce the reference rows it scores against."""
     ctx = model.n_ctx
+    sums = ScoreSums()
+    workers = max(1, min(_SCORE_WORKERS, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fitchat-score") as pool:
+        for c in range(n_chunks):
+            _score_chunk(model, ref, writer, list(tokens[c * ctx:(c + 1) * ctx]), c, sums, tracker, pool)
+    return sums
+
+
+def _score_chunk(model: ScoringModel, ref: ReferenceLogits | None, writer: _LogitsWriter | None, chunk: list[int],
+                 c: int, sums: ScoreSums, tracker: _Tracker, pool: Executor) -> None:
+    ctx = model.n_ctx
     first = ctx // 2
     n_rows = ctx - 1 - first
-    sums = ScoreSums()
-    for c in range(n_chunks):
-        chunk = list(tokens[c * ctx:(c + 1) * ctx])
-        base = ref.chunk_rows(c) if ref is not None else None
-        row = 0  # rows of this chunk done (row r = position first + r)
-        for pos, n_tokens, logits in model.chunk_logits(chunk):
-            if logits is not None:
-                # keep positions first .. ctx-2 (the last one predicts past the chunk)
-                lo = first - pos if pos < first else 0
-                hi = min(logits.shape[0], ctx - 1 - pos)
-                if hi > lo:
-                    L = logits[lo:hi]
-                    targets = chunk[pos + lo + 1:pos + hi + 1]
-                    if writer is not None:
-                        rows = encode_logprobs(L)
-                        writer.write(rows)
-                        score_rows(L, rows, targets, sums)
-                    else:
-                        score_rows(L, base[row:row + (hi - lo)], targets, sums)
-                    row += hi - lo
-            tracker.add(n_tokens)
-        if row != n_rows:  # pragma: no cover - guards the slicing above
-            raise CompareError(f"internal error: scored {row} of {n_rows} rows in chunk {c}")
-    return sums
+    base = ref.chunk_rows(c) if ref is not None else None
+    row = 0  # rows of this chunk done (row r = position first + r)
+    for pos, n_tokens, logits in model.chunk_logits(chunk):
+        if logits is not None:
+            # keep positions first .. ctx-2 (the last one predicts past the chunk)
+            lo = first - pos if pos < first else 0
+            hi = min(logits.shape[0], ctx - 1 - pos)
+            if hi > lo:
+                L = logits[lo:hi]
+                targets = chunk[pos + lo + 1:pos + hi + 1]
+                if writer is not None:
+                    writer.write(_score_blocks(L, None, targets, sums, pool))
+                else:
+                    _score_blocks(L, base[row:row + (hi - lo)], targets, sums, pool)
+                row += hi - lo
+        tracker.add(n_tokens)
+    if row != n_rows:  # pragma: no cover - guards the slicing above
+        raise CompareError(f"internal error: scored {row} of {n_rows} rows in chunk {c}")
 
 
 def _run_probes(model: ScoringModel, plan: RunPlan, settings: CompareSettings, text_tokens: Sequence[int],
@@ -1085,7 +1168,7 @@ def _measure(todo: list[Candidate], reference: Candidate, shas: dict[Path, str],
             tokens = model.tokenize(text)
             run_plan = make_plan(model, tokens, settings)
             per_variant = run_plan.tokens_per_variant(settings.ctx)
-            extra = 0 if reference in remaining else per_variant
+            extra = 0 if reference in remaining else run_plan.n_chunks * settings.ctx
             tracker.set_total(per_variant * len(remaining) + extra)
             writer = _LogitsWriter(logits_path, settings.ctx, model.n_vocab, run_plan.n_chunks, tokens)
             try:
@@ -1120,6 +1203,7 @@ def _measure(todo: list[Candidate], reference: Candidate, shas: dict[Path, str],
             finish(c, _Measured(sums, arith, needle, tok_s, answers))
     finally:
         ref.close()
+    tracker.done = tracker.total
     tracker.at("", "done")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -150,3 +151,7 @@ def test_rows_are_scored_in_blocks_the_same_as_at_once() -> None:
         C.score_rows(var[s:e], base[s:e], targets[s:e], parts)
     assert whole.count == parts.count == 150
     assert math.isclose(whole.kld, parts.kld, rel_tol=1e-9) and whole.same_top == parts.same_top
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        threaded = C.ScoreSums()
+        C.score_rows(var, base, targets, threaded, pool=pool)
+    assert threaded == whole  # the same sums, added in the same order
