@@ -103,7 +103,8 @@ DEFAULT_SAMPLING = SamplingSettings()
 
 @dataclass(frozen=True)
 class ChatStats:
-    """Figures for one reply. Rates are wall-clock, as the user saw them."""
+    """Figures for one reply. TTFT and rates are wall-clock; the decode rate leaves out the time the
+    consumer held the stream between tokens (a slow display is not a slow model)."""
 
     prompt_tokens: int
     completion_tokens: int
@@ -823,7 +824,8 @@ class ChatEngine:
         evaluated = live["evaluated"]
         prompt_s = (t_prompt - live["t_eval"]) if t_prompt else 0.0
         steps = live["sampled"] - 1
-        decode_s = (t_last - t_first) if (t_first and t_last) else 0.0
+        # Decoding time excludes the moments the consumer held the stream (a slow UI is not a slow model).
+        decode_s = (t_last - t_first - live["suspended"]) if (t_first and t_last) else 0.0
         return ChatStats(
             prompt_tokens=live["prompt_tokens"],
             completion_tokens=live["completion_tokens"],
@@ -849,7 +851,7 @@ class ChatEngine:
         live: dict[str, Any] = {
             "t0": time.perf_counter(), "t_eval": 0.0, "t_prompt": 0.0, "t_first": 0.0, "t_last": 0.0,
             "prompt_tokens": 0, "completion_tokens": 0, "sampled": 0, "evaluated": 0, "cached": 0,
-            "finish": "stop", "dropped": 0,
+            "finish": "stop", "dropped": 0, "suspended": 0.0,
         }
         text_out = False
         try:
@@ -898,12 +900,14 @@ class ChatEngine:
             clock = time.perf_counter
             limit = max_tokens if max_tokens else n_ctx
             produced = 0
+            suspended = 0.0  # time spent handed over to the consumer (not decoding)
             while True:
                 token = sample()
                 now = clock()
                 if not live["t_first"]:
                     live["t_first"] = now
                 live["t_last"] = now
+                live["suspended"] = suspended
                 live["sampled"] += 1
                 if is_eog(vocab, token):
                     break
@@ -918,7 +922,9 @@ class ChatEngine:
                 live["completion_tokens"] = produced
                 if piece:
                     text_out = text_out or not piece.isspace()
+                    handed = clock()
                     yield piece
+                    suspended += clock() - handed
                 if cancel.is_set():
                     live["finish"] = "cancelled"
                     break

@@ -90,6 +90,19 @@ def test_stats(engine: ChatEngine) -> None:
                                 "decode_tokens_per_s", "n_threads", "gpu_layers", "n_ctx", "context_used"}
 
 
+def test_a_slow_consumer_does_not_lower_the_decode_rate(engine: ChatEngine) -> None:
+    engine.reset()
+    start = time.perf_counter()
+    pieces = 0
+    for _ in engine.stream(STORY, SamplingSettings(temperature=0.0, max_tokens=20)):
+        pieces += 1
+        time.sleep(0.05)  # a display taking 50 ms a token
+    wall_rate = pieces / (time.perf_counter() - start)
+    s = engine.last_stats
+    assert wall_rate < 20
+    assert s.decode_tokens_per_s > 2 * wall_rate
+
+
 def run_in_thread(engine: ChatEngine, messages: list[dict[str, str]], settings: SamplingSettings,
                   first_piece: threading.Event | None = None) -> tuple[threading.Thread, dict[str, Any]]:
     out: dict[str, Any] = {"pieces": []}
