@@ -302,20 +302,14 @@ def resolve_sources(sources: Sequence[str]) -> list[Candidate]:
             if not files:
                 raise ModelNotFound(f"no GGUF files in {p}; point compare at a folder of .gguf variants")
             found.extend(_candidate_for_path(f) for f in files)
-        elif source.lower().endswith(".gguf") or source.startswith(("/", ".", "~")) or os.sep + os.sep in source:
+        elif source.lower().endswith(".gguf") or source.startswith(("/", ".", "~")):
             raise ModelNotFound(f"{source}: no such file or folder")
         else:
-            from runner.store import list_local
+            from runner.store import find_local, parse_ref, resolve_model
 
-            repo, _, quant = source.partition(":")
-            local = [m for m in list_local() if m.repo.lower() == repo.lower()
-                     and (not quant or m.quant.upper() == quant.upper())]
-            if not local:
-                if "/" not in repo:
-                    raise ModelNotFound(f"{source} is neither a file, a folder nor a downloaded repo; "
-                                        "give GGUF files or a repo you pulled with 'fitchat pull REPO:QUANT'")
-                raise ModelNotFound(f"no downloaded variants of {source}; run 'fitchat pull {repo}:QUANT' for each "
-                                    "variant to compare, or give local GGUF files")
+            repo, quant = parse_ref(source)
+            # every downloaded variant of a repo (or the one named), else starter / local/NAME / a file name
+            local = find_local(repo, quant) or [resolve_model(source)]
             found.extend(_candidate_for_path(m.path, sha256=m.sha256, repo=m.repo) for m in local)
     unique: dict[Path, Candidate] = {}
     for c in found:

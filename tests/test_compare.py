@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -142,6 +143,29 @@ def test_cli_table(cold: dict, use_shared: Path, smollm2_variants: dict[str, Pat
     out = capsys.readouterr().out
     assert rc == 0
     assert "Q8_0 (ref)" in out and "Q4_K_M agrees with Q8_0 on" in out and "2 of 2 rows from the cache" in out
+
+
+def test_cli_compares_the_downloaded_variants_of_a_repo(cold: dict, use_shared: Path, smollm2_variants: dict[str, Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A repo in the Hugging Face cache (as 'fitchat pull' leaves it): every downloaded variant is a candidate."""
+    repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+    root = Path(os.environ["HF_HUB_CACHE"]) / ("models--" + repo.replace("/", "--"))
+    commit = "a" * 40
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (root / "blobs").mkdir()
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    for quant in ("Q8_0", "Q5_K_M", "Q4_K_M"):
+        blob = root / "blobs" / f"blob-{quant}"
+        blob.symlink_to(smollm2_variants[quant])
+        (snapshot / smollm2_variants[quant].name).symlink_to(Path("../../blobs") / blob.name)
+    rc = main(["compare", repo, "--quants", "Q4_K_M", *CLI_ARGS, "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert [(v["quant"], v["cached"]) for v in data["variants"]] == [("Q8_0", True), ("Q4_K_M", True)]
+    assert main(["compare", f"{repo}:Q3_K_M"]) == 1
+    assert "has no local Q3_K_M" in capsys.readouterr().err
 
 
 # -- cancel, budget, bad input --------------------------------------------------------------------
