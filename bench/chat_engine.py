@@ -10,6 +10,9 @@
    The three replies are generated together, one token from each in turn, and each pull is timed:
    every path sees the same moments of the machine's load. The first token (the prompt) is not
    counted. The ratio is the median over rounds of the per-round ratios.
+   A fourth stream, interleaved with them, is llama.cpp alone as llama-bench's tg test drives it
+   (one ``llama_decode`` per token, no sampling, the engine's threads): the engine's ratio to it
+   is the per-token cost of everything fitchat adds, sampling included.
 2. Against llama.cpp itself: ``llama-bench`` token generation (tg) with the same model, threads,
    flash attention, batch sizes and depth (the prompt length); each llama-bench run sits between
    two engine runs, and the ratio is the median of per-round ratios. Needs llama-bench in
@@ -88,6 +91,24 @@ def bare_generate_tokens(llm: Any, n: int) -> Iterator[None]:
             return
 
 
+def raw_decode_tokens(llm: Any, n: int) -> Iterator[None]:
+    """llama.cpp alone, as llama-bench's tg test runs it: one llama_decode per token, no sampling."""
+    import llama_cpp as lc
+
+    tokens = llm.tokenize(render_prompt(llm).encode(), add_bos=False, special=True)
+    mem = lc.llama_get_memory(llm.ctx)
+    lc.llama_memory_clear(mem, True)
+    arr = (lc.llama_token * len(tokens))(*tokens)
+    lc.llama_decode(llm.ctx, lc.llama_batch_get_one(arr, len(tokens)))
+    yield None
+    one = (lc.llama_token * 1)(tokens[-1])
+    batch = lc.llama_batch_get_one(one, 1)
+    decode, ctx = lc.llama_decode, llm.ctx
+    for _ in range(n - 1):
+        decode(ctx, batch)
+        yield None
+
+
 def interleaved_decode(streams: dict[str, Iterator[None]]) -> dict[str, tuple[float, float, int]]:
     """Pull one token from each stream in turn, timing each pull; the first token (prompt) is not timed.
 
@@ -132,6 +153,12 @@ def render_prompt(llm: Any) -> str:
         bos_token=llm._model.token_get_text(llm.token_bos()),
     )
     return fmt(messages=PROMPT).prompt
+
+
+def llama_cpp_threads(llm: Any, n_threads: int, n_threads_batch: int) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_set_n_threads(llm.ctx, n_threads, n_threads_batch)
 
 
 def load_bare(model: Path, kwargs: dict[str, Any], n_threads: int, n_threads_batch: int, n_ctx: int) -> Any:
@@ -219,14 +246,17 @@ def main() -> int:
     bare_threads = max(bare_by_threads, key=lambda t: bare_by_threads[t])
     llm = load_bare(model, kwargs, bare_threads, threads.n_threads_batch, args.ctx)
     llm_gen = load_bare(model, kwargs, bare_threads, threads.n_threads_batch, args.ctx)
+    llm_raw = load_bare(model, kwargs, threads.n_threads, threads.n_threads_batch, args.ctx)
 
-    rows: dict[str, list[float]] = {"engine": [], "bare_chat": [], "bare_generate": []}
-    cpu_rows: dict[str, list[float]] = {"engine": [], "bare_chat": [], "bare_generate": []}
-    ratio_rows: dict[str, list[float]] = {"bare_chat": [], "bare_generate": []}
+    rows: dict[str, list[float]] = {"engine": [], "bare_chat": [], "bare_generate": [], "raw_decode": []}
+    cpu_rows: dict[str, list[float]] = {k: [] for k in rows}
+    ratio_rows: dict[str, list[float]] = {"bare_chat": [], "bare_generate": [], "raw_decode": []}
     counts_seen: dict[str, int] = {}
     for i in range(args.rounds + 1):  # the first round warms up and is not counted
+        llama_cpp_threads(llm_raw, engine.threads.n_threads, engine.threads.n_threads_batch)
         got = interleaved_decode({"engine": engine_tokens(engine, n), "bare_chat": bare_chat_tokens(llm, n),
-                                  "bare_generate": bare_generate_tokens(llm_gen, n)})
+                                  "bare_generate": bare_generate_tokens(llm_gen, n),
+                                  "raw_decode": raw_decode_tokens(llm_raw, n)})
         if i == 0:
             continue
         for name, (r, cpu_ms, timed) in got.items():
@@ -236,6 +266,7 @@ def main() -> int:
         for name in ratio_rows:
             ratio_rows[name].append(got["engine"][0] / got[name][0])
     llm_gen.close()
+    llm_raw.close()
     med = {k: statistics.median(v) for k, v in rows.items()}
     cpu_med = {k: statistics.median(v) for k, v in cpu_rows.items()}
     ratios = {k: statistics.median(v) for k, v in ratio_rows.items()}
@@ -294,7 +325,8 @@ def main() -> int:
         "decode_cpu_ms_per_token": cpu_med,
         "decode_ratio_vs_bare_chat": ratios["bare_chat"],
         "decode_ratio_vs_bare_generate": ratios["bare_generate"],
-        "decode_ratio_vs_best_bare": min(ratios.values()),
+        "decode_ratio_vs_best_bare": min(ratios["bare_chat"], ratios["bare_generate"]),
+        "decode_ratio_vs_raw_llama_decode": ratios["raw_decode"],
         "tokens_produced": counts_seen,
         "ttft_s": ttft,
         "ttft_prompt_tokens": prompt_tokens,
@@ -314,10 +346,12 @@ def main() -> int:
     for notice in notices:
         print(f"  engine notice: {notice}")
     print("decode tok/s (median):")
-    for k in ("engine", "bare_chat", "bare_generate"):
+    for k in ("engine", "bare_chat", "bare_generate", "raw_decode"):
         print(f"  {k:<14} {med[k]:8.1f}   ({cpu_med[k]:.2f} ms CPU per token)")
     print(f"  engine / create_chat_completion = {ratios['bare_chat']:.3f}, engine / generate() = "
           f"{ratios['bare_generate']:.3f} (medians of per-round ratios; tokens interleaved one by one)")
+    print(f"  engine / llama.cpp's own decode loop (llama_decode per token, no sampling, same threads "
+          f"as the engine, interleaved) = {ratios['raw_decode']:.3f}")
     if bench:
         print(f"  llama-bench tg{n} at depth {bench['depth']}, {bench['threads']} threads: "
               f"{bench['llama_bench_tg']:.1f}, engine {bench['engine']:.1f} -> engine / llama-bench = {bench['ratio']:.3f}")
