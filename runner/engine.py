@@ -270,14 +270,16 @@ def default_loader(path: str, **kwargs: Any) -> Any:
 
 
 def _libc_strlen() -> int | None:
-    """Address of libc's ``strlen`` (the C-level abort poll), or None."""
-    for name in (None, ctypes.util.find_library("c"), "msvcrt"):
+    """Address of the C library's ``strlen`` (the abort poll), or None."""
+    names = ["msvcrt"] if sys.platform == "win32" else [None, ctypes.util.find_library("c")]
+    for name in names:
         try:
-            lib = ctypes.CDLL(name) if name is not None or sys.platform != "win32" else None
-        except OSError:
+            lib = ctypes.CDLL(name)
+        except (OSError, TypeError):
             continue
-        if lib is not None and hasattr(lib, "strlen"):
-            return ctypes.cast(lib.strlen, ctypes.c_void_p).value
+        fn = getattr(lib, "strlen", None)
+        if fn is not None:
+            return ctypes.cast(fn, ctypes.c_void_p).value
     return None
 
 
@@ -336,7 +338,10 @@ class ChatEngine:
         self.last_stats: ChatStats | None = None
         self._live: dict[str, Any] | None = None
 
-        # Abort polling without Python: strlen(flag) is 0 until cancel() writes a byte.
+        # Abort polling without Python: llama.cpp calls the callback after every graph node, and a
+        # Python callback there would cost a GIL round trip per node. strlen on a two-byte buffer
+        # whose second byte stays 0 returns 0 or 1, which reads as the bool the callback returns:
+        # false until cancel() writes the first byte.
         self._abort_flag = ctypes.create_string_buffer(2)
         strlen = _libc_strlen()
         if strlen is not None:

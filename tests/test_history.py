@@ -50,7 +50,7 @@ def test_round_trip_with_stats_and_settings(tmp_path: Path) -> None:
 def test_list_orders_by_last_update_and_delete_cascades(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite3") as h:
         a = h.create("a")
-        b = h.create("b")
+        h.create("b")
         h.add_message(a.id, "user", "newer activity")
         assert [c.model for c in h.list_conversations()] == ["a", "b"]
         assert [c.model for c in h.list_conversations(limit=1)] == ["a"]
