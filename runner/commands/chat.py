@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         if not ref:
             raise _usage(f"conversation {args.resume} names no model file; give MODEL")
         model = _resolve(ref)
+        if prompt is None:
+            print(f"Loading {model.name}…", file=sys.stderr, flush=True)
         engine = _load(model, args)
         try:
             session = _session(engine, history, model, args)
