@@ -64,6 +64,7 @@ DEFAULT_CTX = 512
 DEFAULT_BUDGET = 8192
 MIN_CTX = 64
 BUNDLED_TEXT = "alice_ch1-3.txt"
+BUNDLED_TEXT_NAME = "the bundled text (Alice's Adventures in Wonderland, chapters I-III)"
 LOGITS_MAGIC = b"_logits_"
 #: Reference log-probability files kept in the cache (the newest ones).
 KEEP_REFERENCES = 3
@@ -1084,7 +1085,7 @@ def compare(
         raise BudgetTooSmall("--budget must be a positive number of tokens")
     text = read_text(settings.text_path)
     text_sha = hashlib.sha256(text).hexdigest()
-    text_name = str(settings.text_path) if settings.text_path else f"bundled: {BUNDLED_TEXT}"
+    text_name = str(settings.text_path) if settings.text_path else BUNDLED_TEXT_NAME
     if plans is None:
         plans = plan_candidates(list(candidates) + [c for c in (only or ()) if c not in candidates], hw, settings.ctx)
     chosen = list(only) if only is not None else list(candidates)

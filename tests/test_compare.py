@@ -102,7 +102,7 @@ def test_second_run_is_cached_and_instant(cold: dict, use_shared: Path) -> None:
     for a, b in zip(cold["report"].variants, again.variants):
         assert (a.ppl, a.mean_kld, a.top1_agreement, a.arithmetic_correct, a.needle_found) == \
                (b.ppl, b.mean_kld, b.top1_agreement, b.arithmetic_correct, b.needle_found)
-    assert seconds < cold["seconds"] / 5
+    assert seconds < 3.0  # headers, hardware, plans and cache look-ups only
 
 
 def test_verdict_and_table_in_plain_words(cold: dict) -> None:

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     scored = max((v.tokens_scored for v in report.variants), default=0)
     cached = sum(v.cached for v in report.variants)
     print()
-    print(f"Context {report.ctx}, {scored} tokens scored per variant of {report.text}"
+    print(f"Context {report.ctx}, {scored} tokens scored per variant, from {report.text}"
           + (f"; {cached} of {len(report.variants)} rows from the cache" if cached else "") + ".")
     return 0
 
