@@ -44,6 +44,8 @@ class Services:
     export_dir: Path | None = None
     #: Decode threads for chat; None lets the engine measure the best count (cached per machine).
     n_threads: int | None = None
+    #: Catalog entries the first-run suggestion picks from; None: the bundled curated list.
+    first_model_candidates: list[Any] | None = None
     _history: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -108,6 +110,12 @@ class Services:
     def remote_plans(self, repo: str, hw: HardwareInfo, ctx: int) -> list[Any]:
         """Every GGUF variant of ``repo`` planned at ``ctx`` (headers read remotely)."""
         return list(_need("runner.plan").fit_remote_repo(repo, hw, ctx, endpoint=self.endpoint, token=self.token))
+
+    def recommend_first_model(self, hw: HardwareInfo, ctx: int) -> Any:
+        """The catalog model to suggest when nothing is on disk (a Recommendation), or None."""
+        return _need("runner.catalog").recommend_first_model(
+            hw, ctx, endpoint=self.endpoint, token=self.token, candidates=self.first_model_candidates
+        )
 
     def replan(self, specs: list[Any], hw: HardwareInfo, ctx: int) -> list[Any]:
         """Plan already-read specs at another context (no network)."""

