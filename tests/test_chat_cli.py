@@ -267,3 +267,23 @@ def test_history_commands(smollm2: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "deleted conversation" in capsys.readouterr().out
     assert main(["chat", "--list"]) == 0
     assert "no saved conversations" in capsys.readouterr().out
+
+
+def test_load_setting_levers_from_fit_reach_the_chat_load(smollm2: Path) -> None:
+    """`fitchat fit` names levers (a q8_0 KV cache, a window-sized SWA cache); `chat` takes the same flags."""
+    import llama_cpp
+
+    from runner.cli import build_parser
+    from runner.commands.chat import _load, _resolve
+
+    args = build_parser().parse_args(["chat", str(smollm2), "--kv-type", "q8_0", "--swa-window", "--n-ubatch", "256",
+                                      "--ctx", "1024", "--threads", "1"])
+    engine = _load(_resolve(str(smollm2)), args)
+    try:
+        assert engine.load_kwargs["type_k"] == llama_cpp.GGML_TYPE_Q8_0
+        assert engine.load_kwargs["type_v"] == llama_cpp.GGML_TYPE_Q8_0
+        assert engine.load_kwargs["swa_full"] is False
+        assert engine.load_kwargs["n_ubatch"] == 256
+        assert engine.n_ctx == 1024
+    finally:
+        engine.close()

@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+from runner.commands.fit import add_load_settings_arguments, settings_from_args
+
 JSON_STATS = (
     "prompt_tokens", "completion_tokens", "ttft_s", "prompt_tokens_per_s",
     "decode_tokens_per_s", "n_threads", "gpu_layers", "n_ctx",
@@ -50,6 +52,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, help="random seed (default: random)")
     p.add_argument("--threads", type=int, help="CPU threads (default: measured)")
     p.add_argument("--gpu-layers", type=int, help="layers to offload (default: the fit plan's)")
+    add_load_settings_arguments(p)
     p.add_argument("--json", action="store_true", help='print {"reply", "stats"} instead of streaming')
     p.add_argument("--resume", type=int, metavar="ID", help="continue a saved conversation")
     p.add_argument("--no-save", action="store_true", help="do not save the REPL conversation")
@@ -172,22 +175,17 @@ def _load(model: _Model, args: argparse.Namespace) -> Any:
     from runner.engine import ChatEngine
     from runner.errors import LoadFailed
 
-    plan = None
-    try:
-        from runner.gguf_spec import read_spec
-        from runner.plan import plan_model
-    except ImportError:
-        read_spec = plan_model = None
-    if read_spec is not None and plan_model is not None:
-        from runner.estimate import DEFAULT_CTX, DEFAULT_SETTINGS
-        from runner.hardware import detect_hardware
+    from runner.estimate import DEFAULT_CTX
+    from runner.gguf_spec import read_spec
+    from runner.hardware import detect_hardware
+    from runner.plan import plan_model
 
-        spec = read_spec(model.path)
-        model.quant = model.quant or getattr(spec, "quant", None)
-        plan = plan_model(spec, detect_hardware(), args.ctx or DEFAULT_CTX, DEFAULT_SETTINGS)
-        if plan.verdict == "too_big" and args.gpu_layers is None:
-            levers = f"; options: {'; '.join(plan.levers)}" if getattr(plan, "levers", None) else ""
-            raise LoadFailed(f"{model.name} does not fit this machine at context {plan.context}: {plan.reason}{levers}")
+    spec = read_spec(model.path)
+    model.quant = model.quant or spec.quant
+    plan = plan_model(spec, detect_hardware(), args.ctx or DEFAULT_CTX, settings_from_args(args))
+    if plan.verdict == "too_big" and args.gpu_layers is None:
+        levers = f"; options: {'; '.join(plan.levers)}" if plan.levers else ""
+        raise LoadFailed(f"{model.name} does not fit this machine at context {plan.context}: {plan.reason}{levers}")
     return ChatEngine.load(
         model.path, plan=plan, n_ctx=args.ctx, n_threads=args.threads, gpu_layers=args.gpu_layers, on_notice=notice
     )

@@ -76,6 +76,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ram", type=_arg(parse_size), default=None, metavar="BYTES", help="plan for this much available RAM (16G)")
     p.add_argument("--margin", type=_arg(parse_size), default=None, metavar="BYTES",
                    help="GPU memory to keep free per device (default: 10%% of the GPU, at least 512M, at most 1G)")
+    add_load_settings_arguments(p)
+    p.add_argument("--measure", nargs="?", const="auto", choices=("auto", "load", "dry"), default=None,
+                   help="also load a local file with llama.cpp and show its reported buffers beside the estimate "
+                   "(load: a real CPU load; dry: llama.cpp's no_alloc dry run; auto: load when it fits in RAM)")
+    p.add_argument("--json", action="store_true", help="print the machine-readable plan")
+    p.set_defaults(func=run)
+
+
+def add_load_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """The load-setting flags shared by ``fit`` and ``chat``, so a lever ``fit`` names can be used."""
     p.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default=None, help="KV cache type (default f16)")
     p.add_argument("--n-ubatch", type=int, default=None, metavar="N", help="micro-batch size (default 512)")
     p.add_argument("--n-batch", type=int, default=None, metavar="N", help="batch size (default 512)")
@@ -85,11 +95,6 @@ def register(subparsers: Any) -> None:
     swa.add_argument("--swa-window", dest="swa_full", action="store_false", default=None,
                      help="keep only the window for sliding-window layers (less memory, no prefix reuse)")
     swa.add_argument("--swa-full", dest="swa_full", action="store_true", help="full-size SWA cache (default)")
-    p.add_argument("--measure", nargs="?", const="auto", choices=("auto", "load", "dry"), default=None,
-                   help="also load a local file with llama.cpp and show its reported buffers beside the estimate "
-                   "(load: a real CPU load; dry: llama.cpp's no_alloc dry run; auto: load when it fits in RAM)")
-    p.add_argument("--json", action="store_true", help="print the machine-readable plan")
-    p.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
