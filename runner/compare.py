@@ -34,6 +34,7 @@ in the public domain, without any edition's licence header.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import io
 import json
@@ -41,6 +42,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -767,14 +769,27 @@ class ScoringModel:
                       logits_all=False)
         if n_threads:
             kwargs.update(n_threads=n_threads, n_threads_batch=n_threads)
-        log = io.StringIO()
+        # llama.cpp's log goes to a buffer while this model lives (an aborted decode logs an error line
+        # that says nothing to the user); the default callback comes back on close.
+        self._log: deque[str] = deque(maxlen=50)
+        log = self._log
+
+        @llama_cpp.llama_log_callback
+        def _quiet(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
+            log.append(text.decode("utf-8", errors="replace"))
+
+        self._log_cb = _quiet
+        llama_cpp.llama_log_set(self._log_cb, ctypes.c_void_p(0))
+        prints = io.StringIO()
         try:
             # verbose=True keeps llama-cpp-python from pointing fds 1 and 2 at /dev/null (a terminal UI
-            # may be drawing); the chatter goes to a buffer instead.
-            with contextlib.redirect_stderr(log):
+            # may be drawing); its own prints go to a buffer.
+            with contextlib.redirect_stderr(prints):
                 self.llm = llama_cpp.Llama(model_path=str(self.path), verbose=True, **kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
-            lines = [ln for ln in log.getvalue().splitlines() if "error" in ln.lower() or "failed" in ln.lower()]
+            self._restore_log()
+            lines = [ln for ln in [*log, *prints.getvalue().splitlines()]
+                     if "error" in ln.lower() or "failed" in ln.lower()]
             raise LoadFailed(f"llama.cpp could not load {self.path.name}: {lines[-1].strip() if lines else exc}") from None
         finally:
             set_verbose(False)
@@ -796,6 +811,12 @@ class ScoringModel:
         if getattr(self, "llm", None) is not None:
             self.llm.close()
             self.llm = None
+        self._restore_log()
+
+    def _restore_log(self) -> None:
+        from llama_cpp import _logger
+
+        self.lc.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
     def __enter__(self) -> ScoringModel:
         return self

@@ -269,3 +269,25 @@ def test_reference_that_does_not_fit_gives_way(smollm2_variants: dict[str, Path]
     assert q8.skipped and q8.fit == "too_big" and q8.mean_kld is None
     words = C.verdict_lines(report)
     assert words[0] == note and any(w.startswith("Q8_0 was not measured") for w in words)
+
+
+def test_ctrl_c_cancels_the_cli_and_keeps_nothing_partial(smollm2_variants: dict[str, Path]) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    root = C.cache_root()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "compare", str(smollm2_variants["Q8_0"]), str(smollm2_variants["Q4_K_M"]),
+         "--ctx", "64", "--budget", "4096", "--arithmetic", "0", "--needle-depths", "none"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+    )
+    deadline = time.monotonic() + 120
+    while not list(root.rglob("*.partial")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(root.rglob("*.partial")), "the reference pass never started"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "compare cancelled" in err and "Traceback" not in err
+    assert _cache_files() == []

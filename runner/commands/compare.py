@@ -99,22 +99,27 @@ def run(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     outcome: dict[str, Any] = {}
 
+    finished = threading.Event()
+
     def work() -> None:
         try:
             outcome["report"] = C.compare(candidates, only=selected, settings=settings, progress=progress, cancel=cancel)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = exc
+        finally:
+            finished.set()
 
-    worker = threading.Thread(target=work, name="fitchat-compare", daemon=True)
-    worker.start()
+    # The main thread waits on an Event, not on Thread.join: a Ctrl-C that lands inside join() can
+    # leave the thread looking finished while it still runs.
+    threading.Thread(target=work, name="fitchat-compare", daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(0.1)
+        while not finished.wait(0.1):
+            pass
     except KeyboardInterrupt:
         cancel.set()
         progress.clear()
         print("fitchat: cancelling…", file=sys.stderr)
-        worker.join()
+        finished.wait()
     progress.clear()
     if "error" in outcome:
         exc = outcome["error"]
