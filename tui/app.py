@@ -102,6 +102,12 @@ class FitchatApp(App[None]):
 
         self.push_screen(ChatScreen(model, conversation_id=conversation_id, context=context))
 
+    def open_compare(self, repo: str) -> None:
+        """Compare the variants of ``repo`` that are on disk."""
+        from tui.screens.compare import CompareScreen
+
+        self.push_screen(CompareScreen(repo))
+
     def action_go_home(self) -> None:
         while len(self.screen_stack) > 2:
             self.pop_screen()

