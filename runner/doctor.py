@@ -29,7 +29,6 @@ OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 #: Statuses that count as problems.
 PROBLEMS = (WARN, FAIL)
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_TIMEOUT_S = 5.0
 #: Below this much free space in the model cache: a warning (a 7-8B model at Q4 is about 5 GiB).
 DISK_WARN_BYTES = 10 * GiB
@@ -43,6 +42,8 @@ CUDA_MIN_DRIVER: dict[int, tuple[int, int]] = {13: (580, 580), 12: (525, 527), 1
 CMAKE_ARGS = {"cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on", "cpu": ""}
 
 _TRUE = {"1", "on", "yes", "true"}
+#: What turns offline mode on, as runner.catalog.is_offline reads it.
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -447,15 +448,23 @@ def check_disk(cache: Path, warn_below: int = DISK_WARN_BYTES, fail_below: int =
 
 
 def hub_endpoint(env: Mapping[str, str] | None = None) -> str:
-    """``HF_ENDPOINT`` or the public Hub, without a trailing slash."""
+    """The endpoint fitchat uses (:func:`runner.catalog.hub_endpoint`), with ``HF_ENDPOINT`` read from ``env``.
+
+    Raises :class:`~runner.errors.HubError` for an ``HF_ENDPOINT`` that is not a usable URL.
+    """
+    from runner.catalog import DEFAULT_ENDPOINT, hub_endpoint as catalog_endpoint
+
     env = os.environ if env is None else env
-    return (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    return catalog_endpoint(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
 
 
 def is_offline(env: Mapping[str, str] | None = None) -> bool:
-    """``HF_HUB_OFFLINE`` set to a true value, as huggingface_hub reads it."""
-    env = os.environ if env is None else env
-    return (env.get("HF_HUB_OFFLINE") or "").strip().lower() in _TRUE
+    """Offline mode as fitchat reads it (:func:`runner.catalog.is_offline`), from ``env`` when one is given."""
+    from runner.catalog import is_offline as catalog_offline
+
+    if env is None or env == os.environ:
+        return catalog_offline()
+    return any((env.get(var) or "").strip().lower() in _TRUE for var in _OFFLINE_VARS)
 
 
 @dataclass(frozen=True)
@@ -503,14 +512,32 @@ def _short_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _offline_var(env: Mapping[str, str]) -> str:
+    """The variable that turned offline mode on (HF_HUB_OFFLINE when several did)."""
+    for var in _OFFLINE_VARS:
+        if (env.get(var) or "").strip().lower() in _TRUE:
+            return var
+    return _OFFLINE_VARS[0]
+
+
 def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     """Can fitchat reach the Hub (or the mirror in ``HF_ENDPOINT``)?"""
-    endpoint = hub_endpoint(env)
-    details: dict[str, Any] = {"endpoint": endpoint, "offline": is_offline(env), "reachable": None}
-    if details["offline"]:
+    from runner.errors import HubError
+
+    offline = is_offline(env)
+    try:
+        endpoint = hub_endpoint(env)
+    except HubError as exc:
+        return Check(
+            "hub", "Hugging Face Hub", FAIL, str(exc),
+            fix="set HF_ENDPOINT to the full URL of the Hub or a mirror (e.g. https://huggingface.co), or unset it",
+            details={"endpoint": env.get("HF_ENDPOINT"), "offline": offline, "reachable": False},
+        )
+    details: dict[str, Any] = {"endpoint": endpoint, "offline": offline, "reachable": None}
+    if offline:
         return Check(
             "hub", "Hugging Face Hub", INFO,
-            f"HF_HUB_OFFLINE is set: fitchat uses only downloaded models and does not contact {endpoint}",
+            f"{_offline_var(env)} is set: fitchat uses only downloaded models and does not contact {endpoint}",
             fix=None, details=details,
         )
     status, error, seconds = _get(f"{endpoint}/api/models?limit=1", timeout_s)

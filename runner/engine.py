@@ -284,10 +284,8 @@ def _libc_strlen() -> int | None:
 
 
 def _default_load_kwargs() -> dict[str, Any]:
-    try:
-        from runner.estimate import DEFAULT_SETTINGS
-    except ImportError:
-        return {}
+    from runner.estimate import DEFAULT_SETTINGS
+
     return dict(DEFAULT_SETTINGS.llama_kwargs())
 
 

@@ -255,10 +255,6 @@ class History:
         """Remove one message (regenerating replaces the last reply this way)."""
         self._write("DELETE FROM messages WHERE id = ?", (message_id,))
 
-    def clear_messages(self, conversation_id: int) -> None:
-        """Remove every message of a conversation, keeping the conversation."""
-        self._write("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
-
     def update(
         self, conversation_id: int, *, title: str | None = None, settings: dict[str, Any] | None = None
     ) -> Conversation:

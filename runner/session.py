@@ -65,10 +65,6 @@ class ChatSession:
         self.settings = replace(self.settings, system_prompt=text or None)
         self._save_settings()
 
-    def set_settings(self, settings: SamplingSettings) -> None:
-        self.settings = settings
-        self._save_settings()
-
     def clear(self) -> None:
         """Start a new conversation (the old one stays in the history); settings carry over."""
         self.messages = []

@@ -14,23 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.errors import FitchatError
-
 if TYPE_CHECKING:
     from runner.hardware import HardwareInfo
-
-
-class FeatureMissing(FitchatError):
-    """This fitchat build lacks the runner module a screen needs."""
-
-
-def _need(module: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise FeatureMissing(f"{module} is not available in this fitchat build ({exc}); reinstall fitchat") from exc
 
 
 @dataclass
@@ -65,63 +50,77 @@ class Services:
 
     def local_models(self) -> list[Any]:
         """Models on disk (runner.store.list_local)."""
-        return list(_need("runner.store").list_local())
+        from runner.store import list_local
+
+        return list(list_local())
 
     def import_file(self, path: str) -> Any:
         """Register a local .gguf (validated by runner)."""
-        return _need("runner.store").import_file(Path(path).expanduser())
+        from runner.store import import_file
+
+        return import_file(Path(path).expanduser())
 
     def remove(self, ref: str) -> list[Any]:
         """Delete a model from disk."""
-        return list(_need("runner.store").remove(ref))
+        from runner.store import remove
+
+        return list(remove(ref))
 
     def local_plan(self, path: Path, hw: HardwareInfo, ctx: int) -> Any:
         """The fit of one local file at ``ctx``."""
-        spec = _need("runner.gguf_spec").read_spec(path)
-        return _need("runner.plan").plan_model(spec, hw, ctx)
+        from runner.gguf_spec import read_spec
+        from runner.plan import plan_model
+
+        return plan_model(read_spec(path), hw, ctx)
 
     def default_ctx(self) -> int:
         """The context length plans start from."""
-        try:
-            return int(_need("runner.estimate").DEFAULT_CTX)
-        except FeatureMissing:
-            return 4096
+        from runner.estimate import DEFAULT_CTX
+
+        return int(DEFAULT_CTX)
 
     # ------------------------------------------------------------------ hub
 
     def curated(self) -> list[Any]:
         """The bundled catalog."""
-        return list(_need("runner.catalog").curated())
+        from runner.catalog import curated
+
+        return list(curated())
 
     def search(self, text: str, limit: int = 30) -> list[Any]:
         """Hub search for GGUF repos."""
-        return list(_need("runner.catalog").search(text, limit=limit, endpoint=self.endpoint, token=self.token))
+        from runner.catalog import search
+
+        return list(search(text, limit=limit, endpoint=self.endpoint, token=self.token))
 
     def hub_reachable(self) -> bool:
         """Whether the Hub (or HF_ENDPOINT) answers; False offline, never raises."""
-        catalog = _need("runner.catalog")
-        probe = getattr(catalog, "hub_reachable", None)
+        from runner.catalog import hub_reachable
+
         try:
-            if probe is not None:
-                return bool(probe(endpoint=self.endpoint, token=self.token))
-            catalog.search("gguf", limit=1, endpoint=self.endpoint, token=self.token)
-            return True
+            return bool(hub_reachable(endpoint=self.endpoint, token=self.token))
         except Exception:  # noqa: BLE001 - any failure means "not reachable"
             return False
 
     def remote_plans(self, repo: str, hw: HardwareInfo, ctx: int) -> list[Any]:
         """Every GGUF variant of ``repo`` planned at ``ctx`` (headers read remotely)."""
-        return list(_need("runner.plan").fit_remote_repo(repo, hw, ctx, endpoint=self.endpoint, token=self.token))
+        from runner.plan import fit_remote_repo
+
+        return list(fit_remote_repo(repo, hw, ctx, endpoint=self.endpoint, token=self.token))
 
     def recommend_first_model(self, hw: HardwareInfo, ctx: int) -> Any:
         """The catalog model to suggest when nothing is on disk (a Recommendation), or None."""
-        return _need("runner.catalog").recommend_first_model(
+        from runner.catalog import recommend_first_model
+
+        return recommend_first_model(
             hw, ctx, endpoint=self.endpoint, token=self.token, candidates=self.first_model_candidates
         )
 
     def replan(self, specs: list[Any], hw: HardwareInfo, ctx: int) -> list[Any]:
         """Plan already-read specs at another context (no network)."""
-        return list(_need("runner.plan").plan_variants(specs, hw, ctx))
+        from runner.plan import plan_variants
+
+        return list(plan_variants(specs, hw, ctx))
 
     def pull(
         self,
@@ -134,7 +133,9 @@ class Services:
         notice: Callable[[str], None] | None = None,
     ) -> Any:
         """Download a variant (or ``starter``); returns the LocalModel."""
-        return _need("runner.download").pull(
+        from runner.download import pull
+
+        return pull(
             ref, quant=quant, ctx=ctx, progress_class=progress_class, cancel=cancel,
             notice=notice, endpoint=self.endpoint, token=self.token,
         )
@@ -143,7 +144,9 @@ class Services:
 
     def compare_candidates(self, repo: str) -> list[Any]:
         """The variants of ``repo`` on disk, as runner.compare candidates (headers read and validated)."""
-        return list(_need("runner.compare").resolve_sources([repo]))
+        from runner.compare import resolve_sources
+
+        return list(resolve_sources([repo]))
 
     def compare(
         self,
@@ -154,30 +157,36 @@ class Services:
         cancel: threading.Event,
     ) -> Any:
         """Compare the variants against the most precise one that fits (a CompareReport); cached results are reused."""
-        compare = _need("runner.compare")
-        settings = self.compare_settings or compare.CompareSettings(n_threads=self.n_threads)
-        return compare.compare(candidates, settings=settings, hw=hw or self.detect_hardware(),
+        from runner.compare import CompareSettings
+        from runner.compare import compare as run_compare
+
+        settings = self.compare_settings or CompareSettings(n_threads=self.n_threads)
+        return run_compare(candidates, settings=settings, hw=hw or self.detect_hardware(),
                                progress=progress, cancel=cancel)
 
     # ------------------------------------------------------------------ chat
 
     def load_engine(self, path: Path, *, plan: Any, n_ctx: int | None, on_notice: Callable[[str], None]) -> Any:
         """Load a model into llama.cpp for chatting."""
-        return _need("runner.engine").ChatEngine.load(
+        from runner.engine import ChatEngine
+
+        return ChatEngine.load(
             path, plan=plan, n_ctx=n_ctx, n_threads=self.n_threads, on_notice=on_notice
         )
 
     def default_sampling(self) -> Any:
         """The engine's default sampling settings."""
-        engine = _need("runner.engine")
-        default = getattr(engine, "DEFAULT_SAMPLING", None)
-        return default if default is not None else engine.SamplingSettings()
+        from runner.engine import DEFAULT_SAMPLING
+
+        return DEFAULT_SAMPLING
 
     def history(self) -> Any:
         """The conversation store (opened once)."""
         with self._lock:
             if self._history is None:
-                self._history = _need("runner.history").History(self.history_path)
+                from runner.history import History
+
+                self._history = History(self.history_path)
             return self._history
 
     def close(self) -> None:

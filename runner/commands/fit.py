@@ -251,9 +251,7 @@ def describe_settings(ctx: int, s: Any) -> str:
 
 def render(plans: list[Any], hw: Any, ctx: int, settings: Any) -> str:
     """The readable table: one row per variant, then the recommendation, levers and notes."""
-    from runner.plan import verdict_label
-
-    from runner.plan import same_model
+    from runner.plan import same_model, verdict_label
 
     mixed = any(not same_model(p.spec, plans[0].spec) for p in plans)
     rows = [("", "FILE" if mixed else "QUANT", "SIZE", "WEIGHTS", "KV CACHE", "COMPUTE", "TOTAL", "GPU", "FITS")]
