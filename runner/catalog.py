@@ -87,8 +87,26 @@ class SearchHit:
 # -- environment ------------------------------------------------------------------------------------
 
 def hub_endpoint(endpoint: str | None = None) -> str:
-    """The Hub endpoint: ``endpoint``, else ``HF_ENDPOINT``, else huggingface.co."""
-    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    """The Hub endpoint: ``endpoint``, else ``HF_ENDPOINT``, else huggingface.co.
+
+    Raises :class:`HubError` when the value is not an http(s) URL with a host, before huggingface_hub
+    (which reads ``HF_ENDPOINT`` when imported, and chokes on some bad values) is touched.
+    """
+    from urllib.parse import urlsplit
+
+    given = endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    text = given.strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.netloc) and bool(parts.hostname)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        name = "HF_ENDPOINT" if not endpoint else "the endpoint"
+        raise HubError(f"{name}={given!r} is not an http(s) URL; unset it or set it to your mirror, "
+                       "e.g. https://hf-mirror.example")
+    return text
 
 
 def hub_token(token: str | None = None) -> str | None:
@@ -116,10 +134,10 @@ def require_online(endpoint: str | None = None) -> None:
 @contextmanager
 def hub_errors(repo: str, filename: str | None = None, endpoint: str | None = None) -> Iterator[None]:
     """Translate huggingface_hub / network exceptions into one-line fitchat errors."""
+    where = hub_endpoint(endpoint)  # a bad HF_ENDPOINT is reported before huggingface_hub is imported
     from huggingface_hub import errors as hf
 
     http = _http_module()
-    where = hub_endpoint(endpoint)
     what = f"{filename} in {repo}" if filename else repo
     try:
         yield
@@ -187,28 +205,34 @@ def quiet_hub() -> None:
 
 
 def _api(endpoint: str | None, token: str | None) -> Any:
+    where = hub_endpoint(endpoint)
     from huggingface_hub import HfApi
 
     quiet_hub()
-    return HfApi(endpoint=hub_endpoint(endpoint), token=hub_token(token))
+    return HfApi(endpoint=where, token=hub_token(token))
 
 
 def _probe(endpoint: str | None, timeout: float = 5.0) -> None:
     """One API call without retries; raises the network error if the Hub does not answer."""
+    where = hub_endpoint(endpoint)
     from huggingface_hub.utils import get_session
 
-    get_session().get(f"{hub_endpoint(endpoint)}/api/models", params={"limit": 1}, timeout=timeout)
+    get_session().get(f"{where}/api/models", params={"limit": 1}, timeout=timeout)
 
 
 def hub_reachable(*, endpoint: str | None = None, token: str | None = None, timeout: float = 3.0) -> bool:
     """Whether the Hub (or ``HF_ENDPOINT``) answers an API call within ``timeout``; False when offline."""
     if is_offline():
         return False
+    try:
+        where = hub_endpoint(endpoint)
+    except HubError:
+        return False
     from huggingface_hub.utils import get_session
 
     http = _http_module()
     try:
-        r = get_session().get(f"{hub_endpoint(endpoint)}/api/models", params={"limit": 1, "filter": "gguf"}, timeout=timeout)
+        r = get_session().get(f"{where}/api/models", params={"limit": 1, "filter": "gguf"}, timeout=timeout)
     except (http.HTTPError, OSError):
         return False
     return r.status_code < 500

@@ -325,6 +325,8 @@ def select_quants(candidates: Sequence[Candidate], quants: Sequence[str] | None)
     if not quants:
         return list(candidates)
     wanted = [q.strip().upper() for q in quants if q.strip()]
+    if not wanted:
+        raise CompareError("--quants names no variant; give e.g. Q4_K_M,Q8_0")
     have = {c.quant.upper() for c in candidates}
     missing = [q for q in wanted if q not in have]
     if missing:
@@ -518,9 +520,6 @@ class ReferenceLogits:
     def chunk_rows(self, chunk: int) -> np.ndarray:
         r = self.rows_per_chunk
         return self.rows[chunk * r:(chunk + 1) * r]
-
-    def chunk_tokens(self, chunk: int) -> list[int]:
-        return [int(t) for t in self.tokens[chunk * self.n_ctx:(chunk + 1) * self.n_ctx]]
 
     def close(self) -> None:
         for name in ("rows", "tokens"):
@@ -741,10 +740,8 @@ def _score_block(L: np.ndarray, mine: _Encoded, base: np.ndarray, tg: np.ndarray
 
 def _load_kwargs() -> dict[str, Any]:
     """The load settings ``fitchat fit`` assumes, so what is compared is what chat loads."""
-    try:
-        from runner.estimate import DEFAULT_SETTINGS
-    except ImportError:
-        return {}
+    from runner.estimate import DEFAULT_SETTINGS
+
     kwargs = dict(DEFAULT_SETTINGS.llama_kwargs())
     kwargs.pop("n_batch", None)
     kwargs.pop("n_ubatch", None)

@@ -105,10 +105,11 @@ def _starter_model() -> LocalModel | None:
 
 def _cached_models(cache_dir: Path | None = None) -> list[LocalModel]:
     """GGUF models in the HF cache, one per (repo, file); split sets only when complete."""
+    from runner.catalog import hub_endpoint, is_model_gguf
+
+    hub_endpoint()  # importing huggingface_hub with some malformed HF_ENDPOINT values fails: say so first
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
-
-    from runner.catalog import is_model_gguf
 
     root = cache_dir or hf_cache_dir()
     if not root.is_dir():
@@ -188,8 +189,10 @@ def import_file(path: str | Path) -> LocalModel:
     from runner.gguf_spec import read_spec
 
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise ModelNotFound(f"{path} is a directory; give a .gguf file")
     if not p.is_file():
-        raise ModelNotFound(f"no such file: {p}")
+        raise ModelNotFound(f"no such file: {path}")
     p = p.absolute()  # keep the name the user gave (a symlink stays a symlink)
     spec = read_spec(p)  # raises InvalidModelFile with one line
     base = p.name
@@ -242,6 +245,8 @@ def find_local(repo: str, quant: str | None = None) -> list[LocalModel]:
 def resolve_model(ref: str) -> LocalModel:
     """A local model from a path, ``starter``, ``local/NAME``, a file name, or ``repo[:QUANT]`` already downloaded."""
     text = ref.strip()
+    if not text:
+        raise ModelNotFound("no model named: give a .gguf path, 'starter', or org/name[:QUANT]")
     if text.lower() == STARTER_REF:
         starter = _starter_model()
         if starter is None:
@@ -250,6 +255,10 @@ def resolve_model(ref: str) -> LocalModel:
     candidate = Path(text).expanduser()
     if candidate.is_file():
         return _model_for_path(candidate)
+    if candidate.is_dir():
+        raise ModelNotFound(f"{text} is a directory; give a .gguf file (or 'fitchat compare {text}' for a folder of variants)")
+    if text.startswith(("/", ".", "~")):
+        raise ModelNotFound(f"no such file: {text} ('fitchat ls' lists the models here)")
     models = list_local()
     by_file = [m for m in models if text.lower() in (m.file.lower(), m.file.rsplit("/", 1)[-1].lower())]
     if len(by_file) == 1:

@@ -76,6 +76,16 @@ def run(args: argparse.Namespace) -> int:
             raise _usage(f"--{name.replace('_', '-')} must be at least 1")
     if args.temp is not None and args.temp < 0:
         raise _usage("--temp must be 0 or more")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise _usage("--top-p must be more than 0 and at most 1 (e.g. 0.95)")
+    if args.top_k is not None and args.top_k < 0:
+        raise _usage("--top-k must be 0 or more (0 turns top-k off)")
+    if args.repeat_penalty is not None and args.repeat_penalty <= 0:
+        raise _usage("--repeat-penalty must be more than 0 (1 turns it off)")
+    if args.gpu_layers is not None and args.gpu_layers < -1:
+        raise _usage("--gpu-layers must be -1 (all layers) or 0 or more")
+    if args.resume is not None and args.no_save:
+        raise _usage("--resume and --no-save cannot be combined: a resumed conversation is saved as it goes")
 
     prompt = _one_shot_prompt(args)
     history = None if (prompt is not None and args.resume is None) or args.no_save else History()
@@ -156,19 +166,10 @@ class _Model:
 
 
 def _resolve(ref: str) -> _Model:
-    from runner.errors import ModelNotFound
+    from runner.store import resolve_model
 
-    try:
-        from runner.store import resolve_model
-    except ImportError:
-        resolve_model = None
-    if resolve_model is not None:
-        local = resolve_model(ref)
-        return _Model(Path(local.path), local.repo or local.file, local.quant)
-    path = Path(ref).expanduser()
-    if path.is_file():
-        return _Model(path, path.name, None)
-    raise ModelNotFound(f"no model file at {ref}; give a .gguf path")
+    local = resolve_model(ref)
+    return _Model(Path(local.path), local.repo or local.file, local.quant)
 
 
 def _load(model: _Model, args: argparse.Namespace) -> Any:

@@ -91,9 +91,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if settings.ctx < C.MIN_CTX:
         raise C.CompareError(f"--ctx {settings.ctx} is too small; use {C.MIN_CTX} or more (llama-perplexity's default is 512)")
+    quants = args.quants.split(",") if args.quants is not None else None
+    if quants is not None and not any(q.strip() for q in quants):
+        raise C.CompareError("--quants names no variant; give e.g. Q4_K_M,Q8_0")
     C.read_text(settings.text_path)  # a bad --text fails before any model loads
     candidates = C.resolve_sources(args.sources)
-    selected = C.select_quants(candidates, args.quants.split(",") if args.quants else None)
+    selected = C.select_quants(candidates, quants)
 
     progress = _ProgressLine()
     cancel = threading.Event()

@@ -10,17 +10,31 @@ from typing import Any
 from runner.format import human_bytes
 
 
+def _positive_int(text: str) -> int:
+    """An argparse ``type=`` for counts: a whole number of at least 1 (a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r} as a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number; give 1 or more")
+    return value
+
+
 def register(subparsers: Any) -> None:
+    from runner.commands.fit import _arg, parse_ctx
+
     p = subparsers.add_parser("search", help="search the Hub for GGUF models (no TEXT: the curated list)")
     p.add_argument("text", nargs="?", default="", help="words to look for in repo names")
-    p.add_argument("--limit", type=int, default=20, help="most results to show (default 20)")
+    p.add_argument("--limit", type=_positive_int, default=20, help="most results to show (default 20)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run_search)
 
     p = subparsers.add_parser("pull", help="download a model: org/name[:QUANT] from the Hub, or 'starter'")
     p.add_argument("ref", metavar="REPO[:QUANT]", help="a Hub repo id, optionally with a quant (Q4_K_M …), or 'starter'")
     p.add_argument("--quant", help="the variant to download (default: the one that fits this machine best)")
-    p.add_argument("--ctx", type=int, default=None, help="context length the recommendation plans for (default 4096)")
+    p.add_argument("--ctx", type=_arg(parse_ctx), default=None,
+                   help="context length the recommendation plans for (default 4096; 8k works)")
     p.add_argument("--json", action="store_true",
                    help='print {"path", "sha256", "size_bytes", "repo", "file", "quant"} when done')
     p.set_defaults(func=run_pull)
