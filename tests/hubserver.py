@@ -686,12 +686,15 @@ def hub(local_hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalH
 
 
 @pytest.fixture
-def unreachable_endpoint() -> str:
-    """An http endpoint on a local port nothing listens on (connection refused at once)."""
+def unreachable_endpoint() -> Iterator[str]:
+    """An http endpoint on a local port nothing listens on (connection refused at once).
+
+    The port stays bound, but not listening, for the whole test, so nothing else can take it meanwhile.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
 
 
 

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,31 @@ class Terminal:
         if self.pid == 0:  # the child: stdin/stdout/stderr are the terminal
             os.execv(sys.executable, [sys.executable, "-m", "runner", *argv])
         self.buffer = ""
+        self.exit_code: int | None = None
+        self._fd_open = True
+
+    def _reaped(self, status: int) -> int:
+        self.exit_code = os.waitstatus_to_exitcode(status)
+        self._close_fd()
+        return self.exit_code
+
+    def _close_fd(self) -> None:
+        if self._fd_open:
+            self._fd_open = False
+            os.close(self.fd)
+
+    def close(self) -> None:
+        """Kill the child if it still runs, reap it and close the terminal (idempotent)."""
+        if self.exit_code is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self._reaped(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:
+                self.exit_code = -signal.SIGKILL
+        self._close_fd()
 
     def read_until(self, text: str, timeout: float = 60.0, start: int = 0) -> int:
         deadline = time.monotonic() + timeout
@@ -171,24 +197,40 @@ class Terminal:
     def wait(self, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.exit_code is not None:
+                return self.exit_code
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
-                os.close(self.fd)
-                return os.waitstatus_to_exitcode(status)
+                return self._reaped(status)
             try:
                 if select.select([self.fd], [], [], 0.2)[0]:
                     self.buffer += os.read(self.fd, 65536).decode("utf-8", errors="replace")
             except OSError:
                 time.sleep(0.05)
+        self.close()
         raise AssertionError("fitchat chat did not exit")
+
+
+@pytest.fixture
+def open_terminal() -> Iterator[Callable[[list[str]], Terminal]]:
+    """Start ``fitchat`` in terminals; whatever still runs at the end of the test is killed and reaped."""
+    opened: list[Terminal] = []
+
+    def start(argv: list[str]) -> Terminal:
+        opened.append(Terminal(argv))
+        return opened[-1]
+
+    yield start
+    for term in opened:
+        term.close()
 
 
 REPL_ARGS = ["--threads", "1", "--temp", "0", "--ctx", "2048"]
 STORY = "Write a very long story about a dragon who learns to bake bread.\r"
 
 
-def test_repl_in_a_terminal_ctrl_c_stops_a_reply_ctrl_d_leaves(smollm2: Path) -> None:
-    term = Terminal(["chat", str(smollm2), *REPL_ARGS])
+def test_repl_in_a_terminal_ctrl_c_stops_a_reply_ctrl_d_leaves(smollm2: Path, open_terminal: Any) -> None:
+    term = open_terminal(["chat", str(smollm2), *REPL_ARGS])
     mark = term.read_until(">>> ")
     assert "Chatting with" in term.buffer
     term.type(STORY)
@@ -208,8 +250,9 @@ def test_repl_in_a_terminal_ctrl_c_stops_a_reply_ctrl_d_leaves(smollm2: Path) ->
     assert messages[1].finish_reason == "cancelled" and messages[1].content
 
 
-def test_kill_9_mid_reply_loses_only_that_reply_then_resume(smollm2: Path, private_home: Path) -> None:
-    term = Terminal(["chat", str(smollm2), *REPL_ARGS, "--max-tokens", "600"])
+def test_kill_9_mid_reply_loses_only_that_reply_then_resume(smollm2: Path, private_home: Path,
+                                                            open_terminal: Any) -> None:
+    term = open_terminal(["chat", str(smollm2), *REPL_ARGS, "--max-tokens", "600"])
     mark = term.read_until(">>> ")
     term.type("What is the capital of France?\r")
     mark = term.read_until(">>> ", start=mark)  # first reply complete
@@ -230,7 +273,7 @@ def test_kill_9_mid_reply_loses_only_that_reply_then_resume(smollm2: Path, priva
     assert "Paris" in messages[1].content
     assert messages[2].content == STORY.rstrip("\r")
 
-    term = Terminal(["chat", "--resume", str(conv.id), *REPL_ARGS, "--max-tokens", "24"])
+    term = open_terminal(["chat", "--resume", str(conv.id), *REPL_ARGS, "--max-tokens", "24"])
     mark = term.read_until("/regen answers it")
     mark = term.read_until(">>> ", start=mark)
     term.type("/regen\r")

@@ -94,15 +94,18 @@ def test_progress_is_monotonic_and_reaches_the_end(cold: dict) -> None:
 
 def test_second_run_is_cached_and_instant(cold: dict, use_shared: Path) -> None:
     events: list[C.Progress] = []
-    t0 = time.perf_counter()
-    again = C.compare(cold["candidates"], settings=SETTINGS, progress=events.append)
-    seconds = time.perf_counter() - t0
+    timings: list[float] = []
+    for _ in range(3):  # best of three: one stall of a loaded machine says nothing about the cache
+        t0 = time.perf_counter()
+        again = C.compare(cold["candidates"], settings=SETTINGS, progress=events.append)
+        timings.append(time.perf_counter() - t0)
     assert all(v.cached for v in again.variants)
     assert events == []  # nothing was evaluated
     for a, b in zip(cold["report"].variants, again.variants):
         assert (a.ppl, a.mean_kld, a.top1_agreement, a.arithmetic_correct, a.needle_found) == \
                (b.ppl, b.mean_kld, b.top1_agreement, b.arithmetic_correct, b.needle_found)
-    assert seconds < 3.0  # headers, hardware, plans and cache look-ups only
+    # Headers, hardware, plans and cache look-ups only: far faster than evaluating, measured on this machine.
+    assert min(timings) < cold["seconds"] / 20, f"cached {timings} s vs cold {cold['seconds']:.2f} s"
 
 
 def test_verdict_and_table_in_plain_words(cold: dict) -> None:
@@ -282,12 +285,17 @@ def test_ctrl_c_cancels_the_cli_and_keeps_nothing_partial(smollm2_variants: dict
          "--ctx", "64", "--budget", "4096", "--arithmetic", "0", "--needle-depths", "none"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
     )
-    deadline = time.monotonic() + 120
-    while not list(root.rglob("*.partial")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert list(root.rglob("*.partial")), "the reference pass never started"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(root.rglob("*.partial")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert list(root.rglob("*.partial")), "the reference pass never started"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     assert "compare cancelled" in err and "Traceback" not in err
     assert _cache_files() == []

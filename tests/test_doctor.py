@@ -167,12 +167,24 @@ def endpoint() -> Iterator[Endpoint]:
 
 
 @pytest.fixture
-def down_url() -> str:
-    """A loopback address where nothing listens (connection refused)."""
+def down_url() -> Iterator[str]:
+    """A loopback address where nothing listens (connection refused).
+
+    The port stays bound, but not listening, for the whole test, so nothing else can take it meanwhile.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def ample_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk check runs for real, with thresholds any disk meets (its verdict is tested on its own)."""
+    real = doctor.check_disk
+    monkeypatch.setattr(doctor, "DISK_WARN_BYTES", 0)
+    monkeypatch.setattr(doctor, "DISK_FAIL_BYTES", 0)
+    monkeypatch.setattr(doctor, "check_disk", lambda cache, warn_below=0, fail_below=0: real(cache, warn_below, fail_below))
 
 
 def doctor_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
@@ -183,7 +195,7 @@ def doctor_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, di
 # --------------------------------------------------------------------------- the command on this machine
 
 
-def test_cli_json_on_this_machine(capsys, monkeypatch, down_url, real_build):
+def test_cli_json_on_this_machine(capsys, monkeypatch, down_url, real_build, ample_disk):
     monkeypatch.setenv("HF_ENDPOINT", down_url)
     rc, report = doctor_json(capsys)
     assert rc == (1 if report["failed"] else 0)
@@ -229,7 +241,7 @@ def test_command_module_imports_nothing_heavy():
 # --------------------------------------------------------------------------- the Hub
 
 
-def test_hub_reachable_through_a_local_endpoint(monkeypatch, capsys, endpoint):
+def test_hub_reachable_through_a_local_endpoint(monkeypatch, capsys, endpoint, ample_disk):
     monkeypatch.setenv("HF_ENDPOINT", endpoint.url + "/")
     rc, report = doctor_json(capsys)
     hub = next(c for c in report["checks"] if c["key"] == "hub")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,29 @@ def test_gemma3_spec_second_architecture(gemma3: Path) -> None:
 
 def test_big_vocabulary_header_parses_fast(gemma3: Path) -> None:
     read_spec(gemma3)  # warm imports
-    start = time.perf_counter()
-    read_spec(gemma3)
-    assert time.perf_counter() - start < 2.0  # the stock GGUFReader takes over 10 s on this header
+    timings = best_of(lambda: read_spec(gemma3), bound=2.0)
+    assert min(timings) < 2.0, timings  # the stock GGUFReader takes over 10 s on this header
+
+
+def best_of(action: Callable[[], object], attempts: int = 3, bound: float = 1.0,
+            expect: type[BaseException] | None = None, match: str | None = None) -> list[float]:
+    """Time ``action`` up to ``attempts`` times, stopping once one run beats ``bound`` seconds.
+
+    A loaded machine may stall one run; the fastest run is what the reader costs. With ``expect``,
+    every run must raise that exception (matching ``match``).
+    """
+    timings: list[float] = []
+    for _ in range(attempts):
+        start = time.perf_counter()
+        if expect is None:
+            action()
+        else:
+            with pytest.raises(expect, match=match):
+                action()
+        timings.append(time.perf_counter() - start)
+        if timings[-1] < bound:
+            break
+    return timings
 
 
 def test_quant_name_fallbacks() -> None:
@@ -168,10 +189,10 @@ def test_malformed_files_give_one_line(tmp_path: Path, case: str) -> None:
     data, expected = MALFORMED[case]
     path = tmp_path / "bad.gguf"
     path.write_bytes(data)
-    start = time.perf_counter()
     with pytest.raises(InvalidModelFile) as info:
         read_spec(path)
-    assert time.perf_counter() - start < 1.0
+    timings = best_of(lambda: read_spec(path), expect=InvalidModelFile)
+    assert min(timings) < 1.0, timings  # refused at once, not after seconds
     message = str(info.value)
     assert "\n" not in message and message.startswith("bad.gguf")
     assert expected.lower() in message.lower()
@@ -182,10 +203,8 @@ def test_truncations_of_a_real_model_are_caught_quickly(smollm2: Path, tmp_path:
     for cut in (3, 24, 1000, 1_000_000, 1_785_000, 50_000_000, len(data) - 1):
         path = tmp_path / f"cut{cut}.gguf"
         path.write_bytes(data[:cut])
-        start = time.perf_counter()
-        with pytest.raises(InvalidModelFile, match="truncated|not a GGUF"):
-            read_spec(path)
-        assert time.perf_counter() - start < 1.0
+        timings = best_of(lambda: read_spec(path), expect=InvalidModelFile, match="truncated|not a GGUF")
+        assert min(timings) < 1.0, (cut, timings)  # refused at once, not after seconds
         path.unlink()
 
 

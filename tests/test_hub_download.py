@@ -90,6 +90,8 @@ def test_resume_after_kill_9(smol: Path, smol_sha: str, hub: LocalHub, capsys: p
             pytest.fail("the pull never got going")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL too: the test's own kill, or no process left behind when it failed
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     (partial,) = partials()

@@ -90,7 +90,7 @@ async def test_k_compares_the_variants_on_disk(smollm2_variants, unreachable_end
         await wait_for(pilot, lambda: isinstance(app.screen, HomeScreen), what="home again")
         # the command palette opens it too; the second run comes from the cache
         await pilot.press("ctrl+p", *"Compare variants")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: "Quality and speed of the highlighted" in screen_text(app), what="the palette entry")
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), what="compare from the palette")
         again = app.screen
