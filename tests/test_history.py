@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,9 @@ def test_round_trip_with_stats_and_settings(tmp_path: Path) -> None:
 def test_list_orders_by_last_update_and_delete_cascades(tmp_path: Path) -> None:
     with History(tmp_path / "h.sqlite3") as h:
         a = h.create("a")
-        h.create("b")
+        b = h.create("b")
+        while time.time() <= b.updated_at:  # a coarse clock: the new activity must come strictly later
+            time.sleep(0.001)
         h.add_message(a.id, "user", "newer activity")
         assert [c.model for c in h.list_conversations()] == ["a", "b"]
         assert [c.model for c in h.list_conversations(limit=1)] == ["a"]
