@@ -45,7 +45,10 @@ async def test_online_first_run_suggests_the_model_that_fits_and_downloads_it(
     async with app.run_test(size=(140, 32)) as pilot:
         card = app.screen.query_one(FirstModelCard)
         await wait_for(pilot, lambda: card.has_class("-searching"), what="the search for a model")
-        assert "Looking for the best catalog model for this machine" in flat(app)
+        # The card says so on screen (at the next refresh) while the header reads are still under way.
+        await wait_for(pilot, lambda: "Looking for the best catalog model for this machine" in flat(app),
+                       what="the searching text")
+        assert card.recommendation is None
         dark = app.current_theme.dark
         await pilot.press("ctrl+t")
         assert app.current_theme.dark != dark
