@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -167,18 +166,6 @@ def endpoint() -> Iterator[Endpoint]:
 
 
 @pytest.fixture
-def down_url() -> Iterator[str]:
-    """A loopback address where nothing listens (connection refused).
-
-    The port stays bound, but not listening, for the whole test, so nothing else can take it meanwhile.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture
 def ample_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk check runs for real, with thresholds any disk meets (its verdict is tested on its own)."""
     real = doctor.check_disk
@@ -195,8 +182,8 @@ def doctor_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, di
 # --------------------------------------------------------------------------- the command on this machine
 
 
-def test_cli_json_on_this_machine(capsys, monkeypatch, down_url, real_build, ample_disk):
-    monkeypatch.setenv("HF_ENDPOINT", down_url)
+def test_cli_json_on_this_machine(capsys, monkeypatch, unreachable_endpoint, real_build, ample_disk):
+    monkeypatch.setenv("HF_ENDPOINT", unreachable_endpoint)
     rc, report = doctor_json(capsys)
     assert rc == (1 if report["failed"] else 0)
     checks = {c["key"]: c for c in report["checks"]}
@@ -209,7 +196,7 @@ def test_cli_json_on_this_machine(capsys, monkeypatch, down_url, real_build, amp
     assert build["details"]["devices"] == [d.name for d in real_build.devices]
     assert checks["metal"]["status"] == "info"
     assert checks["hub"]["status"] == "warn" and checks["hub"]["details"]["reachable"] is False
-    assert checks["hub"]["details"]["endpoint"] == down_url
+    assert checks["hub"]["details"]["endpoint"] == unreachable_endpoint
     assert "HF_HUB_OFFLINE=1" in checks["hub"]["fix"]
     assert checks["token"]["details"] == {"present": False, "source": None}
     if not hw.warnings:  # this machine: a CPU build and no GPU, so the Hub is the only problem
@@ -217,12 +204,12 @@ def test_cli_json_on_this_machine(capsys, monkeypatch, down_url, real_build, amp
     assert checks["disk"]["details"]["path"] == os.environ["HF_HUB_CACHE"]
 
 
-def test_cli_text_names_each_problem_and_its_fix(capsys, monkeypatch, down_url):
-    monkeypatch.setenv("HF_ENDPOINT", down_url)
+def test_cli_text_names_each_problem_and_its_fix(capsys, monkeypatch, unreachable_endpoint):
+    monkeypatch.setenv("HF_ENDPOINT", unreachable_endpoint)
     main(["doctor"])
     out = capsys.readouterr().out
     hub_line = next(line for line in out.splitlines() if "Hugging Face Hub" in line)
-    assert hub_line.startswith("[WARN]") and down_url in hub_line
+    assert hub_line.startswith("[WARN]") and unreachable_endpoint in hub_line
     assert "fix: check HF_ENDPOINT" in out
     assert re.search(r"\n\d+ problems? \(\d+ failing, \d+ warnings?\)\.$", out.rstrip())
 
