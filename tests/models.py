@@ -89,3 +89,18 @@ def gemma3_270m() -> Path:
             raise RuntimeError("gemma-3-270m parts do not hash to the expected sha256")
         os.replace(partial, dst)
     return dst
+
+
+def place_in_hf_cache(repo: str, files: list[Path], commit: str = "a" * 40) -> Path:
+    """Lay ``files`` out as a downloaded repo in ``$HF_HUB_CACHE``, as 'fitchat pull' leaves them; returns the snapshot."""
+    root = Path(os.environ["HF_HUB_CACHE"]) / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (root / "blobs").mkdir()
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    for file in files:
+        blob = root / "blobs" / f"blob-{file.name}"
+        blob.symlink_to(file)
+        (snapshot / file.name).symlink_to(Path("../../blobs") / blob.name)
+    return snapshot

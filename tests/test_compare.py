@@ -17,6 +17,7 @@ import pytest
 from runner import compare as C
 from runner.cli import main
 from runner.errors import Cancelled
+from tests.models import place_in_hf_cache
 
 CTX = 128
 PROBES = C.ProbeSet(seed=0, arithmetic=2, needle_depths=(0.5,), speed_tokens=64)
@@ -152,17 +153,7 @@ def test_cli_compares_the_downloaded_variants_of_a_repo(cold: dict, use_shared: 
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """A repo in the Hugging Face cache (as 'fitchat pull' leaves it): every downloaded variant is a candidate."""
     repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
-    root = Path(os.environ["HF_HUB_CACHE"]) / ("models--" + repo.replace("/", "--"))
-    commit = "a" * 40
-    snapshot = root / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (root / "blobs").mkdir()
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(commit)
-    for quant in ("Q8_0", "Q5_K_M", "Q4_K_M"):
-        blob = root / "blobs" / f"blob-{quant}"
-        blob.symlink_to(smollm2_variants[quant])
-        (snapshot / smollm2_variants[quant].name).symlink_to(Path("../../blobs") / blob.name)
+    place_in_hf_cache(repo, [smollm2_variants[q] for q in ("Q8_0", "Q5_K_M", "Q4_K_M")])
     rc = main(["compare", repo, "--quants", "Q4_K_M", *CLI_ARGS, "--json"])
     data = json.loads(capsys.readouterr().out)
     assert rc == 0

@@ -5,12 +5,12 @@ The machine is a fixed HardwareInfo; the measuring is real (llama.cpp), at a sma
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from runner import compare as C
 from runner.store import import_file
+from tests.models import place_in_hf_cache
 from tests.tui_support import cpu_machine, screen_text, wait_for
 from tui.app import FitchatApp
 from tui.screens.compare import CompareScreen
@@ -28,18 +28,7 @@ LONG = C.CompareSettings(ctx=128, budget=20_000, n_threads=1,
 
 
 def place_repo(variants: dict[str, Path], quants: tuple[str, ...]) -> None:
-    """Lay the variants out as 'fitchat pull' leaves them in the Hugging Face cache."""
-    root = Path(os.environ["HF_HUB_CACHE"]) / ("models--" + REPO.replace("/", "--"))
-    commit = "b" * 40
-    snapshot = root / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (root / "blobs").mkdir()
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(commit)
-    for quant in quants:
-        blob = root / "blobs" / f"blob-{quant}"
-        blob.symlink_to(variants[quant])
-        (snapshot / variants[quant].name).symlink_to(Path("../../blobs") / blob.name)
+    place_in_hf_cache(REPO, [variants[q] for q in quants], commit="b" * 40)
 
 
 def make_app(settings: C.CompareSettings, endpoint: str) -> FitchatApp:
