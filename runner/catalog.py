@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -114,12 +114,21 @@ def hub_token(token: str | None = None) -> str | None:
     return token or os.environ.get("HF_TOKEN") or None
 
 
-def is_offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value."""
+def offline_var(env: Mapping[str, str] | None = None) -> str | None:
+    """The variable that turns offline mode on (``HF_HUB_OFFLINE`` first, then ``TRANSFORMERS_OFFLINE``), or None.
+
+    ``env`` defaults to the process environment.
+    """
+    env = os.environ if env is None else env
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True
-    return False
+        if (env.get(var) or "").strip().lower() in ("1", "true", "yes", "on"):
+            return var
+    return None
+
+
+def is_offline(env: Mapping[str, str] | None = None) -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value."""
+    return offline_var(env) is not None
 
 
 def require_online(endpoint: str | None = None) -> None:

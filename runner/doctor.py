@@ -41,9 +41,6 @@ CUDA_MIN_DRIVER: dict[int, tuple[int, int]] = {13: (580, 580), 12: (525, 527), 1
 
 CMAKE_ARGS = {"cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on", "cpu": ""}
 
-_TRUE = {"1", "on", "yes", "true"}
-#: What turns offline mode on, as runner.catalog.is_offline reads it.
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -458,15 +455,6 @@ def hub_endpoint(env: Mapping[str, str] | None = None) -> str:
     return catalog_endpoint(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
 
 
-def is_offline(env: Mapping[str, str] | None = None) -> bool:
-    """Offline mode as fitchat reads it (:func:`runner.catalog.is_offline`), from ``env`` when one is given."""
-    from runner.catalog import is_offline as catalog_offline
-
-    if env is None or env == os.environ:
-        return catalog_offline()
-    return any((env.get(var) or "").strip().lower() in _TRUE for var in _OFFLINE_VARS)
-
-
 @dataclass(frozen=True)
 class TokenSource:
     """Where a token was found (never the token)."""
@@ -512,19 +500,13 @@ def _short_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _offline_var(env: Mapping[str, str]) -> str:
-    """The variable that turned offline mode on (HF_HUB_OFFLINE when several did)."""
-    for var in _OFFLINE_VARS:
-        if (env.get(var) or "").strip().lower() in _TRUE:
-            return var
-    return _OFFLINE_VARS[0]
-
-
 def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     """Can fitchat reach the Hub (or the mirror in ``HF_ENDPOINT``)?"""
+    from runner.catalog import offline_var
     from runner.errors import HubError
 
-    offline = is_offline(env)
+    offline_by = offline_var(env)
+    offline = offline_by is not None
     try:
         endpoint = hub_endpoint(env)
     except HubError as exc:
@@ -537,7 +519,7 @@ def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> C
     if offline:
         return Check(
             "hub", "Hugging Face Hub", INFO,
-            f"{_offline_var(env)} is set: fitchat uses only downloaded models and does not contact {endpoint}",
+            f"{offline_by} is set: fitchat uses only downloaded models and does not contact {endpoint}",
             fix=None, details=details,
         )
     status, error, seconds = _get(f"{endpoint}/api/models?limit=1", timeout_s)

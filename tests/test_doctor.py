@@ -248,6 +248,14 @@ def test_hub_offline_mode_contacts_nothing(monkeypatch, endpoint):
     assert endpoint.requests == []
 
 
+def test_transformers_offline_also_means_offline_and_is_named(endpoint):
+    """Doctor reads offline mode as the rest of fitchat does (runner.catalog), from the env it is given."""
+    check = doctor.check_hub({"HF_ENDPOINT": endpoint.url, "TRANSFORMERS_OFFLINE": "1"})
+    assert check.status == "info" and check.summary.startswith("TRANSFORMERS_OFFLINE is set")
+    assert check.details["offline"] is True
+    assert endpoint.requests == []
+
+
 def test_hub_error_status_is_a_warning(endpoint):
     endpoint.mode = "503"
     check = doctor.check_hub({"HF_ENDPOINT": endpoint.url})
