@@ -39,6 +39,7 @@ from runner.catalog import (
 )
 from runner.errors import Cancelled, ChecksumMismatch, FitchatError, HubError, NotEnoughDisk
 from runner.format import human_bytes
+from runner.starter import sha256_file
 from runner.store import STARTER_REF, LocalModel, find_local, hf_cache_dir, parse_ref, repo_cache_dir, starter_path
 
 DEFAULT_CTX = 4096
@@ -393,11 +394,7 @@ class _HashingWriter:
         self.close()
         if self._valid:
             return self._hash.hexdigest()
-        h = hashlib.sha256()
-        with open(self._path, "rb") as src:
-            while block := src.read(CHUNK_BYTES * 8):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(Path(self._path), CHUNK_BYTES * 8)
 
 
 _RESET = object()  # markers for the hashing queue
