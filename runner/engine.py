@@ -9,7 +9,9 @@ path and decoded by a lean loop on llama.cpp's C API: one decode, one sample and
 token, with no Python bookkeeping beyond that. The KV cache is reused across turns (only the new
 part of the conversation is evaluated). ``cancel()`` takes effect within one graph node even in the
 middle of a long prompt evaluation: the abort callback llama.cpp polls is libc's ``strlen`` on a
-one-byte flag, so polling costs no Python and no GIL.
+one-byte flag, so polling costs no Python and no GIL. The loop's short C calls (end-of-generation
+check, token text, logits address) keep the GIL (:func:`gil_holding`): only ``llama_decode`` lets
+it go, so a busy UI thread in the same process delays a token at most once, not at every call.
 """
 
 from __future__ import annotations
@@ -281,6 +283,29 @@ def _libc_strlen() -> int | None:
         if fn is not None:
             return ctypes.cast(fn, ctypes.c_void_p).value
     return None
+
+
+def gil_holding(lc: Any, names: Sequence[str]) -> dict[str, Any]:
+    """``lc``'s C functions ``names``, bound so that calling them keeps the GIL.
+
+    ctypes lets the GIL go around every foreign call and must take it back afterwards; while
+    another Python thread (a UI) holds it, taking it back waits up to ``sys.getswitchinterval()``.
+    For calls of a few microseconds that wait is pure loss, so the token loop calls these through
+    a ``PyDLL`` view of the same library. Falls back to ``lc``'s own bindings where that fails.
+    """
+    funcs = {name: getattr(lc, name) for name in names}
+    lib = getattr(getattr(lc, "llama_cpp", None), "_lib", None)
+    if lib is None:
+        return funcs
+    try:
+        held_lib = ctypes.PyDLL(lib._name, handle=lib._handle)
+        for name, src in list(funcs.items()):
+            fn = getattr(held_lib, name)
+            fn.argtypes, fn.restype = src.argtypes, src.restype
+            funcs[name] = fn
+    except (AttributeError, OSError, TypeError):  # pragma: no cover - a binding without ctypes metadata
+        return {name: getattr(lc, name) for name in names}
+    return funcs
 
 
 def _default_load_kwargs() -> dict[str, Any]:
@@ -892,7 +917,8 @@ class ChatEngine:
 
             # The hot loop: locals only, one decode + one sample + one piece per token.
             ctx, vocab, sample = self._ctx, self._vocab, sampler.sample
-            decode, is_eog, to_piece = lc.llama_decode, lc.llama_vocab_is_eog, lc.llama_token_to_piece
+            held = gil_holding(lc, ("llama_vocab_is_eog", "llama_token_to_piece"))
+            decode, is_eog, to_piece = lc.llama_decode, held["llama_vocab_is_eog"], held["llama_token_to_piece"]
             cancel = self._cancel
             kv = self._kv
             n_ctx = self.n_ctx
@@ -1008,7 +1034,7 @@ class TokenSampler:
         self._view: Any = None
         self._view_addr = 0
         addr = ctypes.cast(lc.llama_get_logits_ith, ctypes.c_void_p).value
-        self._logits_addr = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(addr)
+        self._logits_addr = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(addr)
         self._chain = None
         if not self._greedy:
             from llama_cpp import _internals
