@@ -122,7 +122,7 @@ async def test_cancel_a_download(hub, smollm2_variants) -> None:
         await pilot.press("d")
         await wait_for(pilot, lambda: panel.done_bytes > 0, what="some progress")
         assert panel.has_class("-active")
-        assert "left" in screen_text(app) or "MiB/s" in screen_text(app)
+        await wait_for(pilot, lambda: "left" in screen_text(app) or "MiB/s" in screen_text(app), what="rate and ETA")
         await pilot.press("escape")  # the first Esc cancels the download, it does not leave
         await wait_for(pilot, lambda: not screen.downloading, timeout=30, what="the cancel")
         assert app.screen is screen

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from runner.hardware import HardwareInfo
+
+T = TypeVar("T")
+#: The name (prefix) of the one thread that computes with llama.cpp.
+LLAMA_THREAD = "fitchat-llama"
 
 
 @dataclass
@@ -35,6 +40,28 @@ class Services:
     compare_settings: Any = None
     _history: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _llama: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+
+    # ------------------------------------------------------------------ the llama.cpp thread
+
+    def on_llama_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the app's one llama.cpp thread and wait for its result.
+
+        llama.cpp's OpenMP threads belong to the thread that calls it, and Textual's thread workers
+        run on pooled threads that outlive their work, each keeping its OpenMP team. Once those
+        outnumber the cores, libgomp stops spinning at its barriers and decoding with several
+        threads runs at half speed or worse. Every call that computes with llama.cpp (load, reply,
+        compare) goes through this one thread, so there is one team.
+        """
+        if threading.current_thread().name.startswith(LLAMA_THREAD):
+            return fn(*args, **kwargs)
+        return self._llama_pool().submit(fn, *args, **kwargs).result()
+
+    def _llama_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._llama is None:
+                self._llama = ThreadPoolExecutor(max_workers=1, thread_name_prefix=LLAMA_THREAD)
+            return self._llama
 
     # ------------------------------------------------------------------ machine
 
@@ -161,8 +188,8 @@ class Services:
         from runner.compare import compare as run_compare
 
         settings = self.compare_settings or CompareSettings(n_threads=self.n_threads)
-        return run_compare(candidates, settings=settings, hw=hw or self.detect_hardware(),
-                               progress=progress, cancel=cancel)
+        hw = hw or self.detect_hardware()
+        return self.on_llama_thread(run_compare, candidates, settings=settings, hw=hw, progress=progress, cancel=cancel)
 
     # ------------------------------------------------------------------ chat
 
@@ -170,9 +197,27 @@ class Services:
         """Load a model into llama.cpp for chatting."""
         from runner.engine import ChatEngine
 
-        return ChatEngine.load(
-            path, plan=plan, n_ctx=n_ctx, n_threads=self.n_threads, on_notice=on_notice
+        return self.on_llama_thread(
+            ChatEngine.load, path, plan=plan, n_ctx=n_ctx, n_threads=self.n_threads, on_notice=on_notice
         )
+
+    def stream_reply(self, engine: Any, messages: list[dict[str, str]], settings: Any,
+                     on_piece: Callable[[str], None]) -> None:
+        """Stream ``engine``'s reply to ``messages``, calling ``on_piece`` with each piece (on the llama.cpp thread)."""
+
+        def run(pieces: Iterable[str]) -> None:
+            for piece in pieces:
+                on_piece(piece)
+
+        self.on_llama_thread(lambda: run(engine.stream(messages, settings)))
+
+    def close_engine(self, engine: Any) -> None:
+        """Free ``engine`` on the llama.cpp thread once its reply (already cancelled) has ended; returns at once.
+
+        :meth:`close` waits for it, so the model is never freed mid-decode nor left to the
+        interpreter's exit (where a half-freed model aborts the process).
+        """
+        self._llama_pool().submit(_close_quietly, engine)
 
     def default_sampling(self) -> Any:
         """The engine's default sampling settings."""
@@ -195,3 +240,13 @@ class Services:
             if self._history is not None:
                 self._history.close()
                 self._history = None
+            pool, self._llama = self._llama, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def _close_quietly(engine: Any) -> None:
+    try:
+        engine.close()
+    except Exception:  # noqa: BLE001 - nothing left to tell
+        pass
