@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +17,10 @@ from tui.services import Services
 from tui.notify import error_message
 
 LIGHT_THEME = "textual-light"
+#: How long the UI thread may keep the GIL while the generation thread waits for it (Python's
+#: default is 5 ms). Each token, llama.cpp's loop takes the GIL back once after ``llama_decode``;
+#: with the default it could wait 5 ms behind a frame being composed, a third of a token's time.
+GIL_SWITCH_INTERVAL_S = 0.0005
 #: Pause between the first frame and the background probes (the writer thread needs the GIL).
 PROBE_DELAY_S = 0.15
 DARK_THEME = "textual-dark"
@@ -49,6 +54,7 @@ class FitchatApp(App[None]):
         self._check_hub = check_hub
         #: Sampling settings for new replies (runner.engine.SamplingSettings), set on first use.
         self.sampling: Any = None
+        self._switch_interval = sys.getswitchinterval()
         if theme:
             self.theme = theme
 
@@ -60,6 +66,8 @@ class FitchatApp(App[None]):
         return HomeScreen()
 
     def on_mount(self) -> None:
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_INTERVAL_S))
         if self.services.hardware is not None:
             self.hardware = self.services.hardware
         # The probes import llama.cpp and huggingface_hub, holding the GIL for a while: start them
@@ -131,6 +139,7 @@ class FitchatApp(App[None]):
             yield SystemCommand(title, help_text, getattr(screen, f"action_{action}"))
 
     def on_unmount(self) -> None:
+        sys.setswitchinterval(self._switch_interval)
         self.services.close()
 
 

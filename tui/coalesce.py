@@ -11,13 +11,13 @@ class Coalescer:
 
     Held pieces go out with the next piece after ``interval`` or on :meth:`flush`. A slow stream
     (a piece every ``interval`` or more) is posted piece by piece; a fast one in about
-    ``1 / interval`` posts a second.
+    ``1 / interval`` posts a second. ``interval`` may be changed while pieces flow (see :class:`BusyPacer`).
     """
 
     def __init__(self, post: Callable[[str, int], None], interval: float,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self._post = post
-        self._interval = interval
+        self.interval = interval
         self._clock = clock
         self._pending: list[str] = []
         self._last = float("-inf")
@@ -27,7 +27,7 @@ class Coalescer:
             return
         self._pending.append(piece)
         now = self._clock()
-        if now - self._last >= self._interval:
+        if now - self._last >= self.interval:
             self._last = now
             self.flush()
 
@@ -36,3 +36,45 @@ class Coalescer:
             text, count = "".join(self._pending), len(self._pending)
             self._pending.clear()
             self._post(text, count)
+
+
+class BusyPacer:
+    """Keeps the UI thread's share of a CPU near ``budget`` by spacing a :class:`Coalescer`'s posts.
+
+    Every screen update costs a layout and a frame; on a small machine that CPU time is taken from
+    llama.cpp. :meth:`sample`, called on the UI thread a few times a second, reads the thread's CPU
+    time: over ``budget`` the interval grows in proportion (up to ``ceiling``), under half of it the
+    interval shrinks back towards ``floor``. A fast machine stays at ``floor``.
+    """
+
+    def __init__(self, coalescer: Coalescer, *, budget: float, floor: float, ceiling: float, window: float = 0.5,
+                 clock: Callable[[], float] = time.perf_counter,
+                 cpu_clock: Callable[[], float] = time.thread_time) -> None:
+        self._coalescer = coalescer
+        self._budget = budget
+        self._floor = floor
+        self._ceiling = ceiling
+        self._window = window
+        self._clock = clock
+        self._cpu_clock = cpu_clock
+        self._start: tuple[float, float] | None = None
+        #: The UI thread's CPU share over the last window (None before the first one ends).
+        self.busy: float | None = None
+
+    def sample(self) -> None:
+        now, cpu = self._clock(), self._cpu_clock()
+        if self._start is None:
+            self._start = (now, cpu)
+            return
+        wall = now - self._start[0]
+        if wall < self._window:
+            return
+        busy = (cpu - self._start[1]) / wall
+        self._start = (now, cpu)
+        self.busy = busy
+        interval = self._coalescer.interval
+        if busy > self._budget:
+            interval = min(self._ceiling, interval * busy / self._budget)
+        elif busy < self._budget / 2:
+            interval = max(self._floor, interval * 0.75)
+        self._coalescer.interval = interval

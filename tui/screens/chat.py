@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header
 from textual.worker import get_current_worker
 
-from tui.coalesce import Coalescer
+from tui.coalesce import BusyPacer, Coalescer
 from tui.render import rate
 from tui.screens.pick import PickScreen
 from tui.screens.settings import SettingsScreen
@@ -31,6 +31,10 @@ SAMPLE_INTERVAL_S = 0.25
 #: Pieces arriving closer together than this are posted to the screen as one update: each
 #: update costs a layout of the screen, and the UI thread shares the GIL with llama.cpp's loop.
 COALESCE_S = 0.1
+#: While a reply streams, the UI thread aims to use at most this share of one CPU; when updates
+#: cost more (a slow machine, a long reply), they come further apart, up to COALESCE_MAX_S.
+UI_CPU_BUDGET = 0.1
+COALESCE_MAX_S = 0.3
 SIDEBAR_MIN_WIDTH = 100
 
 
@@ -117,6 +121,7 @@ class ChatScreen(Screen[None]):
         self._last_tick = (0.0, 0)
         self._samples: list[float] = []
         self._timer: Any = None
+        self._pacer: BusyPacer | None = None
 
     # ------------------------------------------------------------------ layout
 
@@ -157,7 +162,7 @@ class ChatScreen(Screen[None]):
         self._idle.wait(30)
         old, self.engine = self.engine, None
         if old is not None:
-            old.close()
+            services.close_engine(old)
         hw = self.app.hardware or services.detect_hardware()
         ctx = self.context or services.default_ctx()
         try:
@@ -258,24 +263,29 @@ class ChatScreen(Screen[None]):
         self.status.clear_speed()
         self._timer = self.set_interval(SAMPLE_INTERVAL_S, self._tick)
         self._idle.clear()
-        self.generate(self.engine, list(self.messages), self.app.sampling)
+        out = Coalescer(lambda text, count: self.post_message(self.Token(text, count)), COALESCE_S)
+        self._pacer = BusyPacer(out, budget=UI_CPU_BUDGET, floor=COALESCE_S, ceiling=COALESCE_MAX_S)
+        self.generate(self.engine, list(self.messages), self.app.sampling, out)
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
-    def generate(self, engine: Any, messages: list[dict[str, str]], settings: Any) -> None:
-        """Run the engine and post its text to the screen, never waiting for the screen.
+    def generate(self, engine: Any, messages: list[dict[str, str]], settings: Any, out: Coalescer) -> None:
+        """Run the engine and post its text to the screen through ``out``, never waiting for the screen.
 
-        A piece goes out at once unless the last post was under ``COALESCE_S`` ago; then it joins
-        the next post. Slow replies show every token as it comes, fast ones in ~10 updates a
-        second, which keeps the UI thread (and the GIL) free for llama.cpp.
+        A piece goes out at once unless the last post was under ``out.interval`` ago; then it joins
+        the next post. Slow replies show every token as it comes, fast ones in at most ~10 updates
+        a second (fewer when the UI thread would use more than ``UI_CPU_BUDGET``), which keeps the
+        CPU and the GIL for llama.cpp.
         """
         worker = get_current_worker()
         error: BaseException | None = None
-        out = Coalescer(lambda text, count: self.post_message(self.Token(text, count)), COALESCE_S)
+
+        def on_piece(piece: str) -> None:
+            out.add(piece)
+            if worker.is_cancelled or self._stopped:
+                engine.cancel()
+
         try:
-            for piece in engine.stream(messages, settings):
-                out.add(piece)
-                if worker.is_cancelled or self._stopped:
-                    engine.cancel()
+            self.app.services.stream_reply(engine, messages, settings, on_piece)
         except Exception as exc:  # noqa: BLE001 - shown as a notification
             error = exc
         finally:
@@ -293,6 +303,8 @@ class ChatScreen(Screen[None]):
         await self._reply.append(message.text)
 
     def _tick(self) -> None:
+        if self._pacer is not None:
+            self._pacer.sample()
         now = time.perf_counter()
         last_t, last_n = self._last_tick
         self._last_tick = (now, self._count)
@@ -307,6 +319,7 @@ class ChatScreen(Screen[None]):
             self._timer.stop()
             self._timer = None
         self._tick()
+        self._pacer = None
         reply, self._reply = self._reply, None
         try:
             if reply is not None:
@@ -563,7 +576,7 @@ class ChatScreen(Screen[None]):
     # ------------------------------------------------------------------ leaving
 
     def on_unmount(self) -> None:
-        """Stop any reply and free the model off the UI thread (never close it mid-decode)."""
+        """Stop any reply and free the model on the llama.cpp thread, after the reply has ended."""
         engine = self.engine
         self.engine = None
         if engine is None:
@@ -571,16 +584,7 @@ class ChatScreen(Screen[None]):
         if self.generating:
             self._stopped = True
             engine.cancel()
-        idle = self._idle
-
-        def close() -> None:
-            idle.wait(10)
-            try:
-                engine.close()
-            except Exception:  # noqa: BLE001 - nothing left to tell
-                pass
-
-        threading.Thread(target=close, name="fitchat-engine-close", daemon=True).start()
+        self.app.services.close_engine(engine)
 
 
 @dataclasses.dataclass(frozen=True)
