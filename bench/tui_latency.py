@@ -1,6 +1,6 @@
 """Keypress latency in the chat screen while a reply streams, against the same keys when idle.
 
-    python bench/tui_latency.py [--model PATH] [--keys 40] [--threads 1]
+    python bench/tui_latency.py [--model PATH] [--keys 40] [--threads N]
 
 A thread plays the terminal: it stamps the time and hands a key event to the app's driver (as
 the real input thread does), while the user "types the next question" into the prompt box. The
@@ -31,7 +31,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def measure(path: Path, threads: int, keys: int, streaming: bool) -> tuple[list[float], int, float | None]:
+def measure(path: Path, threads: int | None, keys: int, streaming: bool) -> tuple[list[float], int, float | None]:
     """Latencies in seconds, how many pieces streamed meanwhile, and how long Esc took to stop the reply."""
     from textual import events
 
@@ -88,7 +88,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--keys", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="decode threads (default: the count the app measures and uses)")
     args = parser.parse_args()
     private_home()
     path = args.model or default_model()

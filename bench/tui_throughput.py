@@ -1,16 +1,20 @@
 """Streaming throughput with the UI against the engine alone, in the same run.
 
-    python bench/tui_throughput.py [--model PATH] [--tokens 256] [--rounds 3] [--threads 1]
+    python bench/tui_throughput.py [--model PATH] [--tokens 256] [--rounds 5] [--threads N]
 
 Each round runs the same greedy reply twice, alternating: once straight from ``ChatEngine.stream``
 (no UI), once through the chat screen of the app (headless Textual, 120x40: the compositor
-renders every frame, only the terminal write is skipped). It reports the engine's decode tok/s in
-both cases (does the UI slow generation?) and the UI's own rate: tokens shown per second from the
-first token on screen to the last one rendered.
+renders every frame, only the terminal write is skipped). Both use the same thread count: the one
+the app measures and chooses, unless ``--threads`` names one. It reports
+the engine's decode tok/s in both cases (does the UI slow generation?) and the UI's own rate:
+tokens shown per second from the first token on screen to the last one rendered.
 
-Then the UI's ceiling: the recorded tokens of that reply replayed into the chat screen as fast as
-a thread can post them, and again paced at 300 tok/s (is the screen still current when the last
-token arrives?).
+The bare replies run on the app's llama.cpp thread, as the app's own do (``Services.on_llama_thread``
+says why); the engine alone, before the app starts, on a thread of its own that ends with it.
+
+Last, the UI's ceiling: the recorded tokens of that reply replayed into the chat screen as fast
+as a thread can post them, and again paced at 300 tok/s (how far behind is the screen when the
+last token arrives?).
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+T = TypeVar("T")
 
 PROMPT = "Write a detailed essay about the history of the printing press, with headings and a list."
 
@@ -44,16 +52,38 @@ def private_home() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def engine_alone(path: Path, settings, threads: int) -> tuple[float, list[str]]:
-    """Decode tok/s of the bare engine, and the pieces it produced."""
+def in_new_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` run in a thread of its own that ends with it, taking its OpenMP threads with it."""
+    box: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
+def engine_alone(path: Path, settings, threads: int | None) -> tuple[float, list[str], int]:
+    """Decode tok/s of the bare engine, the pieces it produced and its decode thread count."""
     from runner.engine import ChatEngine
 
-    engine = ChatEngine.load(path, n_ctx=4096, n_threads=threads)
-    try:
-        pieces = list(engine.stream([{"role": "user", "content": PROMPT}], settings))
-        return engine.last_stats.decode_tokens_per_s, pieces
-    finally:
-        engine.close()
+    def run() -> tuple[float, list[str], int]:
+        engine = ChatEngine.load(path, n_ctx=4096, n_threads=threads)
+        try:
+            pieces = list(engine.stream([{"role": "user", "content": PROMPT}], settings))
+            return engine.last_stats.decode_tokens_per_s, pieces, engine.threads.n_threads
+        finally:
+            engine.close()
+
+    return in_new_thread(run)
 
 
 def local_model(path: Path):
@@ -72,7 +102,7 @@ async def _chat_screen(app, path: Path):
     return app.screen
 
 
-def make_app(threads: int, settings):
+def make_app(threads: int | None, settings):
     from tui.app import FitchatApp
     from tui.services import Services
 
@@ -81,35 +111,66 @@ def make_app(threads: int, settings):
     return app
 
 
-def with_ui(path: Path, settings, threads: int) -> tuple[float, float, int, float]:
-    """(engine decode tok/s, UI tok/s, tokens, UI thread CPU share) for one reply through the chat screen."""
+def with_ui(path: Path, settings, threads: int | None) -> tuple[float, float, int, float, int]:
+    """(engine decode tok/s, UI tok/s, tokens, UI thread CPU share, decode threads) for one reply on screen."""
+    return paired(path, settings, threads, rounds=1, bare=False)[0][1:]
+
+
+def paired(path: Path, settings, threads: int | None, rounds: int,
+           bare: bool = True) -> list[tuple[float, float, float, int, float, int]]:
+    """Rounds in one app session, each a reply with no UI work and the same reply on screen.
+
+    Per round: (engine tok/s with the app idle, engine tok/s on screen, UI tok/s, tokens, UI thread
+    CPU share, decode threads). The bare reply runs ``ChatEngine.stream`` on the app's own engine
+    and llama.cpp thread while the app sits idle; the other goes through the chat input like a user's.
+    The order alternates between rounds so that a drift in the machine's speed cancels out.
+    """
     app = make_app(threads, settings)
-    result: dict[str, float] = {}
+    out: list[tuple[float, float, float, int, float, int]] = []
 
     async def run() -> None:
         async with app.run_test(size=(120, 40)) as pilot:
             screen = await _chat_screen(app, path)
-            input_box = screen.query_one("#chat-input")
-            input_box.text = PROMPT
-            await pilot.press("enter")
-            while not screen.generating:
-                await asyncio.sleep(0.02)
-            cpu0, wall0 = time.thread_time(), time.perf_counter()
-            while screen.generating:
-                await asyncio.sleep(0.02)
-            done = time.perf_counter()
-            result["ui_cpu"] = (time.thread_time() - cpu0) / (done - wall0)
-            stats = screen.engine.last_stats
-            result["engine"] = stats.decode_tokens_per_s
-            result["tokens"] = screen._count
-            result["ui"] = (screen._count - 1) / (done - screen._t_first)
+
+            def bare_reply() -> float:
+                for _ in screen.engine.stream([{"role": "user", "content": PROMPT}], settings):
+                    pass
+                return screen.engine.last_stats.decode_tokens_per_s
+
+            async def ui_reply() -> tuple[float, float, int, float]:
+                await screen.action_new_chat()
+                input_box = screen.query_one("#chat-input")
+                input_box.text = PROMPT
+                await pilot.press("enter")
+                while not screen.generating:
+                    await asyncio.sleep(0.02)
+                cpu0, wall0 = time.thread_time(), time.perf_counter()
+                while screen.generating:
+                    await asyncio.sleep(0.02)
+                done = time.perf_counter()
+                stats = screen.engine.last_stats
+                return (stats.decode_tokens_per_s, (screen._count - 1) / (done - screen._t_first), screen._count,
+                        (time.thread_time() - cpu0) / (done - wall0))
+
+            for r in range(rounds):
+                alone = 0.0
+                if bare and r % 2 == 0:
+                    alone = await asyncio.to_thread(app.services.on_llama_thread, bare_reply)
+                engine, ui, count, cpu = await ui_reply()
+                if bare and r % 2 == 1:
+                    alone = await asyncio.to_thread(app.services.on_llama_thread, bare_reply)
+                out.append((alone, engine, ui, count, cpu, screen.engine.threads.n_threads))
 
     asyncio.run(run())
-    return result["engine"], result["ui"], int(result["tokens"]), result["ui_cpu"]
+    return out
 
 
 def replay(path: Path, pieces: list[str], threads: int, settings, pace: float | None) -> tuple[float, float]:
-    """(tok/s shown, seconds the screen lagged behind the last token) replaying ``pieces``."""
+    """(tok/s shown, seconds the screen lagged behind the last token) replaying ``pieces``.
+
+    "Shown" is when the chat screen has appended the last piece to the reply's Markdown stream,
+    before the reply's closing re-render.
+    """
     from tui.coalesce import Coalescer
     from tui.screens.chat import COALESCE_S, ChatScreen
 
@@ -139,11 +200,15 @@ def replay(path: Path, pieces: list[str], threads: int, settings, pace: float | 
 
             t0 = time.perf_counter()
             threading.Thread(target=feed, daemon=True).start()
+            while screen._count < len(pieces):
+                await asyncio.sleep(0.001)
+            done = time.perf_counter()
+            while not sent:
+                await asyncio.sleep(0.001)
+            out["rate"] = len(pieces) / (done - t0)
+            out["lag"] = max(0.0, done - sent[0])
             while screen.generating:
                 await asyncio.sleep(0.02)
-            done = time.perf_counter()
-            out["rate"] = len(pieces) / (done - t0)
-            out["lag"] = done - sent[0]
 
     asyncio.run(run())
     return out["rate"], out["lag"]
@@ -153,34 +218,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="decode threads for both runs (default: the count the app measures and uses)")
     args = parser.parse_args()
     private_home()
     from runner.engine import SamplingSettings
 
     path = args.model or default_model()
     settings = SamplingSettings(temperature=0.0, seed=1, max_tokens=args.tokens)
-    alone, engine_ui, ui, cpu, pieces = [], [], [], [], []
-    for r in range(args.rounds):
-        a, pieces = engine_alone(path, settings, args.threads)
-        e, u, n, c = with_ui(path, settings, args.threads)
-        alone.append(a)
-        engine_ui.append(e)
-        ui.append(u)
-        cpu.append(c)
-        print(f"round {r + 1}: engine alone {a:6.1f} tok/s | with UI: engine {e:6.1f} tok/s ({e / a:.2f}x), "
-              f"on screen {u:6.1f} tok/s ({n} tokens), UI thread busy {c:.0%} of the time", flush=True)
-    a, e, u, c = (statistics.median(x) for x in (alone, engine_ui, ui, cpu))
-    ratios = sorted(x / y for x, y in zip(engine_ui, alone))
+    threads = args.threads
+    if threads is None:  # the app's own choice, measured (and cached) by a first run through the UI
+        threads = with_ui(path, settings, None)[4]
+    print(f"decode threads: {threads} in both runs", flush=True)
+    pieces = engine_alone(path, settings, threads)[1]
+    rows = paired(path, settings, threads, args.rounds)
+    for r, (a, e, u, n, c, _) in enumerate(rows):
+        print(f"round {r + 1}: app idle, engine alone {a:6.1f} tok/s | on screen: engine {e:6.1f} tok/s "
+              f"({e / a:.2f}x), shown {u:6.1f} tok/s ({n} tokens), UI thread busy {c:.0%} of the time", flush=True)
+    a, e, u, c = (statistics.median(row[i] for row in rows) for i in (0, 1, 2, 4))
+    ratios = sorted(row[1] / row[0] for row in rows)
     print(f"median: engine alone {a:.1f} tok/s; with the UI the engine decodes {e:.1f} tok/s "
-          f"(per-round ratios {', '.join(f'{r:.2f}' for r in ratios)}) and the screen shows {u:.1f} tok/s; "
-          f"the UI thread is busy {c:.0%} of the time")
-    fast_rate, fast_lag = replay(path, pieces, args.threads, settings, None)
-    paced_rate, paced_lag = replay(path, pieces, args.threads, settings, 300.0)
+          f"(median ratio {statistics.median(ratios):.3f}; per round {', '.join(f'{r:.2f}' for r in ratios)}) "
+          f"and the screen shows {u:.1f} tok/s; the UI thread is busy {c:.0%} of the time")
+    fast_rate, fast_lag = replay(path, pieces, threads, settings, None)
+    paced_rate, paced_lag = replay(path, pieces, threads, settings, 300.0)
     print(f"replay of the same {len(pieces)} tokens: as fast as posted {fast_rate:.0f} tok/s shown; "
-          f"paced at 300 tok/s: {paced_rate:.0f} tok/s shown, screen current {paced_lag * 1000:.0f} ms "
-          "after the last token")
+          f"paced at 300 tok/s: {paced_rate:.0f} tok/s shown, the last token on screen {paced_lag * 1000:.0f} ms "
+          "after it was posted")
     return 0
 
 
