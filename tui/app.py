@@ -13,8 +13,9 @@ from textual.reactive import reactive
 from textual.screen import Screen
 
 from runner.hardware import HardwareInfo
-from tui.services import Services
+from tui.guard import Guarded
 from tui.notify import error_message
+from tui.services import Services
 
 LIGHT_THEME = "textual-light"
 #: How long the UI thread may keep the GIL while the generation thread waits for it (Python's
@@ -26,7 +27,7 @@ PROBE_DELAY_S = 0.15
 DARK_THEME = "textual-dark"
 
 
-class FitchatApp(App[None]):
+class FitchatApp(Guarded, App[None]):
     """fitchat's terminal UI."""
 
     TITLE = "fitchat"

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -18,6 +18,7 @@ from textual.widgets import Footer, Header
 from textual.worker import get_current_worker
 
 from tui.coalesce import BusyPacer, Coalescer
+from tui.guard import Guarded, on
 from tui.render import rate
 from tui.screens.pick import PickScreen
 from tui.screens.settings import SettingsScreen
@@ -62,7 +63,7 @@ def reply_meta(stats: dict[str, Any] | None, finish_reason: str | None) -> str:
     return " · ".join(bits)
 
 
-class ChatScreen(Screen[None]):
+class ChatScreen(Guarded, Screen[None]):
     """Chat with one local model; the conversation is saved to the history as it goes."""
 
     BINDINGS = [

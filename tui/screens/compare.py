@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
@@ -18,13 +18,14 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from runner.errors import Cancelled
+from tui.guard import Guarded, on
 from tui.widgets.compare_progress import CompareProgress
 from tui.widgets.compare_table import CompareTable
 
 TOO_FEW = "Compare needs two or more variants of one model on disk; {name} has {count}. Download another quant of it first."
 
 
-class CompareScreen(Screen[None]):
+class CompareScreen(Guarded, Screen[None]):
     """Runs ``fitchat compare`` on the local variants of ``repo``."""
 
     BINDINGS = [Binding("escape", "back", "Cancel / Back")]

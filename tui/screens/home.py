@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -18,6 +18,7 @@ from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPan
 
 from runner.errors import Cancelled, FitchatError
 from tui.app import PROBE_DELAY_S
+from tui.guard import Guarded, on
 from tui.screens.prompt import PromptScreen
 from tui.widgets.catalog_table import CatalogTable
 from tui.widgets.download_panel import DownloadPanel
@@ -32,7 +33,7 @@ EMPTY_HINT = (
 )
 
 
-class HomeScreen(Screen[None]):
+class HomeScreen(Guarded, Screen[None]):
     """Hardware summary on top, then tabs: On disk, Catalog, Search."""
 
     BINDINGS = [

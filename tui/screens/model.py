@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from tui.guard import Guarded, on
 from tui.widgets.context_control import ContextControl
 from tui.widgets.download_panel import DownloadPanel
 from tui.widgets.fit_picture import FitPicture
@@ -19,7 +20,7 @@ from tui.widgets.offline_banner import OfflineBanner
 from tui.widgets.variants_table import VariantsTable
 
 
-class ModelScreen(Screen[None]):
+class ModelScreen(Guarded, Screen[None]):
     """Variants of ``repo`` (headers read remotely in a worker), or the one ``local`` file."""
 
     BINDINGS = [

@@ -10,8 +10,10 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 
+from tui.guard import Guarded
 
-class PickScreen(ModalScreen[int | None]):
+
+class PickScreen(Guarded, ModalScreen[int | None]):
     """Dismisses with the index chosen, or None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]

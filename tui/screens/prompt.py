@@ -8,8 +8,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from tui.guard import Guarded
 
-class PromptScreen(ModalScreen[str | None]):
+
+class PromptScreen(Guarded, ModalScreen[str | None]):
     """Returns the text entered, or None when cancelled."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]

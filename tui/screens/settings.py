@@ -11,6 +11,8 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, TextArea
 
+from tui.guard import Guarded
+
 #: (field, label, type) for the numeric sampling settings.
 FIELDS: tuple[tuple[str, str, type], ...] = (
     ("temperature", "Temperature", float),
@@ -23,7 +25,7 @@ FIELDS: tuple[tuple[str, str, type], ...] = (
 OPTIONAL = {"seed", "max_tokens"}
 
 
-class SettingsScreen(ModalScreen[Any]):
+class SettingsScreen(Guarded, ModalScreen[Any]):
     """Edits a SamplingSettings; dismisses with the new one, or None when cancelled."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]

@@ -9,6 +9,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
+from tui.guard import Guarded
+
 
 def repo_id(entry: Any) -> str:
     """The repo id of a catalog entry or search hit."""
@@ -42,7 +44,7 @@ def entry_cells(entry: Any) -> tuple[str, str, str]:
     return name, size, " · ".join(n for n in notes if n)
 
 
-class CatalogTable(DataTable[Any]):
+class CatalogTable(Guarded, DataTable[Any]):
     """Rows of repos; Enter posts :class:`CatalogTable.Opened`."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Open")]

@@ -6,10 +6,12 @@ from textual import events
 from textual.message import Message
 from textual.widgets import TextArea
 
+from tui.guard import Guarded
+
 NEWLINE_KEYS = ("ctrl+j", "shift+enter", "alt+enter")
 
 
-class ChatInput(TextArea):
+class ChatInput(Guarded, TextArea):
     """Posts :class:`ChatInput.Submitted` on Enter; pasted text keeps its newlines."""
 
     class Submitted(Message):

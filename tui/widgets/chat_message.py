@@ -9,6 +9,8 @@ from textual.message import Message
 from textual.widgets import Label, Markdown
 from textual.widgets.markdown import MarkdownStream
 
+from tui.guard import Guarded
+
 ROLE_LABELS = {"user": "You", "assistant": "Assistant", "system": "System"}
 
 
@@ -20,7 +22,7 @@ def code_blocks(markdown: str) -> list[str]:
     return [t.content for t in tokens if t.type in ("fence", "code_block")]
 
 
-class ChatMessage(Vertical, can_focus=True):
+class ChatMessage(Guarded, Vertical, can_focus=True):
     """A message. ``y`` copies it, ``b`` copies a code block (posts :class:`CopyCode` when there are several)."""
 
     DEFAULT_CSS = """

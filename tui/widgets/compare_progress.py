@@ -9,6 +9,8 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
+from tui.guard import Guarded
+
 #: What each runner.compare stage means to a user.
 STAGES = {
     "reference": "scoring the text with the reference",
@@ -30,7 +32,7 @@ def progress_words(p: Any) -> str:
     return words
 
 
-class CompareProgress(Vertical):
+class CompareProgress(Guarded, Vertical):
     """Shown while a compare runs; posts :class:`CompareProgress.CancelPressed` when the user cancels."""
 
     class CancelPressed(Message):

@@ -9,6 +9,8 @@ from textual.widgets import DataTable
 
 from runner.format import human_bytes
 
+from tui.guard import Guarded
+
 COLUMNS = (
     ("Variant", "variant"),
     ("Size", "size"),
@@ -46,7 +48,7 @@ def variant_cells(v: Any) -> tuple[str, ...]:
     )
 
 
-class CompareTable(DataTable[str]):
+class CompareTable(Guarded, DataTable[str]):
     """A runner.compare.CompareReport as a table, the reference first."""
 
     def __init__(self, **kwargs: Any) -> None:

@@ -8,6 +8,8 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from tui.guard import Guarded
+
 MIN_CTX = 512
 
 
@@ -23,7 +25,7 @@ def context_steps(limit: int) -> list[int]:
     return steps
 
 
-class ContextControl(Widget, can_focus=True):
+class ContextControl(Guarded, Widget, can_focus=True):
     """Left/right (or [ and ]) change the context; posts :class:`ContextControl.Changed`."""
 
     DEFAULT_CSS = """

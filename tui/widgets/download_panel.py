@@ -15,6 +15,7 @@ from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
 from runner.format import human_bytes, human_duration
+from tui.guard import Guarded
 from tui.progress import ProgressEvent, relay_class
 
 #: ``pull(progress_class, cancel)``: the download itself, run in the panel's worker thread.
@@ -23,7 +24,7 @@ Pull = Callable[[type, threading.Event], Any]
 RATE_WINDOW_S = 3.0
 
 
-class DownloadPanel(Vertical):
+class DownloadPanel(Guarded, Vertical):
     """Runs one download at a time in a worker and shows its progress; posts :class:`Ended` when done."""
 
     DEFAULT_CSS = """

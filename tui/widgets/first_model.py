@@ -10,6 +10,7 @@ from textual.message import Message
 from textual.widgets import Static
 
 from runner.format import human_bytes
+from tui.guard import Guarded
 from tui.render import verdict_content
 
 SEARCHING_TEXT = "Looking for the best catalog model for this machine…"
@@ -30,7 +31,7 @@ def recommendation_content(rec: Any) -> Content:
     )
 
 
-class FirstModelCard(Static, can_focus=True):
+class FirstModelCard(Guarded, Static, can_focus=True):
     """Hidden until :meth:`searching` or :meth:`show`; Enter posts :class:`FirstModelCard.Download`."""
 
     DEFAULT_CSS = """

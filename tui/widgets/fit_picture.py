@@ -10,6 +10,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from runner.format import human_bytes
+from tui.guard import Guarded
 from tui.render import Segment, legend, stacked_bar, verdict_content
 
 STYLES = {"weights": "$primary", "kv": "$accent", "compute": "$secondary", "overhead": "$foreground 50%"}
@@ -73,7 +74,7 @@ def device_loads(plan: Any, hw: Any) -> list[DeviceLoad]:
     return loads
 
 
-class FitPicture(Widget):
+class FitPicture(Guarded, Widget):
     """Renders the highlighted plan; empty until one is set."""
 
     DEFAULT_CSS = """

@@ -8,12 +8,13 @@ from textual.widget import Widget
 
 from runner.format import human_bytes
 from runner.hardware import HardwareInfo
+from tui.guard import Guarded
 from tui.render import usage_bar
 
 LABEL_WIDTH = 10
 
 
-class HardwarePanel(Widget):
+class HardwarePanel(Guarded, Widget):
     """Renders a :class:`HardwareInfo`; shows a placeholder until one is set."""
 
     DEFAULT_CSS = """

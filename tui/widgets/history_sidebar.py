@@ -13,8 +13,10 @@ from textual.message import Message
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
+from tui.guard import Guarded
 
-class HistorySidebar(Vertical):
+
+class HistorySidebar(Guarded, Vertical):
     """A list of conversation headers (newest first)."""
 
     DEFAULT_CSS = """

@@ -11,6 +11,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from runner.format import human_bytes
+from tui.guard import Guarded
 from tui.render import muted_text, verdict_text
 
 
@@ -32,7 +33,7 @@ def model_ref(model: Any) -> str:
     return str(model.path)
 
 
-class LocalModels(DataTable[Any]):
+class LocalModels(Guarded, DataTable[Any]):
     """One row per local model; Enter chats with it (posts :class:`LocalModels.Chosen`)."""
 
     BINDINGS = [

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
+from tui.guard import Guarded
+
 OFFLINE_TEXT = "Offline: the Hugging Face Hub cannot be reached. Models on disk still work."
 
 
-class OfflineBanner(Static):
+class OfflineBanner(Guarded, Static):
     """Hidden unless the app's ``hub_online`` is False."""
 
     DEFAULT_CSS = """

@@ -10,10 +10,11 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Sparkline
 
+from tui.guard import Guarded
 from tui.render import usage_bar
 
 
-class StatusText(Widget):
+class StatusText(Guarded, Widget):
     """The status words; a fixed one-line box, so an update repaints without a new layout."""
 
     DEFAULT_CSS = """
@@ -33,7 +34,7 @@ class StatusText(Widget):
         return self.content
 
 
-class StatusLine(Horizontal):
+class StatusLine(Guarded, Horizontal):
     """One line under the chat. Timings appear only once a reply has produced them."""
 
     DEFAULT_CSS = """

@@ -10,13 +10,14 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
+from tui.guard import Guarded
 from tui.render import short_bytes, theme_color, verdict_text
 
 COLUMNS = (("", "mark"), ("Quant", "quant"), ("Size", "size"), ("Fit", "fit"), ("Weights", "weights"),
            ("KV", "kv"), ("Compute", "compute"), ("Total", "total"))
 
 
-class VariantsTable(DataTable[Any]):
+class VariantsTable(Guarded, DataTable[Any]):
     """One row per Plan. ★ marks the recommended row, ✓ the ones already on disk."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Chat/Download", show=False)]
