@@ -74,6 +74,19 @@ def test_multi_turn_reuses_the_cache_and_matches_a_fresh_evaluation(engine: Chat
     assert engine.last_stats.cached_tokens == 0
 
 
+def test_the_token_loop_calls_keep_the_gil() -> None:
+    import ctypes
+
+    import llama_cpp
+
+    names = ("llama_vocab_is_eog", "llama_token_to_piece")
+    held = eng.gil_holding(llama_cpp, names)
+    for name in names:
+        assert held[name]._flags_ & ctypes._FUNCFLAG_PYTHONAPI, name  # called without releasing the GIL
+        assert not getattr(llama_cpp, name)._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+        assert held[name].argtypes == getattr(llama_cpp, name).argtypes
+
+
 def test_stats(engine: ChatEngine) -> None:
     engine.reset()
     settings = SamplingSettings(temperature=0.0, seed=1, max_tokens=12, system_prompt="You are a poet.")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tui.coalesce import Coalescer
+import pytest
+
+from tui.coalesce import BusyPacer, Coalescer
 from tui.progress import relay_class
 from tui.render import FREE, FULL, MARGIN, Segment, stacked_bar, usage_bar, verdict_label
 from tui.widgets.chat_message import code_blocks
@@ -53,6 +55,30 @@ def test_coalescer_posts_slow_pieces_at_once_and_joins_fast_ones() -> None:
     out.flush()
     assert posts == [("a", 1), ("b", 1), ("cde", 3)]
     assert "".join(p for p, _ in posts) == "abcde"
+
+
+def test_busy_pacer_spaces_updates_while_the_ui_thread_is_over_budget() -> None:
+    wall, cpu = [0.0], [0.0]
+    out = Coalescer(lambda text, n: None, 0.1)
+    pacer = BusyPacer(out, budget=0.1, floor=0.1, ceiling=0.3, window=0.5,
+                      clock=lambda: wall[0], cpu_clock=lambda: cpu[0])
+
+    def window(busy: float) -> float:
+        pacer.sample()
+        wall[0] += 0.5
+        cpu[0] += 0.5 * busy
+        pacer.sample()
+        return out.interval
+
+    pacer.sample()
+    assert window(0.15) == pytest.approx(0.15)  # 1.5x over budget: 1.5x the interval
+    assert window(0.30) == pytest.approx(0.3)  # capped at the ceiling
+    assert pacer.busy == pytest.approx(0.30)
+    assert window(0.08) == pytest.approx(0.3)  # under budget but not by half: unchanged
+    assert window(0.02) == pytest.approx(0.225)
+    for _ in range(10):
+        window(0.01)
+    assert out.interval == pytest.approx(0.1)  # back to the floor, never below
 
 
 def test_progress_relay_reports_every_bar() -> None:

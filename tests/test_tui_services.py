@@ -1,0 +1,38 @@
+"""The UI's door into runner: every llama.cpp computation on one thread, models freed before exit."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from runner.engine import SamplingSettings
+from tests.tui_support import cpu_machine
+from tui.services import LLAMA_THREAD, Services
+
+GREEDY = SamplingSettings(temperature=0.0, seed=1, max_tokens=8)
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def test_loads_and_replies_from_many_threads_run_on_one_llama_thread(smollm2: Path) -> None:
+    services = Services(hardware=cpu_machine(), n_threads=1)
+    seen: list[str] = []
+    engine = services.on_llama_thread(lambda: (seen.append(threading.current_thread().name),
+                                               services.load_engine(smollm2, plan=None, n_ctx=512,
+                                                                    on_notice=lambda _m: None))[1])
+    replies: list[str] = []
+
+    def reply() -> None:  # as the UI's workers do, each from a pooled thread of its own
+        pieces: list[str] = []
+        services.stream_reply(engine, HELLO, GREEDY,
+                              lambda piece: (pieces.append(piece), seen.append(threading.current_thread().name)))
+        replies.append("".join(pieces))
+
+    for _ in range(3):
+        caller = threading.Thread(target=reply)
+        caller.start()
+        caller.join()
+    assert len(replies) == 3 and replies[0] and replies.count(replies[0]) == 3
+    assert len(set(seen)) == 1 and seen[0].startswith(LLAMA_THREAD)
+    services.close_engine(engine)
+    services.close()  # waits for the model to be freed
+    assert engine._closed
