@@ -126,7 +126,8 @@ async def test_cancel_a_download(hub, smollm2_variants) -> None:
         await pilot.press("escape")  # the first Esc cancels the download, it does not leave
         await wait_for(pilot, lambda: not screen.downloading, timeout=30, what="the cancel")
         assert app.screen is screen
-        assert any("cancelled" in n.message for n in app._notifications)
+        # The panel clears ``downloading`` first; the screen's notice follows with the same message.
+        await wait_for(pilot, lambda: any("cancelled" in n.message for n in app._notifications), what="the notice")
         assert errors(app) == []
         assert [m for m in list_local() if m.repo == SMOLLM2_REPO] == []
         await pilot.press("escape")
