@@ -332,15 +332,17 @@ class ChatScreen(Guarded, Screen[None]):
         stats = stats_dict(message.stats)
         finish = "cancelled" if message.stopped else (getattr(message.stats, "finish_reason", None) or "stop")
         state = "stopped" if message.stopped else "ready"
-        await reply.finish(reply_meta(stats, finish))
         if message.error is not None:
             self.app.report_error(message.error)
         if not reply.text:
+            await reply.finish()
             await reply.remove()
             self.status.set_state(state)
             return
+        # Saved before the closing re-render, which takes a moment on a long reply.
         self.messages.append({"role": "assistant", "content": reply.text})
         self._persist("assistant", reply.text, stats=stats, finish_reason=finish)
+        await reply.finish(reply_meta(stats, finish))
         status = self.status
         status.set_state(state)
         if stats:
