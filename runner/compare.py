@@ -1252,12 +1252,35 @@ def _open(c: Candidate, settings: CompareSettings, plans: dict[Path, Any], cance
 # -- words ----------------------------------------------------------------------------------------
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+#: What a cell shows when there is no figure (a skipped variant, a probe not run, no finite value).
+DASH = "—"
+TABLE_HEAD = ("Variant", "Size", "Fit", "tok/s", "PPL", "Mean KLD", "Top-1", "Arith", "Needle")
 
 
 def _num(x: float | None, fmt: str) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+    return DASH if x is None or not math.isfinite(x) else format(x, fmt)
+
+
+def _pct(x: float | None) -> str:
+    return DASH if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def variant_cells(v: VariantResult) -> tuple[str, ...]:
+    """One variant's cells, in ``TABLE_HEAD``'s order (the CLI table and the TUI's show the same)."""
+    name = v.quant + (" (ref)" if v.is_reference else "")
+    if v.skipped:
+        return (name, human_bytes(v.size_bytes), v.fit_label) + (DASH,) * 6
+    return (
+        name,
+        human_bytes(v.size_bytes),
+        v.fit_label,
+        _num(v.decode_tokens_per_s, ".1f"),
+        _num(v.ppl, ".3f"),
+        _num(v.mean_kld, ".5f"),
+        _pct(v.top1_agreement),
+        f"{v.arithmetic_correct}/{v.arithmetic_total}" if v.arithmetic_total else DASH,
+        f"{v.needle_found}/{v.needle_total}" if v.needle_total else DASH,
+    )
 
 
 def verdict_lines(report: CompareReport) -> list[str]:
@@ -1301,25 +1324,8 @@ def verdict_lines(report: CompareReport) -> list[str]:
 
 def render_table(report: CompareReport) -> str:
     """A fixed-width table: one row per variant, the reference first."""
-    head = ("Variant", "Size", "Fit", "tok/s", "PPL", "Mean KLD", "Top-1", "Arith", "Needle")
-    rows = [head]
-    for v in report.variants:
-        name = v.quant + (" (ref)" if v.is_reference else "")
-        if v.skipped:
-            rows.append((name, human_bytes(v.size_bytes), v.fit_label, "—", "—", "—", "—", "—", "—"))
-            continue
-        rows.append((
-            name,
-            human_bytes(v.size_bytes),
-            v.fit_label,
-            _num(v.decode_tokens_per_s, ".1f"),
-            _num(v.ppl, ".3f"),
-            _num(v.mean_kld, ".5f"),
-            _pct(v.top1_agreement),
-            f"{v.arithmetic_correct}/{v.arithmetic_total}",
-            f"{v.needle_found}/{v.needle_total}" if v.needle_total else "—",
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    rows = [TABLE_HEAD, *(variant_cells(v) for v in report.variants)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEAD))]
     out = []
     for i, r in enumerate(rows):
         cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]

@@ -5,6 +5,7 @@ Small context and budget so the module stays quick; the models load once per pas
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -119,6 +120,11 @@ def test_verdict_and_table_in_plain_words(cold: dict) -> None:
     assert table[0].split() == ["Variant", "Size", "Fit", "tok/s", "PPL", "Mean", "KLD", "Top-1", "Arith", "Needle"]
     assert table[2].startswith("Q8_0 (ref)") and "100.0%" in table[2] and "CPU" in table[2]
     assert table[3].startswith("Q4_K_M")
+    # A probe that did not run, or a figure that is not finite, is a dash, not "0/0" or "inf".
+    unprobed = dataclasses.replace(q4, arithmetic_correct=0, arithmetic_total=0, ppl=math.inf)
+    cells = dict(zip(C.TABLE_HEAD, C.variant_cells(unprobed)))
+    assert cells["Arith"] == C.DASH and cells["PPL"] == C.DASH
+    assert cells["Mean KLD"] == f"{q4.mean_kld:.5f}" and cells["Top-1"] == f"{100 * q4.top1_agreement:.1f}%"
 
 
 def test_cli_json_contract_reads_the_cache(cold: dict, use_shared: Path, smollm2_variants: dict[str, Path],

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from textual.widgets import DataTable
 
-from runner.format import human_bytes
+from runner.compare import variant_cells
 
 from tui.guard import Guarded
 
@@ -22,30 +21,6 @@ COLUMNS = (
     ("Arithmetic", "arithmetic"),
     ("Needle", "needle"),
 )
-DASH = "—"
-
-
-def _num(x: float | None, fmt: str) -> str:
-    return DASH if x is None or not math.isfinite(x) else format(x, fmt)
-
-
-def variant_cells(v: Any) -> tuple[str, ...]:
-    """The table's cells for one runner.compare.VariantResult."""
-    name = v.quant + (" (ref)" if v.is_reference else "")
-    if v.skipped:
-        return (name, human_bytes(v.size_bytes), v.fit_label, DASH, DASH, DASH, DASH, DASH, DASH)
-    top1 = DASH if v.top1_agreement is None or not math.isfinite(v.top1_agreement) else f"{100 * v.top1_agreement:.1f}%"
-    return (
-        name,
-        human_bytes(v.size_bytes),
-        v.fit_label,
-        _num(v.decode_tokens_per_s, ".1f"),
-        _num(v.ppl, ".3f"),
-        _num(v.mean_kld, ".5f"),
-        top1,
-        f"{v.arithmetic_correct}/{v.arithmetic_total}" if v.arithmetic_total else DASH,
-        f"{v.needle_found}/{v.needle_total}" if v.needle_total else DASH,
-    )
 
 
 class CompareTable(Guarded, DataTable[str]):
