@@ -354,6 +354,8 @@ class ChatEngine:
         self.n_batch = int(llama_cpp.llama_n_batch(llm.ctx))
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(llm.model))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        held = gil_holding(llama_cpp, ("llama_vocab_is_eog", "llama_token_to_piece"))
+        self._held = (held["llama_vocab_is_eog"], held["llama_token_to_piece"])  # for the token loop
         self._kv: list[int] = []  # tokens held in the KV cache, by position
         self._busy = threading.Lock()
         self._cancel = threading.Event()
@@ -917,8 +919,7 @@ class ChatEngine:
 
             # The hot loop: locals only, one decode + one sample + one piece per token.
             ctx, vocab, sample = self._ctx, self._vocab, sampler.sample
-            held = gil_holding(lc, ("llama_vocab_is_eog", "llama_token_to_piece"))
-            decode, is_eog, to_piece = lc.llama_decode, held["llama_vocab_is_eog"], held["llama_token_to_piece"]
+            decode, (is_eog, to_piece) = lc.llama_decode, self._held
             cancel = self._cancel
             kv = self._kv
             n_ctx = self.n_ctx

@@ -67,7 +67,6 @@ class FitchatApp(Guarded, App[None]):
         return HomeScreen()
 
     def on_mount(self) -> None:
-        self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_INTERVAL_S))
         if self.services.hardware is not None:
             self.hardware = self.services.hardware

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,11 +205,11 @@ class Services:
                      on_piece: Callable[[str], None]) -> None:
         """Stream ``engine``'s reply to ``messages``, calling ``on_piece`` with each piece (on the llama.cpp thread)."""
 
-        def run(pieces: Iterable[str]) -> None:
-            for piece in pieces:
+        def run() -> None:
+            for piece in engine.stream(messages, settings):
                 on_piece(piece)
 
-        self.on_llama_thread(lambda: run(engine.stream(messages, settings)))
+        self.on_llama_thread(run)
 
     def close_engine(self, engine: Any) -> None:
         """Free ``engine`` on the llama.cpp thread once its reply (already cancelled) has ended; returns at once.
