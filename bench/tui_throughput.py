@@ -168,19 +168,20 @@ def paired(path: Path, settings, threads: int | None, rounds: int,
 def replay(path: Path, pieces: list[str], threads: int, settings, pace: float | None) -> tuple[float, float]:
     """(tok/s shown, seconds the screen lagged behind the last token) replaying ``pieces``.
 
-    "Shown" is when the chat screen has appended the last piece to the reply's Markdown stream,
-    before the reply's closing re-render.
+    "Shown" is the first frame after the reply's Markdown holds the whole text, before the reply's
+    closing re-render (which the Finished message, posted only then, starts).
     """
     from tui.coalesce import Coalescer
     from tui.screens.chat import COALESCE_S, ChatScreen
 
     app = make_app(threads, settings)
     out: dict[str, float] = {}
+    text = "".join(pieces)
 
     async def run() -> None:
         async with app.run_test(size=(120, 40)):
             screen = await _chat_screen(app, path)
-            screen._reply = await screen._add_message("assistant", "")
+            reply = screen._reply = await screen._add_message("assistant", "")
             screen.query_one("#messages").anchor()
             screen.generating = True
             sent: list[float] = []
@@ -196,17 +197,19 @@ def replay(path: Path, pieces: list[str], threads: int, settings, pace: float | 
                     out.add(piece)
                 out.flush()
                 sent.append(time.perf_counter())
-                screen.post_message(ChatScreen.Finished(None, None, False))
 
             t0 = time.perf_counter()
             threading.Thread(target=feed, daemon=True).start()
-            while screen._count < len(pieces):
+            while reply.markdown.source != text:
                 await asyncio.sleep(0.001)
-            done = time.perf_counter()
-            while not sent:
+            painted: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            app.call_after_refresh(lambda: painted.set_result(time.perf_counter()))
+            done = await painted
+            while not sent:  # the feeder stamps its time just after its last post
                 await asyncio.sleep(0.001)
             out["rate"] = len(pieces) / (done - t0)
             out["lag"] = max(0.0, done - sent[0])
+            screen.post_message(ChatScreen.Finished(None, None, False))
             while screen.generating:
                 await asyncio.sleep(0.02)
 
