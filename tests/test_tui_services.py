@@ -36,3 +36,15 @@ def test_loads_and_replies_from_many_threads_run_on_one_llama_thread(smollm2: Pa
     services.close_engine(engine)
     services.close()  # waits for the model to be freed
     assert engine._closed
+
+
+async def test_the_app_shortens_the_gil_switch_interval_while_it_runs() -> None:
+    import sys
+
+    from tui.app import GIL_SWITCH_INTERVAL_S, FitchatApp
+
+    before = sys.getswitchinterval()
+    app = FitchatApp(Services(hardware=cpu_machine(), endpoint="http://127.0.0.1:9"), check_hub=False)
+    async with app.run_test():
+        assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S
+    assert sys.getswitchinterval() == before
