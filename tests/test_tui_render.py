@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
 
-from tui.coalesce import BusyPacer, Coalescer
+from tui.coalesce import SHARED_CORE_BUDGET, SPARE_CORE_BUDGET, BusyPacer, Coalescer, ui_cpu_budget, usable_cores
 from tui.progress import relay_class
 from tui.render import FREE, FULL, MARGIN, Segment, stacked_bar, usage_bar, verdict_label
 from tui.widgets.chat_message import code_blocks
@@ -79,6 +80,17 @@ def test_busy_pacer_spaces_updates_while_the_ui_thread_is_over_budget() -> None:
     for _ in range(10):
         window(0.01)
     assert out.interval == pytest.approx(0.1)  # back to the floor, never below
+    assert pacer.interval == out.interval
+
+
+def test_ui_budget_is_tight_only_when_decoding_takes_every_core() -> None:
+    assert SHARED_CORE_BUDGET < SPARE_CORE_BUDGET
+    assert ui_cpu_budget(2, 2) == SHARED_CORE_BUDGET
+    assert ui_cpu_budget(3, 2) == SHARED_CORE_BUDGET  # oversubscribed: still every core
+    assert ui_cpu_budget(None, 2) == SHARED_CORE_BUDGET  # unknown: assume the worst
+    assert ui_cpu_budget(1, 2) == SPARE_CORE_BUDGET
+    assert ui_cpu_budget(8, 8, all_layers_on_gpu=True) == SPARE_CORE_BUDGET
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
 
 
 def test_progress_relay_reports_every_bar() -> None:

@@ -2,8 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+
+#: The UI thread's share of a CPU while a reply streams, when llama.cpp leaves a core free for it
+#: (its work then takes nothing from generation) ...
+SPARE_CORE_BUDGET = 0.5
+#: ... and when llama.cpp's decode threads occupy every core: any CPU the UI uses is then taken
+#: from a decode thread, and the other threads wait for it at llama.cpp's barrier.
+SHARED_CORE_BUDGET = 0.04
+
+
+def usable_cores() -> int:
+    """The logical CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def ui_cpu_budget(decode_threads: int | None, cores: int, all_layers_on_gpu: bool = False) -> float:
+    """How much of a CPU the UI may use while ``decode_threads`` of ``cores`` generate.
+
+    A model wholly on the GPU leaves the CPU threads waiting on it, so they too leave room.
+    """
+    if all_layers_on_gpu or (decode_threads is not None and decode_threads < cores):
+        return SPARE_CORE_BUDGET
+    return SHARED_CORE_BUDGET
 
 
 class Coalescer:
@@ -78,3 +103,8 @@ class BusyPacer:
         elif busy < self._budget / 2:
             interval = max(self._floor, interval * 0.75)
         self._coalescer.interval = interval
+
+    @property
+    def interval(self) -> float:
+        """The spacing of updates now."""
+        return self._coalescer.interval

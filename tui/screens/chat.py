@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header
 from textual.worker import get_current_worker
 
-from tui.coalesce import BusyPacer, Coalescer
+from tui.coalesce import BusyPacer, Coalescer, ui_cpu_budget, usable_cores
 from tui.guard import Guarded, on
 from tui.render import rate
 from tui.screens.pick import PickScreen
@@ -28,14 +28,17 @@ from tui.widgets.history_sidebar import HistorySidebar
 from tui.widgets.local_models import model_name
 from tui.widgets.status_line import StatusLine
 
+#: The status line (tok/s, sparkline) is refreshed with a screen update of the reply at most this
+#: often, so that it costs no frame of its own ...
 SAMPLE_INTERVAL_S = 0.25
+#: ... and by a timer when no update came for this long (a slow start, a stall).
+IDLE_SAMPLE_S = 1.0
 #: Pieces arriving closer together than this are posted to the screen as one update: each
 #: update costs a layout of the screen, and the UI thread shares the GIL with llama.cpp's loop.
 COALESCE_S = 0.1
-#: While a reply streams, the UI thread aims to use at most this share of one CPU; when updates
-#: cost more (a slow machine, a long reply), they come further apart, up to COALESCE_MAX_S.
-UI_CPU_BUDGET = 0.1
-COALESCE_MAX_S = 0.3
+#: Updates come further apart, up to this, while the UI thread uses more of a CPU than
+#: ``tui.coalesce.ui_cpu_budget`` allows (a slow machine, a long reply, every core decoding).
+COALESCE_MAX_S = 0.5
 SIDEBAR_MIN_WIDTH = 100
 
 
@@ -123,6 +126,7 @@ class ChatScreen(Guarded, Screen[None]):
         self._samples: list[float] = []
         self._timer: Any = None
         self._pacer: BusyPacer | None = None
+        self._update_interval = COALESCE_S
 
     # ------------------------------------------------------------------ layout
 
@@ -262,11 +266,17 @@ class ChatScreen(Guarded, Screen[None]):
         self._last_tick = (self._t_submit, 0)
         self.status.set_state("generating")
         self.status.clear_speed()
-        self._timer = self.set_interval(SAMPLE_INTERVAL_S, self._tick)
+        self._timer = self.set_interval(SAMPLE_INTERVAL_S, self._tick_if_idle)
         self._idle.clear()
-        out = Coalescer(lambda text, count: self.post_message(self.Token(text, count)), COALESCE_S)
-        self._pacer = BusyPacer(out, budget=UI_CPU_BUDGET, floor=COALESCE_S, ceiling=COALESCE_MAX_S)
-        self.generate(self.engine, list(self.messages), self.app.sampling, out)
+        # Each reply starts at the spacing the last one ended with: the machine has not changed.
+        out = Coalescer(lambda text, count: self.post_message(self.Token(text, count)), self._update_interval)
+        threads = getattr(getattr(self.engine, "threads", None), "n_threads", None)
+        on_gpu = self.plan is not None and bool(self.plan.n_layers) and self.plan.gpu_layers >= self.plan.n_layers
+        budget = ui_cpu_budget(threads, usable_cores(), on_gpu)
+        self._pacer = BusyPacer(out, budget=budget, floor=COALESCE_S, ceiling=COALESCE_MAX_S)
+        # Generation starts once the screen shows the question: laying it out and painting it
+        # would otherwise take CPU from the first tokens.
+        self.call_after_refresh(self.generate, self.engine, list(self.messages), self.app.sampling, out)
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
     def generate(self, engine: Any, messages: list[dict[str, str]], settings: Any, out: Coalescer) -> None:
@@ -274,8 +284,8 @@ class ChatScreen(Guarded, Screen[None]):
 
         A piece goes out at once unless the last post was under ``out.interval`` ago; then it joins
         the next post. Slow replies show every token as it comes, fast ones in at most ~10 updates
-        a second (fewer when the UI thread would use more than ``UI_CPU_BUDGET``), which keeps the
-        CPU and the GIL for llama.cpp.
+        a second (fewer when the UI thread would use more of a CPU than its budget), which keeps
+        the CPU and the GIL for llama.cpp.
         """
         worker = get_current_worker()
         error: BaseException | None = None
@@ -302,6 +312,15 @@ class ChatScreen(Guarded, Screen[None]):
             self._t_first = time.perf_counter()
         self._count += message.count
         await self._reply.append(message.text)
+        if time.perf_counter() - self._last_tick[0] >= SAMPLE_INTERVAL_S:
+            self._tick()
+
+    def _tick_if_idle(self) -> None:
+        """The timer's turn: the pacer's reading, and the status line when no update has refreshed it."""
+        if self._pacer is not None:
+            self._pacer.sample()
+        if time.perf_counter() - self._last_tick[0] >= IDLE_SAMPLE_S:
+            self._tick()
 
     def _tick(self) -> None:
         if self._pacer is not None:
@@ -320,6 +339,8 @@ class ChatScreen(Guarded, Screen[None]):
             self._timer.stop()
             self._timer = None
         self._tick()
+        if self._pacer is not None:
+            self._update_interval = self._pacer.interval
         self._pacer = None
         reply, self._reply = self._reply, None
         try:
