@@ -98,7 +98,7 @@ async def _chat_screen(app, path: Path):
 
     app.open_chat(local_model(path), context=4096)
     while not isinstance(app.screen, ChatScreen) or app.screen.engine is None:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
     return app.screen
 
 
@@ -121,7 +121,7 @@ def paired(path: Path, settings, threads: int | None, rounds: int,
     """Rounds in one app session, each a reply with no UI work and the same reply on screen.
 
     Per round: (engine tok/s with the app idle, engine tok/s on screen, UI tok/s, tokens, UI thread
-    CPU share, decode threads). The bare reply runs ``ChatEngine.stream`` on the app's own engine
+    CPU share from the first token to the end of generation, decode threads). The bare reply runs ``ChatEngine.stream`` on the app's own engine
     and llama.cpp thread while the app sits idle; the other goes through the chat input like a user's.
     The order alternates between rounds so that a drift in the machine's speed cancels out.
     """
@@ -142,15 +142,18 @@ def paired(path: Path, settings, threads: int | None, rounds: int,
                 input_box = screen.query_one("#chat-input")
                 input_box.text = PROMPT
                 await pilot.press("enter")
-                while not screen.generating:
+                while screen._t_first is None:
                     await asyncio.sleep(0.02)
                 cpu0, wall0 = time.thread_time(), time.perf_counter()
+                while screen._reply is not None:  # the Finished message clears it, before the closing re-render
+                    await asyncio.sleep(0.02)
+                cpu1, wall1 = time.thread_time(), time.perf_counter()
                 while screen.generating:
                     await asyncio.sleep(0.02)
                 done = time.perf_counter()
                 stats = screen.engine.last_stats
                 return (stats.decode_tokens_per_s, (screen._count - 1) / (done - screen._t_first), screen._count,
-                        (time.thread_time() - cpu0) / (done - wall0))
+                        (cpu1 - cpu0) / (wall1 - wall0))
 
             for r in range(rounds):
                 alone = 0.0
@@ -238,12 +241,12 @@ def main() -> int:
     rows = paired(path, settings, threads, args.rounds)
     for r, (a, e, u, n, c, _) in enumerate(rows):
         print(f"round {r + 1}: app idle, engine alone {a:6.1f} tok/s | on screen: engine {e:6.1f} tok/s "
-              f"({e / a:.2f}x), shown {u:6.1f} tok/s ({n} tokens), UI thread busy {c:.0%} of the time", flush=True)
+              f"({e / a:.2f}x), shown {u:6.1f} tok/s ({n} tokens), UI thread busy {c:.0%} of the time while tokens came", flush=True)
     a, e, u, c = (statistics.median(row[i] for row in rows) for i in (0, 1, 2, 4))
     ratios = sorted(row[1] / row[0] for row in rows)
     print(f"median: engine alone {a:.1f} tok/s; with the UI the engine decodes {e:.1f} tok/s "
           f"(median ratio {statistics.median(ratios):.3f}; per round {', '.join(f'{r:.2f}' for r in ratios)}) "
-          f"and the screen shows {u:.1f} tok/s; the UI thread is busy {c:.0%} of the time")
+          f"and the screen shows {u:.1f} tok/s; the UI thread is busy {c:.0%} of the time while tokens come")
     fast_rate, fast_lag = replay(path, pieces, threads, settings, None)
     paced_rate, paced_lag = replay(path, pieces, threads, settings, 300.0)
     print(f"replay of the same {len(pieces)} tokens: as fast as posted {fast_rate:.0f} tok/s shown; "
