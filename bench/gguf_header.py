@@ -7,6 +7,9 @@
 2. Remote headers: ``read_remote_spec`` through the local Hub test server (a real
    ``huggingface_hub`` client, a 302 to a CDN host, HTTP Range), printing how many bytes each
    variant needed: SmolLM2 (49k vocabulary) and gemma-3-270m (262k vocabulary).
+3. A repo's variants planned from their headers (``fit_remote_repo``) over a slow link (the server
+   waits ``--latency`` before each CDN answer and sends ``--rate`` bytes/s): one header at a time
+   (the baseline) against the default number at once, in the same run; prints the ratio.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runner.gguf_spec import read_remote_spec, read_spec  # noqa: E402
+from runner.hardware import detect_hardware  # noqa: E402
+from runner.plan import REMOTE_HEADER_WORKERS, fit_remote_repo  # noqa: E402
 from tests import models  # noqa: E402
 from tests.hubserver import LocalHub  # noqa: E402
 
@@ -39,6 +44,8 @@ def median_time(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=0.1, help="seconds before each CDN answer")
+    parser.add_argument("--rate", type=float, default=20e6, help="CDN bytes per second")
     args = parser.parse_args()
     from gguf import GGUFReader
 
@@ -64,6 +71,21 @@ def main() -> int:
             requests = len(hub.cdn_requests())
             print(f"  {name:34} header {spec.header_bytes / MiB:5.2f} MiB, read {spec.bytes_read / MiB:5.2f} MiB "
                   f"in {requests} range request(s), file {spec.size_bytes / MiB:6.1f} MiB")
+
+        variants = {f"SmolLM2-135M-Instruct-{q}.gguf": models.smollm2_variant(q) for q in ("Q8_0", "Q5_K_M", "Q4_K_M", "Q4_1")}
+        hub.add_repo("bench/SmolLM2-GGUF", variants)
+        hub.delay(args.latency, route="cdn")
+        hub.slow(args.rate)
+        hw = detect_hardware()
+        took = {}
+        for workers in (1, REMOTE_HEADER_WORKERS):
+            took[workers] = median_time(
+                lambda w=workers: fit_remote_repo("bench/SmolLM2-GGUF", hw, 4096, endpoint=hub.endpoint, max_workers=w),
+                args.runs)
+        print(f"Planning a repo of {len(variants)} variants from their headers ({args.latency * 1000:.0f} ms before each "
+              f"CDN answer, {args.rate / 1e6:.0f} MB/s), median of {args.runs} runs")
+        print(f"  one header at a time {took[1] * 1000:7.0f} ms   {REMOTE_HEADER_WORKERS} at once "
+              f"{took[REMOTE_HEADER_WORKERS] * 1000:7.0f} ms   {took[1] / took[REMOTE_HEADER_WORKERS]:5.1f}x faster")
     return 0
 
 
