@@ -38,7 +38,7 @@ IDLE_SAMPLE_S = 1.0
 COALESCE_S = 0.1
 #: Updates come further apart, up to this, while the UI thread uses more of a CPU than
 #: ``tui.coalesce.ui_cpu_budget`` allows (a slow machine, a long reply, every core decoding).
-COALESCE_MAX_S = 0.5
+COALESCE_MAX_S = 1.0
 SIDEBAR_MIN_WIDTH = 100
 
 
@@ -266,6 +266,8 @@ class ChatScreen(Guarded, Screen[None]):
         self._last_tick = (self._t_submit, 0)
         self.status.set_state("generating")
         self.status.clear_speed()
+        # A blinking cursor repaints twice a second; while a reply streams that CPU is llama.cpp's.
+        self.query_one(ChatInput).cursor_blink = False
         self._timer = self.set_interval(SAMPLE_INTERVAL_S, self._tick_if_idle)
         self._idle.clear()
         # Each reply starts at the spacing the last one ended with: the machine has not changed.
@@ -348,6 +350,7 @@ class ChatScreen(Guarded, Screen[None]):
                 await self._end_reply(reply, message)
         finally:
             self.generating = False
+            self.query_one(ChatInput).cursor_blink = True
 
     async def _end_reply(self, reply: ChatMessage, message: Finished) -> None:
         stats = stats_dict(message.stats)

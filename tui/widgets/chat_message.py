@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from markdown_it import MarkdownIt
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -16,8 +17,6 @@ ROLE_LABELS = {"user": "You", "assistant": "Assistant", "system": "System"}
 
 def code_blocks(markdown: str) -> list[str]:
     """The fenced and indented code blocks of a Markdown text, in order."""
-    from markdown_it import MarkdownIt
-
     tokens = MarkdownIt("commonmark").parse(markdown)
     return [t.content for t in tokens if t.type in ("fence", "code_block")]
 
@@ -54,10 +53,17 @@ class ChatMessage(Guarded, Vertical, can_focus=True):
         self.role = role
         self.text = text
         self._stream: MarkdownStream | None = None
+        self._parser: MarkdownIt | None = None
+
+    def _markdown_parser(self) -> MarkdownIt:
+        """One parser for all of this message's updates (Markdown would build one per streamed piece)."""
+        if self._parser is None:
+            self._parser = MarkdownIt("gfm-like")
+        return self._parser
 
     def compose(self) -> ComposeResult:
         yield Label(ROLE_LABELS.get(self.role, self.role), classes="role")
-        yield Markdown(self.text)
+        yield Markdown(self.text, parser_factory=self._markdown_parser)
         yield Label("", classes="meta")
 
     def on_mount(self) -> None:
