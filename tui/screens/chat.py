@@ -29,16 +29,17 @@ from tui.widgets.local_models import model_name
 from tui.widgets.status_line import StatusLine
 
 #: The status line (tok/s, sparkline) is refreshed with a screen update of the reply at most this
-#: often, so that it costs no frame of its own ...
+#: often, so that it costs no frame of its own (and by a timer after IDLE_SAMPLE_S without one).
 SAMPLE_INTERVAL_S = 0.25
-#: ... and by a timer when no update came for this long (a slow start, a stall).
-IDLE_SAMPLE_S = 1.0
 #: Pieces arriving closer together than this are posted to the screen as one update: each
 #: update costs a layout of the screen, and the UI thread shares the GIL with llama.cpp's loop.
 COALESCE_S = 0.1
 #: Updates come further apart, up to this, while the UI thread uses more of a CPU than
 #: ``tui.coalesce.ui_cpu_budget`` allows (a slow machine, a long reply, every core decoding).
 COALESCE_MAX_S = 1.0
+#: The status line's timer refresh: no update came for longer than updates can be apart (a slow
+#: start, a stall).
+IDLE_SAMPLE_S = COALESCE_MAX_S + 0.5
 SIDEBAR_MIN_WIDTH = 100
 
 
