@@ -145,8 +145,8 @@ def paired(path: Path, settings, threads: int | None, rounds: int,
                 while screen._t_first is None:
                     await asyncio.sleep(0.02)
                 cpu0, wall0 = time.thread_time(), time.perf_counter()
-                while screen._reply is not None:  # the Finished message clears it, before the closing re-render
-                    await asyncio.sleep(0.02)
+                # Waiting on the worker's event from another thread: polling would be UI-thread work.
+                await asyncio.to_thread(screen._idle.wait)
                 cpu1, wall1 = time.thread_time(), time.perf_counter()
                 while screen.generating:
                     await asyncio.sleep(0.02)
