@@ -171,8 +171,8 @@ def paired(path: Path, settings, threads: int | None, rounds: int,
 def replay(path: Path, pieces: list[str], threads: int, settings, pace: float | None) -> tuple[float, float]:
     """(tok/s shown, seconds the screen lagged behind the last token) replaying ``pieces``.
 
-    "Shown" is the first frame after the reply's Markdown holds the whole text, before the reply's
-    closing re-render (which the Finished message, posted only then, starts).
+    "Shown" is the first frame after the reply's Markdown holds the whole text, before the reply
+    is closed (by the Finished message, posted only then).
     """
     from tui.coalesce import Coalescer
     from tui.screens.chat import COALESCE_S, ChatScreen

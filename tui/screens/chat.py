@@ -364,7 +364,7 @@ class ChatScreen(Guarded, Screen[None]):
             await reply.remove()
             self.status.set_state(state)
             return
-        # Saved before the closing re-render, which takes a moment on a long reply.
+        # Saved first: the last streamed pieces may still be drawing.
         self.messages.append({"role": "assistant", "content": reply.text})
         self._persist("assistant", reply.text, stats=stats, finish_reason=finish)
         await reply.finish(reply_meta(stats, finish))

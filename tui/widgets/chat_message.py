@@ -81,11 +81,17 @@ class ChatMessage(Guarded, Vertical, can_focus=True):
         await self._stream.write(fragment)
 
     async def finish(self, meta: str = "") -> None:
-        """Stop streaming and re-render the whole text (an open fence can leave stale blocks)."""
+        """Stop streaming (what is still queued goes in) and show ``meta`` under the message.
+
+        Textual's streamed Markdown ends as a full render of the same text would (a test streams
+        tables, fences and lists in random pieces to check it), so a long reply is not laid out
+        again: that took a few hundred milliseconds, during which keys waited.
+        """
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
-        await self.markdown.update(self.text)
+        if self.markdown.source != self.text:
+            await self.markdown.update(self.text)
         self.set_meta(meta)
 
     def set_meta(self, meta: str) -> None:
