@@ -320,13 +320,19 @@ def resolve_sources(sources: Sequence[str]) -> list[Candidate]:
     return list(unique.values())
 
 
+def wanted_quants(quants: Sequence[str]) -> list[str]:
+    """``quants`` upper-cased without blanks; :class:`CompareError` when that leaves none."""
+    wanted = [q.strip().upper() for q in quants if q.strip()]
+    if not wanted:
+        raise CompareError("--quants names no variant; give e.g. Q4_K_M,Q8_0")
+    return wanted
+
+
 def select_quants(candidates: Sequence[Candidate], quants: Sequence[str] | None) -> list[Candidate]:
     """The candidates whose quant is in ``quants`` (all when None); names every quant that is missing."""
     if not quants:
         return list(candidates)
-    wanted = [q.strip().upper() for q in quants if q.strip()]
-    if not wanted:
-        raise CompareError("--quants names no variant; give e.g. Q4_K_M,Q8_0")
+    wanted = wanted_quants(quants)
     have = {c.quant.upper() for c in candidates}
     missing = [q for q in wanted if q not in have]
     if missing:

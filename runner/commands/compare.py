@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if settings.ctx < C.MIN_CTX:
         raise C.CompareError(f"--ctx {settings.ctx} is too small; use {C.MIN_CTX} or more (llama-perplexity's default is 512)")
     quants = args.quants.split(",") if args.quants is not None else None
-    if quants is not None and not any(q.strip() for q in quants):
-        raise C.CompareError("--quants names no variant; give e.g. Q4_K_M,Q8_0")
+    if quants is not None:
+        C.wanted_quants(quants)  # an empty --quants fails before any header is read
     C.read_text(settings.text_path)  # a bad --text fails before any model loads
     candidates = C.resolve_sources(args.sources)
     selected = C.select_quants(candidates, quants)

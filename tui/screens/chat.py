@@ -319,11 +319,11 @@ class ChatScreen(Guarded, Screen[None]):
             self._tick()
 
     def _tick_if_idle(self) -> None:
-        """The timer's turn: the pacer's reading, and the status line when no update has refreshed it."""
-        if self._pacer is not None:
-            self._pacer.sample()
+        """The timer's turn: the status line when no update has refreshed it, else the pacer's reading alone."""
         if time.perf_counter() - self._last_tick[0] >= IDLE_SAMPLE_S:
             self._tick()
+        elif self._pacer is not None:
+            self._pacer.sample()
 
     def _tick(self) -> None:
         if self._pacer is not None:
