@@ -25,6 +25,7 @@ from tui.screens.settings import SettingsScreen
 from tui.widgets.chat_input import ChatInput
 from tui.widgets.chat_message import ChatMessage
 from tui.widgets.history_sidebar import HistorySidebar
+from tui.widgets.message_log import MessageLog
 from tui.widgets.local_models import model_name
 from tui.widgets.status_line import StatusLine
 
@@ -136,7 +137,7 @@ class ChatScreen(Guarded, Screen[None]):
         with Horizontal(id="chat-body"):
             yield HistorySidebar(id="history")
             with Vertical(id="chat-main"):
-                yield VerticalScroll(id="messages")
+                yield MessageLog(id="messages")
                 yield ChatInput(id="chat-input")
         yield StatusLine(id="status")
         yield Footer()

@@ -11,6 +11,8 @@ from textual.widgets import Label, Markdown
 from textual.widgets.markdown import MarkdownStream
 
 from tui.guard import Guarded
+from tui.sized import SizedByLayout
+from tui.widgets.reply_markdown import ReplyMarkdown
 
 ROLE_LABELS = {"user": "You", "assistant": "Assistant", "system": "System"}
 
@@ -21,7 +23,7 @@ def code_blocks(markdown: str) -> list[str]:
     return [t.content for t in tokens if t.type in ("fence", "code_block")]
 
 
-class ChatMessage(Guarded, Vertical, can_focus=True):
+class ChatMessage(Guarded, SizedByLayout, Vertical, can_focus=True):
     """A message. ``y`` copies it, ``b`` copies a code block (posts :class:`CopyCode` when there are several)."""
 
     DEFAULT_CSS = """
@@ -32,7 +34,7 @@ class ChatMessage(Guarded, Vertical, can_focus=True):
     ChatMessage.-user .role { color: $accent; }
     ChatMessage .meta { color: $text-muted; }
     ChatMessage Markdown { margin: 0; padding: 0 1 0 0; }
-    ChatMessage Markdown > MarkdownParagraph:last-child { margin-bottom: 0; }
+    ChatMessage Markdown > MarkdownParagraph.-last-paragraph { margin-bottom: 0; }
     """
 
     BINDINGS = [
@@ -63,15 +65,15 @@ class ChatMessage(Guarded, Vertical, can_focus=True):
 
     def compose(self) -> ComposeResult:
         yield Label(ROLE_LABELS.get(self.role, self.role), classes="role")
-        yield Markdown(self.text, parser_factory=self._markdown_parser)
+        yield ReplyMarkdown(self.text, parser_factory=self._markdown_parser)
         yield Label("", classes="meta")
 
     def on_mount(self) -> None:
         self.query_one(".meta", Label).display = False
 
     @property
-    def markdown(self) -> Markdown:
-        return self.query_one(Markdown)
+    def markdown(self) -> ReplyMarkdown:
+        return self.query_one(ReplyMarkdown)
 
     async def append(self, fragment: str) -> None:
         """Stream a fragment in (batched by ``Markdown.get_stream``)."""
@@ -92,6 +94,8 @@ class ChatMessage(Guarded, Vertical, can_focus=True):
             self._stream = None
         if self.markdown.source != self.text:
             await self.markdown.update(self.text)
+        else:
+            self.markdown.mark_last_paragraph()
         self.set_meta(meta)
 
     def set_meta(self, meta: str) -> None:
