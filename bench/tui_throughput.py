@@ -129,7 +129,7 @@ def paired(path: Path, settings, threads: int | None, rounds: int,
     out: list[tuple[float, float, float, int, float, int]] = []
 
     async def run() -> None:
-        async with app.run_test(size=(120, 40)) as pilot:
+        async with app.run_test(size=(120, 40)):
             screen = await _chat_screen(app, path)
 
             def bare_reply() -> float:
@@ -141,7 +141,11 @@ def paired(path: Path, settings, threads: int | None, rounds: int,
                 await screen.action_new_chat()
                 input_box = screen.query_one("#chat-input")
                 input_box.text = PROMPT
-                await pilot.press("enter")
+                # What Enter does (ChatInput posts Submitted), without the Pilot's wait for the app to
+                # go idle: that wait polls on the UI thread for as long as tokens come.
+                input_box.post_message(type(input_box).Submitted(PROMPT))
+                while not screen.generating:
+                    await asyncio.sleep(0.005)
                 while screen._t_first is None:
                     await asyncio.sleep(0.02)
                 cpu0, wall0 = time.thread_time(), time.perf_counter()

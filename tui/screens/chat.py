@@ -240,7 +240,9 @@ class ChatScreen(Guarded, Screen[None]):
         self.query_one(ChatInput).clear()
         await self._add_message("user", text)
         self.messages.append({"role": "user", "content": text})
-        self._persist("user", text)
+        # The sidebar lists the conversation again when the reply ends: now it would redraw while
+        # the first tokens come (unless the model is still loading, which may take a while).
+        self._persist("user", text, list_again=self.engine is None)
         if self.engine is None:
             self.waiting_for_engine = True
             self.status.set_state("loading model… (your message goes when it is ready)")
@@ -364,6 +366,7 @@ class ChatScreen(Guarded, Screen[None]):
             await reply.finish()
             await reply.remove()
             self.status.set_state(state)
+            self.refresh_history()  # the question was saved
             return
         # Saved first: the last streamed pieces may still be drawing.
         self.messages.append({"role": "assistant", "content": reply.text})
@@ -395,8 +398,8 @@ class ChatScreen(Guarded, Screen[None]):
 
     # ------------------------------------------------------------------ history
 
-    def _persist(self, role: str, content: str, **extra: Any) -> None:
-        """Save a message now (one short SQLite transaction)."""
+    def _persist(self, role: str, content: str, list_again: bool = True, **extra: Any) -> None:
+        """Save a message now (one short SQLite transaction), then list the conversations again."""
         try:
             history = self.app.services.history()
             if self.conversation_id is None:
@@ -410,7 +413,8 @@ class ChatScreen(Guarded, Screen[None]):
         except Exception as exc:  # noqa: BLE001 - the chat goes on; the user is told
             self.app.report_error(exc)
             return
-        self.refresh_history()
+        if list_again:
+            self.refresh_history()
 
     @work(thread=True, exclusive=True, group="history", exit_on_error=False)
     def refresh_history(self) -> None:
