@@ -41,6 +41,9 @@ COALESCE_MAX_S = 1.0
 #: The status line's timer refresh: no update came for longer than updates can be apart (a slow
 #: start, a stall).
 IDLE_SAMPLE_S = COALESCE_MAX_S + 0.5
+#: The timer's period while a reply streams: the pacer's window. Each tick wakes the UI thread,
+#: which takes a core from llama.cpp for a moment.
+TIMER_S = 0.5
 SIDEBAR_MIN_WIDTH = 100
 
 
@@ -272,7 +275,7 @@ class ChatScreen(Guarded, Screen[None]):
         self.status.clear_speed()
         # A blinking cursor repaints twice a second; while a reply streams that CPU is llama.cpp's.
         self.query_one(ChatInput).cursor_blink = False
-        self._timer = self.set_interval(SAMPLE_INTERVAL_S, self._tick_if_idle)
+        self._timer = self.set_interval(TIMER_S, self._tick_if_idle)
         self._idle.clear()
         # Each reply starts at the spacing the last one ended with: the machine has not changed.
         out = Coalescer(lambda text, count: self.post_message(self.Token(text, count)), self._update_interval)

@@ -66,8 +66,9 @@ class DownloadPanel(Guarded, Vertical):
         self._samples: deque[tuple[float, int]] = deque()
 
     def compose(self) -> ComposeResult:
-        with Horizontal():
-            yield ProgressBar(total=None, show_eta=False, id="download-bar")
+        # The bar is mounted for each download: a hidden one of unknown total still animates at
+        # 15 frames a second and ticks once a second, waking the UI while llama.cpp decodes.
+        with Horizontal(id="download-row"):
             yield Button("Cancel", variant="error", id="download-cancel")
         yield Static("", id="download-figures")
 
@@ -78,7 +79,9 @@ class DownloadPanel(Guarded, Vertical):
         self._samples.clear()
         self._expected = expected_bytes
         self.border_title = f"Downloading {label}"
-        self.query_one(ProgressBar).update(total=expected_bytes or None, progress=0)
+        self.query(ProgressBar).remove()
+        self.query_one("#download-row").mount(
+            ProgressBar(total=expected_bytes or None, show_eta=False, id="download-bar"), before=0)
         self.query_one("#download-figures", Static).update("starting…")
         self.query_one("#download-cancel", Button).disabled = False
         self.add_class("-active")
@@ -112,8 +115,9 @@ class DownloadPanel(Guarded, Vertical):
         self.cancel_event.set()
 
     def finish(self) -> None:
-        """Hide the panel."""
+        """Hide the panel (and drop its bar)."""
         self.remove_class("-active")
+        self.query(ProgressBar).remove()
 
     @property
     def done_bytes(self) -> int:
