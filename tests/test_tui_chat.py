@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 from pathlib import Path
 
 from runner.engine import SamplingSettings
@@ -60,6 +61,9 @@ async def test_choose_local_model_chat_and_save(smollm2: Path, tmp_path: Path, u
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await open_chat(pilot, app)
         assert "SmolLM2-135M-Instruct" in screen.sub_title
+        # With the model ready the heap was collected and frozen, so that later full collections
+        # (which hold the GIL) scan only what comes after.
+        assert gc.get_freeze_count() > 0
         # The prompt box takes several lines: Ctrl+J adds one, Enter sends.
         box = screen.query_one("#chat-input")
         await pilot.press("a", "ctrl+j", "b")
@@ -86,6 +90,7 @@ async def test_choose_local_model_chat_and_save(smollm2: Path, tmp_path: Path, u
         # A follow-up keeps the conversation.
         await ask(pilot, screen, "And of Italy?")
         assert len(history.load(screen.conversation_id).messages) == 4
+    assert gc.get_freeze_count() == 0  # the app gave the frozen objects back when it closed
 
 
 async def test_escape_stops_the_reply(smollm2: Path, tmp_path: Path, unreachable_endpoint: str) -> None:
