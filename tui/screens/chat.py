@@ -11,7 +11,7 @@ from typing import Any
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
@@ -25,8 +25,8 @@ from tui.screens.settings import SettingsScreen
 from tui.widgets.chat_input import ChatInput
 from tui.widgets.chat_message import ChatMessage
 from tui.widgets.history_sidebar import HistorySidebar
-from tui.widgets.message_log import MessageLog
 from tui.widgets.local_models import model_name
+from tui.widgets.message_log import MessageLog
 from tui.widgets.status_line import StatusLine
 
 #: The status line (tok/s, sparkline) is refreshed with a screen update of the reply at most this
@@ -254,7 +254,7 @@ class ChatScreen(Guarded, Screen[None]):
         await self._start_reply()
 
     async def _add_message(self, role: str, text: str, meta: str = "") -> ChatMessage:
-        container = self.query_one("#messages", VerticalScroll)
+        container = self.query_one("#messages", MessageLog)
         message = ChatMessage(role, text)
         await container.mount(message)
         if meta:
@@ -264,7 +264,7 @@ class ChatScreen(Guarded, Screen[None]):
 
     async def _start_reply(self) -> None:
         self._reply = await self._add_message("assistant", "")
-        self.query_one("#messages", VerticalScroll).anchor()
+        self.query_one("#messages", MessageLog).anchor()
         self.generating = True
         self._stopped = False
         self._t_submit = time.perf_counter()
@@ -439,7 +439,7 @@ class ChatScreen(Guarded, Screen[None]):
         self.app.call_from_thread(self._show_conversation, conv)
 
     async def _show_conversation(self, conv: Any) -> None:
-        container = self.query_one("#messages", VerticalScroll)
+        container = self.query_one("#messages", MessageLog)
         await container.remove_children()
         self.conversation_id = conv.id
         self.messages = []
@@ -512,7 +512,7 @@ class ChatScreen(Guarded, Screen[None]):
     async def action_new_chat(self) -> None:
         if self._busy():
             return
-        await self.query_one("#messages", VerticalScroll).remove_children()
+        await self.query_one("#messages", MessageLog).remove_children()
         self.messages = []
         self.conversation_id = None
         self.status.set_context(0, self.status.context_size)
