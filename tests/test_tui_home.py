@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual.widgets import ProgressBar
+
 from runner.store import list_local
 from tests.hubserver import SMOLLM2_REPO, smollm2_files
 from tests.tui_support import cpu_machine, cuda_machine, mismatched_machine, screen_text, wait_for
@@ -94,11 +96,14 @@ async def test_search_fit_context_download_and_chat(hub, smollm2_variants, tmp_p
         # Download the smallest variant.
         table.move_cursor(row=[p.spec.quant for p in table.plans].index("Q4_1"))
         await pilot.pause()
-        await pilot.press("d")
         panel = screen.query_one(DownloadPanel)
+        # A hidden bar of unknown total would animate (and wake the UI) 15 times a second.
+        assert panel.query_one(ProgressBar).percentage is not None
+        await pilot.press("d")
         await wait_for(pilot, lambda: not screen.downloading, timeout=60, what="the download")
         assert errors(app) == []
         assert not panel.has_class("-active")
+        assert panel.query_one(ProgressBar).percentage is not None
         assert panel.done_bytes == smollm2_variants["Q4_1"].stat().st_size
         local = [m for m in list_local() if m.repo == SMOLLM2_REPO]
         assert [m.quant for m in local] == ["Q4_1"]
