@@ -788,7 +788,7 @@ class ScoringModel:
             # verbose=True keeps llama-cpp-python from pointing fds 1 and 2 at /dev/null (a terminal UI
             # may be drawing); its own prints go to a buffer.
             with contextlib.redirect_stderr(prints):
-                self.llm = llama_cpp.Llama(model_path=str(self.path), verbose=True, **kwargs)
+                self.llm: Any = llama_cpp.Llama(model_path=str(self.path), verbose=True, **kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
             self._restore_log()
             lines = [ln for ln in [*log, *prints.getvalue().splitlines()]
@@ -1038,8 +1038,11 @@ def _score_chunk(model: ScoringModel, ref: ReferenceLogits | None, writer: _Logi
                 L = logits[lo:hi]
                 targets = chunk[pos + lo + 1:pos + hi + 1]
                 if writer is not None:
-                    writer.write(_score_blocks(L, None, targets, sums, pool))
+                    own_rows = _score_blocks(L, None, targets, sums, pool)
+                    assert own_rows is not None  # base_rows=None: the reference's own rows come back
+                    writer.write(own_rows)
                 else:
+                    assert base is not None  # not the reference: its rows were read above
                     _score_blocks(L, base[row:row + (hi - lo)], targets, sums, pool)
                 row += hi - lo
         tracker.add(n_tokens)

@@ -156,9 +156,10 @@ def probe_nvidia(nvml: ModuleType | None = None) -> tuple[tuple[GpuInfo, ...], s
     """Every NVIDIA GPU through NVML, or an empty tuple and the reason there are none."""
     if nvml is None:
         try:
-            import pynvml as nvml  # nvidia-ml-py
+            import pynvml  # nvidia-ml-py
         except ImportError as exc:
             return (), f"nvidia-ml-py is not installed ({exc})"
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded …

@@ -243,7 +243,7 @@ def _child(request: dict[str, Any]) -> list[dict[str, Any]]:
     llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
     path = request["path"]
-    results = []
+    results: list[dict[str, Any]] = []
     for job in request["jobs"]:
         lines.clear()
         start = time.perf_counter()

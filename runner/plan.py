@@ -410,7 +410,7 @@ def fit_remote_repo(
     ctx: int = DEFAULT_CTX,
     *,
     endpoint: str | None = None,
-    token: str | bool | None = None,
+    token: str | None = None,
     settings: LoadSettings = DEFAULT_SETTINGS,
     margin_bytes: int | None = None,
     quant: str | None = None,
