@@ -489,7 +489,7 @@ def _get(url: str, timeout_s: float, token: str | None = None) -> tuple[int | No
     headers = {"authorization": f"Bearer {token}"} if token else {}
     start = time.monotonic()
     try:
-        with hub_deadline(url, "a doctor check", seconds=timeout_s):  # a server that trickles bytes is cut off too
+        with hub_deadline(url, "a doctor check", seconds=timeout_s + 1):  # a server that trickles bytes is cut off too
             resp = get_session().get(url, headers=headers, timeout=timeout_s)
         status = resp.status_code
         resp.close()

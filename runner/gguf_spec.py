@@ -795,8 +795,14 @@ def _same_origin(a: str, b: str) -> bool:
 
 
 def _range_get(url: str, headers: dict[str, str], start: int, end: int, label: str) -> bytes:
-    """Bytes ``start..end`` (inclusive). Stops reading at the requested length even if the server ignores Range."""
+    """Bytes ``start..end`` (inclusive). Stops reading at the requested length even if the server ignores Range.
+
+    Runs under the Hub deadline (:func:`runner.catalog.hub_deadline`): the overall budget grows with the
+    bytes asked for (a 64 KiB/s floor), so a trickling server is cut off with a one-line error naming it.
+    """
     from huggingface_hub.utils import get_session
+
+    from runner.catalog import deadline_seconds, hub_deadline
 
     want = end - start + 1
     h = dict(headers)
@@ -804,31 +810,33 @@ def _range_get(url: str, headers: dict[str, str], start: int, end: int, label: s
     session = get_session()
     chunks: list[bytes] = []
     got = 0
+    budget = deadline_seconds() + want / (64 << 10)
     try:
-        if hasattr(session, "stream"):  # httpx (huggingface_hub >= 1.0)
-            with session.stream("GET", url, headers=h, follow_redirects=True, timeout=30) as resp:
-                _check_status(resp.status_code, label)
-                skip = 0 if resp.status_code == 206 else start
-                for chunk in resp.iter_bytes():
-                    if skip:
-                        drop = min(skip, len(chunk))
-                        chunk, skip = chunk[drop:], skip - drop
-                    chunks.append(chunk)
-                    got += len(chunk)
-                    if got >= want:
-                        break
-        else:  # requests (older huggingface_hub)
-            with session.get(url, headers=h, stream=True, timeout=30) as resp:
-                _check_status(resp.status_code, label)
-                skip = 0 if resp.status_code == 206 else start
-                for chunk in resp.iter_content(1 << 16):
-                    if skip:
-                        drop = min(skip, len(chunk))
-                        chunk, skip = chunk[drop:], skip - drop
-                    chunks.append(chunk)
-                    got += len(chunk)
-                    if got >= want:
-                        break
+        with hub_deadline(url, f"the header of {label}", seconds=budget, max_bytes=want + start + (1 << 20)):
+            if hasattr(session, "stream"):  # httpx (huggingface_hub >= 1.0)
+                with session.stream("GET", url, headers=h, follow_redirects=True, timeout=30) as resp:
+                    _check_status(resp.status_code, label)
+                    skip = 0 if resp.status_code == 206 else start
+                    for chunk in resp.iter_bytes():
+                        if skip:
+                            drop = min(skip, len(chunk))
+                            chunk, skip = chunk[drop:], skip - drop
+                        chunks.append(chunk)
+                        got += len(chunk)
+                        if got >= want:
+                            break
+            else:  # requests (older huggingface_hub)
+                with session.get(url, headers=h, stream=True, timeout=30) as resp:
+                    _check_status(resp.status_code, label)
+                    skip = 0 if resp.status_code == 206 else start
+                    for chunk in resp.iter_content(1 << 16):
+                        if skip:
+                            drop = min(skip, len(chunk))
+                            chunk, skip = chunk[drop:], skip - drop
+                        chunks.append(chunk)
+                        got += len(chunk)
+                        if got >= want:
+                            break
     except FitchatError:
         raise
     except Exception as exc:  # noqa: BLE001
