@@ -321,13 +321,14 @@ def hub_deadline(url: str, what: str, *, stall: bool = False, seconds: float | N
     """Run the Hub requests of this block under one deadline (see :class:`_Deadline`); nested blocks never extend it.
 
     ``url`` names the server in the message (shown without user-info). An overall block caps the bytes
-    received at :data:`MAX_API_RESPONSE_BYTES` unless ``max_bytes`` says otherwise; a stall block has no cap
-    (the download's writer bounds the body by the announced size).
+    received at :data:`MAX_API_RESPONSE_BYTES` unless ``max_bytes`` says otherwise; a stall block is capped
+    only by ``max_bytes`` (a download's writer bounds its body by the announced size). A stall block with a
+    cap is bounded overall too: at worst one window per :data:`STALL_PROGRESS_BYTES` of the cap.
     """
     _watch_hub_client()
     outer = _DEADLINE.get()
     budget = deadline_seconds() if seconds is None else seconds
-    cap = None if stall else (MAX_API_RESPONSE_BYTES if max_bytes is None else max_bytes)
+    cap = max_bytes if stall or max_bytes is not None else MAX_API_RESPONSE_BYTES
     deadline = _Deadline(display_host(url), printable(what, 120, one_line=True), budget, stall=stall, max_bytes=cap)
     if outer is not None and not outer.stall and outer.at < deadline.at:
         deadline.at = outer.at  # an inner block never outlives the outer one

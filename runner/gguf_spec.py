@@ -797,12 +797,14 @@ def _same_origin(a: str, b: str) -> bool:
 def _range_get(url: str, headers: dict[str, str], start: int, end: int, label: str) -> bytes:
     """Bytes ``start..end`` (inclusive). Stops reading at the requested length even if the server ignores Range.
 
-    Runs under the Hub deadline (:func:`runner.catalog.hub_deadline`): the overall budget grows with the
-    bytes asked for (a 64 KiB/s floor), so a trickling server is cut off with a one-line error naming it.
+    Runs under the Hub deadline (:func:`runner.catalog.hub_deadline`) in stall mode with the bytes capped
+    near the range: a header of several MiB over a slow link goes on while bytes come, a server that
+    trickles or goes silent is cut off one window later with a one-line error naming it, and the whole
+    read stays bounded because the range is.
     """
     from huggingface_hub.utils import get_session
 
-    from runner.catalog import deadline_seconds, hub_deadline
+    from runner.catalog import hub_deadline
 
     want = end - start + 1
     h = dict(headers)
@@ -810,9 +812,8 @@ def _range_get(url: str, headers: dict[str, str], start: int, end: int, label: s
     session = get_session()
     chunks: list[bytes] = []
     got = 0
-    budget = deadline_seconds() + want / (64 << 10)
     try:
-        with hub_deadline(url, f"the header of {label}", seconds=budget, max_bytes=want + start + (1 << 20)):
+        with hub_deadline(url, f"the header of {label}", stall=True, max_bytes=want + start + (1 << 20)):
             if hasattr(session, "stream"):  # httpx (huggingface_hub >= 1.0)
                 with session.stream("GET", url, headers=h, follow_redirects=True, timeout=30) as resp:
                     _check_status(resp.status_code, label)

@@ -23,7 +23,7 @@ Hostile mode (a mirror nobody vetted), the same way: :meth:`LocalHub.override_he
 ``X-Linked-Etag``; :meth:`LocalHub.traversal_etag` does it with a listing that has no LFS sha256),
 :meth:`LocalHub.endless` (a CDN body that never ends), :meth:`LocalHub.lie_size` (a listing and HEAD that
 announce another size than the CDN serves), :meth:`LocalHub.drip` (one byte every N seconds, status line and
-headers included), :meth:`LocalHub.rewrite_listing` (hostile ``rfilename``\ s, wrong types, huge JSON), and
+headers included), :meth:`LocalHub.rewrite_listing` (hostile ``rfilename`` values, wrong types, huge JSON), and
 :meth:`LocalHub.add_header_file` (a file of any announced size whose first bytes are given: hostile GGUF headers).
 
 Fixtures (registered from ``tests/conftest.py``): ``local_hub`` (session-wide server) and ``hub``
