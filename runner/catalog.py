@@ -11,7 +11,6 @@ import contextvars
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager

@@ -2,9 +2,12 @@
 
 The transfer goes through huggingface_hub: ``get_hf_file_metadata`` resolves the file (commit, etag, size,
 CDN location, following the Hub's redirect rules), ``http_get`` streams it with ``Range`` resume, retries
-and a ``tqdm_class`` progress bar, and ``hf_hub_download`` links the finished blob into the cache layout
+and a ``tqdm_class`` progress bar, and the library's linker puts the finished blob into the cache layout
 (``refs``, ``snapshots``). What fitchat adds around it:
 
+- every name from the server that becomes a path (file name, etag, commit) is checked, and every path
+  written, locked, linked or unlinked goes through :func:`runner.paths.inside`, before the first byte;
+- the body is bounded by the announced size, and the transfer runs under a stall deadline;
 - a partial file with a stable name (``blobs/<sha256>.incomplete``, the name huggingface_hub itself used
   before 1.0), so a pull killed outright resumes where it stopped on the next run;
 - the sha256 of the bytes, computed while they arrive, compared with the Hub's LFS sha256 before the blob
@@ -293,16 +296,17 @@ def _link_snapshot(repo_dir: Path, blob: Path, snapshot: Path, revision: str, co
     Done here, with the etag and commit already checked, rather than by a second ``hf_hub_download``: that
     would ask the server again, and a lying server could answer with another etag the second time.
     """
+    link: Callable[..., None] | None
     try:
-        from huggingface_hub.file_download import _create_symlink  # the library's own linker (Windows fallback)
+        from huggingface_hub.file_download import _create_symlink as link  # the library's linker (Windows fallback)
     except ImportError:  # pragma: no cover - a future huggingface_hub
-        _create_symlink = None
+        link = None
     inside(repo_dir, blob)
     inside(repo_dir, snapshot, follow_last=False)
     snapshot.parent.mkdir(parents=True, exist_ok=True)
     inside(repo_dir, snapshot, follow_last=False)  # again, now that its folders exist (none may be a link out)
-    if _create_symlink is not None:
-        _create_symlink(str(blob), str(snapshot), new_blob=False)
+    if link is not None:
+        link(str(blob), str(snapshot), new_blob=False)
     else:  # pragma: no cover
         snapshot.unlink(missing_ok=True)
         os.symlink(os.path.relpath(blob, snapshot.parent), snapshot)

@@ -174,7 +174,8 @@ def _load_registry() -> tuple[list[dict[str, Any]], list[Any]]:
     if not isinstance(models, list):
         raise RegistryError(f"the imported-model list {path} is not in fitchat's format "
                             '(expected {"models": [...]}); fix or delete it')
-    good, bad = [], []
+    good: list[dict[str, Any]] = []
+    bad: list[Any] = []
     for entry in models:
         (good if _valid_entry(entry) else bad).append(entry)
     if bad:

@@ -68,7 +68,7 @@ def run_cli(*args: str, timeout: float = 30) -> tuple[int, str, str, float]:
     """``python -m runner ARGS`` with this process's (private) environment; (rc, stdout, stderr, seconds)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1")
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "runner", *args], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-m", "runner", *args], capture_output=True, text=True, env=env, check=False,
                           timeout=timeout, cwd=str(ROOT))
     return proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start
 
@@ -97,8 +97,8 @@ def test_traversal_etag_is_refused_before_anything_is_written(root: Path, hub: L
     target = "outside/sentinel.txt" if target_exists else "outside/written-by-mirror.txt"
     hub.traversal_etag("../../../../../" + target)
     before = outside_state(root)
-    rc, out, err, seconds = run_cli("pull", f"{REPO}:Q8_0")
-    assert rc == 1 and out == ""
+    rc, _out, err, seconds = run_cli("pull", f"{REPO}:Q8_0")
+    assert rc == 1 and _out == ""
     assert_one_line_error(err, "etag", "refused")
     assert seconds < 20
     assert outside_state(root) == before
@@ -133,7 +133,7 @@ def test_rm_unlinks_a_snapshot_link_out_of_the_cache_but_never_its_target(root: 
     planted.symlink_to(root / "outside" / "sentinel.txt")
     before = outside_state(root)
     assert [m.file for m in store.list_local()] == [FILE]  # the planted link is not a model here
-    rc, out, err, seconds = run_cli("rm", REPO)
+    rc, _out, err, seconds = run_cli("rm", REPO)
     assert rc == 0, err
     assert "Traceback" not in err and seconds < 20
     assert outside_state(root) == before
@@ -146,7 +146,7 @@ def test_rm_unlinks_a_snapshot_link_out_of_the_cache_but_never_its_target(root: 
 def test_endless_body_stops_at_the_announced_size(root: Path, hub: LocalHub, tiny: str) -> None:
     hub.endless()
     before = outside_state(root)
-    rc, out, err, seconds = run_cli("pull", f"{REPO}:Q8_0")
+    rc, _out, err, seconds = run_cli("pull", f"{REPO}:Q8_0")
     assert rc == 1
     assert_one_line_error(err, "more than the announced", "localhost")
     assert seconds < 20
@@ -159,7 +159,7 @@ def test_endless_body_stops_at_the_announced_size(root: Path, hub: LocalHub, tin
 def test_body_of_another_size_than_announced(root: Path, hub: LocalHub, tiny: str, announced: int) -> None:
     hub.lie_size(announced)
     before = outside_state(root)
-    rc, out, err, seconds = run_cli("pull", f"{REPO}:Q8_0")
+    rc, _out, err, seconds = run_cli("pull", f"{REPO}:Q8_0")
     assert rc == 1
     assert_one_line_error(err)
     assert seconds < 20
@@ -174,7 +174,7 @@ def test_body_of_another_size_than_announced(root: Path, hub: LocalHub, tiny: st
 def test_drip_fed_answers_hit_the_deadline(root: Path, hub: LocalHub, tiny: str, route: str) -> None:
     hub.drip(0.3, route=route)
     before = outside_state(root)
-    rc, out, err, seconds = run_cli("pull", f"{REPO}:Q8_0")
+    rc, _out, err, seconds = run_cli("pull", f"{REPO}:Q8_0")
     assert rc == 1
     host = f"localhost:{hub.port}" if route == "cdn" else f"127.0.0.1:{hub.port}"
     assert_one_line_error(err, host)
@@ -229,7 +229,7 @@ def test_hostile_file_names_are_refused_before_the_first_byte(root: Path, hub: L
 
     hub.rewrite_listing(rename)
     before = outside_state(root)
-    rc, out, err, seconds = run_cli("pull", REPO, "--quant", "Q4_0")
+    rc, _out, err, seconds = run_cli("pull", REPO, "--quant", "Q4_0")
     assert rc == 1
     line = assert_one_line_error(err, "refused")
     assert len(line) < 400 and "\x1b" not in line
@@ -260,15 +260,16 @@ def test_malformed_or_oversized_listing_is_one_line(root: Path, hub: LocalHub, t
 
     hub.rewrite_listing(hostile)
     before = outside_state(root)
-    rc, out, err, seconds = run_cli("pull", f"{REPO}:Q8_0")
+    rc, _out, err, seconds = run_cli("pull", f"{REPO}:Q8_0")
     assert rc == 1
     assert_one_line_error(err)
     assert seconds < 20
     assert outside_state(root) == before and cache_files() == []
 
 
-@pytest.mark.parametrize("content", ['[]', '{"models": {}}', '"models"', '{"models": [1, [], {"repo": "local/x", '
-                                     '"file": "x.gguf", "quant": "Q4_0", "size_bytes": "abc", "path": "/x.gguf"}]}'])
+@pytest.mark.parametrize("content", ['[]', '{"models": {}}', '"models"', (
+    '{"models": [1, [], {"repo": "local/x", "file": "x.gguf", "quant": "Q4_0", "size_bytes": "abc", "path": "/x.gguf"}]}'
+)])
 def test_registry_of_the_wrong_shape_is_one_line(root: Path, content: str, capsys: pytest.CaptureFixture[str]) -> None:
     registry = paths.data_dir() / "imported.json"
     registry.parent.mkdir(parents=True, exist_ok=True)
