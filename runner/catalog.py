@@ -7,15 +7,20 @@ offline mode set after start-up is honoured. Hub failures become one-line :class
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
+import re
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from runner.errors import FitchatError, GatedRepo, HubError, ModelNotFound
+from runner.errors import FitchatError, GatedRepo, HubError, HubTimeout, ModelNotFound, OversizedResponse, UnsafePath
+from runner.format import printable, quoted
+from runner.paths import check_repo_filename
 from runner.quants import quant_bits, quant_from_filename, split_names, split_part
 
 if TYPE_CHECKING:
@@ -33,6 +38,10 @@ class HubUnreachable(HubError):
     """The Hub cannot be reached: no network, HF_HUB_OFFLINE, or a dead mirror."""
 
 
+class HubDeadline(HubTimeout, HubUnreachable):
+    """A Hub request ran past its deadline (a slow or stalled server); treated like an unreachable Hub."""
+
+
 @dataclass(frozen=True)
 class Variant:
     """One downloadable GGUF variant of a repo (a single file or a whole split set)."""
@@ -43,6 +52,7 @@ class Variant:
     quant: str
     size_bytes: int
     sha256: tuple[str | None, ...]
+    sizes: tuple[int, ...] = ()  # per part, as listed (empty when unknown)
 
     def to_json(self) -> dict[str, Any]:
         return {"repo": self.repo, "file": self.file, "files": list(self.files), "quant": self.quant,
@@ -104,7 +114,7 @@ def hub_endpoint(endpoint: str | None = None) -> str:
         ok = False
     if not ok:
         name = "HF_ENDPOINT" if not endpoint else "the endpoint"
-        raise HubError(f"{name}={given!r} is not an http(s) URL; unset it or set it to your mirror, "
+        raise HubError(f"{name}={quoted(display_endpoint(given))} is not an http(s) URL; unset it or set it to your mirror, "
                        "e.g. https://hf-mirror.example")
     return text
 
@@ -140,44 +150,276 @@ def require_online(endpoint: str | None = None) -> None:
         )
 
 
+def display_endpoint(url: str) -> str:
+    """``url`` as fitchat shows it: without user-info (``http://user:password@host`` -> ``http://host``).
+
+    The one way an endpoint or a Hub URL reaches a message, ``doctor`` or JSON; query strings (signed CDN
+    URLs) are dropped too, and control characters removed.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    from runner.format import printable
+
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = parts.port
+    except ValueError:
+        return printable(url.rpartition("@")[2], 200, one_line=True)
+    netloc = host + (f":{port}" if port is not None else "")
+    return printable(urlunsplit((parts.scheme, netloc, parts.path, "", "")), 200, one_line=True)
+
+
+def display_host(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, without user-info (for messages that name a server)."""
+    from urllib.parse import urlsplit
+
+    shown = display_endpoint(url)
+    try:
+        parts = urlsplit(shown)
+        return f"{parts.scheme}://{parts.netloc}" if parts.netloc else shown
+    except ValueError:
+        return shown
+
+
 @contextmanager
-def hub_errors(repo: str, filename: str | None = None, endpoint: str | None = None) -> Iterator[None]:
-    """Translate huggingface_hub / network exceptions into one-line fitchat errors."""
+def hub_errors(repo: str, filename: str | None = None, endpoint: str | None = None, *,
+               stall: bool = False, url: str | None = None) -> Iterator[None]:
+    """Translate huggingface_hub / network exceptions into one-line fitchat errors, under a deadline.
+
+    Every Hub call runs inside this block, so every one gets :func:`hub_deadline`: an overall deadline
+    (API calls, metadata), or with ``stall=True`` a stall deadline (streamed downloads). ``url`` names the
+    server the deadline message blames (default: the endpoint).
+    """
     where = hub_endpoint(endpoint)  # a bad HF_ENDPOINT is reported before huggingface_hub is imported
+    shown = display_endpoint(where)
     from huggingface_hub import errors as hf
 
     http = _http_module()
     what = f"{filename} in {repo}" if filename else repo
     try:
-        yield
+        with hub_deadline(url or where, what, stall=stall):
+            yield
     except hf.GatedRepoError as exc:
         raise GatedRepo(
-            f"{repo} is gated: accept its licence at {where}/{repo} (logged in), then set HF_TOKEN to a token "
+            f"{repo} is gated: accept its licence at {shown}/{repo} (logged in), then set HF_TOKEN to a token "
             "of that account or run 'hf auth login'"
             + (" (the token in use has not been granted access)" if _status(exc) == 403 else "")
         ) from None
     except hf.RevisionNotFoundError:
-        raise NotOnHub(f"revision not found for {repo} on {where}") from None
+        raise NotOnHub(f"revision not found for {repo} on {shown}") from None
     except (hf.RemoteEntryNotFoundError, hf.EntryNotFoundError):
-        raise NotOnHub(f"{what} not found on {where} ('fitchat pull {repo}' lists its variants)") from None
+        raise NotOnHub(f"{what} not found on {shown} ('fitchat pull {repo}' lists its variants)") from None
     except hf.RepositoryNotFoundError:
         raise NotOnHub(
-            f"{repo} not found on {where}: check the name (org/name); if it is private, set HF_TOKEN"
+            f"{repo} not found on {shown}: check the name (org/name); if it is private, set HF_TOKEN"
         ) from None
     except (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError) as exc:
-        raise HubUnreachable(f"cannot reach the Hub at {where} for {what} ({_first_line(exc)}); "
+        raise HubUnreachable(f"cannot reach the Hub at {shown} for {what} ({_first_line(exc)}); "
                              "check your network or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model") from None
     except (http.ConnectError, http.TimeoutException, http.NetworkError, http.RemoteProtocolError,
             http.ProxyError) as exc:
         raise HubUnreachable(
-            f"cannot reach the Hub at {where} ({type(exc).__name__}: {_first_line(exc)}); check your network "
+            f"cannot reach the Hub at {shown} ({type(exc).__name__}: {_first_line(exc)}); check your network "
             "or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model"
         ) from None
     except hf.HfHubHTTPError as exc:
         status = _status(exc)
         if status in (401, 403):
             raise GatedRepo(f"the Hub refused access to {what} ({status}); set HF_TOKEN or run 'hf auth login'") from None
-        raise HubError(f"the Hub at {where} answered {status or 'an error'} for {what}; try again later") from None
+        raise HubError(f"the Hub at {shown} answered {status or 'an error'} for {what}; try again later") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, FitchatError):
+            raise
+        # huggingface_hub parsing an answer that is not the Hub's (a listing of the wrong shape …)
+        raise HubError(f"{shown} sent an answer for {what} that is not the Hub's ({type(exc).__name__}); "
+                       "is HF_ENDPOINT a Hub mirror?") from None
+
+
+# -- deadlines ---------------------------------------------------------------------------------------
+# One mechanism for every Hub request: the deadline lives in a context variable set by
+# :func:`hub_deadline` (entered by :func:`hub_errors` and by the GGUF Range reads), and is enforced where
+# every byte passes: huggingface_hub's shared HTTP client gets a network backend whose connect, read and
+# write calls never wait past it. A per-read timeout alone does not bound a server that sends one byte
+# every 2 s; this does, including while response headers trickle in.
+
+#: Seconds a Hub request may take overall, and the stall window of a streamed download (overridable
+#: with ``FITCHAT_HUB_DEADLINE``, read by :func:`deadline_seconds` only).
+DEFAULT_DEADLINE_S = 60.0
+#: A streamed body must bring at least this much per stall window to count as progress.
+STALL_PROGRESS_BYTES = 64 << 10
+#: Most bytes one API answer (a listing, metadata) may bring; the largest real listings are a few MiB.
+MAX_API_RESPONSE_BYTES = 64 << 20
+
+_DEADLINE: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar("fitchat_hub_deadline", default=None)
+
+
+def deadline_seconds() -> float:
+    """The deadline of one Hub request (and a download's stall window): ``FITCHAT_HUB_DEADLINE`` or 60 s."""
+    try:
+        value = float(os.environ.get("FITCHAT_HUB_DEADLINE", "") or DEFAULT_DEADLINE_S)
+    except ValueError:
+        value = DEFAULT_DEADLINE_S
+    return value if 0 < value < 1e6 else DEFAULT_DEADLINE_S
+
+
+class _Deadline:
+    """When the current Hub request must be done by, which server it waits on, and what it is for.
+
+    Overall mode (API calls, metadata, Range reads): ``at`` never moves, and the bytes received are capped
+    at ``max_bytes``. Stall mode (a multi-GB download, where an overall cap would be wrong): ``at`` moves
+    forward each time :data:`STALL_PROGRESS_BYTES` more arrive, so a steady slow link goes on while a server
+    that trickles bytes or goes silent is stopped one window later.
+    """
+
+    def __init__(self, host: str, what: str, seconds: float, *, stall: bool, max_bytes: int | None) -> None:
+        self.host = host
+        self.what = what
+        self.seconds = seconds
+        self.stall = stall
+        self.max_bytes = max_bytes
+        self.at = time.monotonic() + seconds
+        self.received = 0
+        self._since_progress = 0
+
+    def left(self) -> float:
+        """Seconds left; raises :class:`HubDeadline` when none are."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.expired()
+        return left
+
+    def clamp(self, timeout: float | None) -> float:
+        left = self.left()
+        return left if timeout is None else min(timeout, left)
+
+    def got(self, n: int) -> None:
+        self.received += n
+        if self.max_bytes is not None and self.received > self.max_bytes:
+            raise OversizedResponse(f"{self.host} sent more than {self.max_bytes >> 20} MiB for {self.what}; "
+                                    "no real Hub answer is that large: is HF_ENDPOINT a Hub mirror?")
+        if self.stall:
+            self._since_progress += n
+            if self._since_progress >= STALL_PROGRESS_BYTES:
+                self._since_progress = 0
+                self.at = time.monotonic() + self.seconds
+
+    def expired(self) -> HubDeadline:
+        if self.stall:
+            return HubDeadline(f"{self.host} stalled: less than {STALL_PROGRESS_BYTES >> 10} KiB of {self.what} "
+                               f"came in {self.seconds:g} s; check your network or HF_ENDPOINT, then run it again")
+        return HubDeadline(f"{self.host} did not answer in time ({self.seconds:g} s) for {self.what}; "
+                           "check your network or HF_ENDPOINT, or try again later")
+
+
+@contextmanager
+def hub_deadline(url: str, what: str, *, stall: bool = False, seconds: float | None = None,
+                 max_bytes: int | None = None) -> Iterator[None]:
+    """Run the Hub requests of this block under one deadline (see :class:`_Deadline`); nested blocks never extend it.
+
+    ``url`` names the server in the message (shown without user-info). An overall block caps the bytes
+    received at :data:`MAX_API_RESPONSE_BYTES` unless ``max_bytes`` says otherwise; a stall block is capped
+    only by ``max_bytes`` (a download's writer bounds its body by the announced size). A stall block with a
+    cap is bounded overall too: at worst one window per :data:`STALL_PROGRESS_BYTES` of the cap.
+    """
+    _watch_hub_client()
+    outer = _DEADLINE.get()
+    budget = deadline_seconds() if seconds is None else seconds
+    cap = max_bytes if stall or max_bytes is not None else MAX_API_RESPONSE_BYTES
+    deadline = _Deadline(display_host(url), printable(what, 120, one_line=True), budget, stall=stall, max_bytes=cap)
+    if outer is not None and not outer.stall and outer.at < deadline.at:
+        deadline.at = outer.at  # an inner block never outlives the outer one
+    token = _DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _watch_hub_client() -> None:
+    """Put the deadline backend under every connection pool of huggingface_hub's shared client (idempotent).
+
+    Wrapping the client the library built (rather than building another) keeps its hooks, proxies and
+    any ``set_client_factory`` of the user's; a client recreated later (``close_session``, fork) is
+    wrapped on the next call.
+    """
+    from huggingface_hub.utils import get_session
+
+    client = get_session()
+    transports = [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is not None and not isinstance(backend, _DeadlineBackend):
+            pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+
+
+class _DeadlineBackend:
+    """An httpcore network backend that bounds connects, reads and writes by the current deadline."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> Any:
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            timeout = deadline.clamp(timeout)
+        return _DeadlineStream(_timed(lambda: self._inner.connect_tcp(host, port, timeout, **kwargs)))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            timeout = deadline.clamp(timeout)
+        return _DeadlineStream(_timed(lambda: self._inner.connect_unix_socket(path, timeout, **kwargs)))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _timed(call: Any) -> Any:
+    """Run one socket operation; a timeout that the deadline caused becomes :class:`HubDeadline`."""
+    try:
+        return call()
+    except Exception as exc:
+        deadline = _DEADLINE.get()
+        if deadline is not None and "Timeout" in type(exc).__name__ and time.monotonic() >= deadline.at - 0.01:
+            raise deadline.expired() from None
+        raise
+
+
+class _DeadlineStream:
+    """An httpcore network stream whose every read and write waits at most until the current deadline."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        deadline = _DEADLINE.get()
+        if deadline is None:
+            return self._inner.read(max_bytes, timeout)
+        data = _timed(lambda: self._inner.read(max_bytes, deadline.clamp(timeout)))
+        deadline.got(len(data))
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        deadline = _DEADLINE.get()
+        if deadline is None:
+            return self._inner.write(buffer, timeout)
+        return _timed(lambda: self._inner.write(buffer, deadline.clamp(timeout)))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            timeout = deadline.clamp(timeout)
+        return _DeadlineStream(_timed(lambda: self._inner.start_tls(ssl_context, server_hostname, timeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
 
 
 def _http_module() -> Any:
@@ -226,7 +468,8 @@ def _probe(endpoint: str | None, timeout: float = 5.0) -> None:
     where = hub_endpoint(endpoint)
     from huggingface_hub.utils import get_session
 
-    get_session().get(f"{where}/api/models", params={"limit": 1}, timeout=timeout)
+    with hub_deadline(where, "a search", seconds=min(timeout, deadline_seconds())):
+        get_session().get(f"{where}/api/models", params={"limit": 1}, timeout=timeout)
 
 
 def hub_reachable(*, endpoint: str | None = None, token: str | None = None, timeout: float = 3.0) -> bool:
@@ -241,8 +484,9 @@ def hub_reachable(*, endpoint: str | None = None, token: str | None = None, time
 
     http = _http_module()
     try:
-        r = get_session().get(f"{where}/api/models", params={"limit": 1, "filter": "gguf"}, timeout=timeout)
-    except (http.HTTPError, OSError):
+        with hub_deadline(where, "a reachability check", seconds=timeout):
+            r = get_session().get(f"{where}/api/models", params={"limit": 1, "filter": "gguf"}, timeout=timeout)
+    except (http.HTTPError, OSError, HubError):
         return False
     return r.status_code < 500
 
@@ -352,11 +596,11 @@ def search(text: str, limit: int = 20, *, endpoint: str | None = None, token: st
         # list_models retries a refused connection for ~20 s; one quick call first fails fast when offline.
         _probe(endpoint)
         models = list(api.list_models(search=text or None, filter="gguf", sort="downloads", limit=limit))
-    return [
-        SearchHit(repo=m.id, downloads=int(m.downloads or 0), likes=int(m.likes or 0), gated=bool(m.gated),
-                  curated=m.id.lower() in curated_repos)
-        for m in models
-    ]
+        return [
+            SearchHit(repo=str(m.id), downloads=int(m.downloads or 0), likes=int(m.likes or 0), gated=bool(m.gated),
+                      curated=str(m.id).lower() in curated_repos)
+            for m in models
+        ]
 
 
 # -- variants of a repo -----------------------------------------------------------------------------
@@ -367,16 +611,50 @@ def is_model_gguf(path: str) -> bool:
     return name.endswith(".gguf") and not name.startswith("mmproj") and "imatrix" not in name
 
 
-def variants_from_siblings(repo: str, siblings: list[Any]) -> list[Variant]:
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def safe_sibling(sibling: Any) -> tuple[str, int, str | None]:
+    """``(name, size, lfs sha256)`` of a listed file, checked; raises :class:`UnsafePath` or :class:`HubError`.
+
+    The one place a listing's file becomes something fitchat may download: the name must be a plain
+    relative path (:func:`runner.paths.check_repo_filename`), the size a whole number of bytes, the LFS
+    sha256 64 hex digits (it names a blob in the cache).
+    """
+    name = check_repo_filename(getattr(sibling, "rfilename", None))
+    size = getattr(sibling, "size", None)
+    if size is None:
+        size = 0
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise HubError(f"the listing gives {quoted(name)} the size {quoted(str(size))}, not a number of bytes")
+    lfs = getattr(sibling, "lfs", None)
+    sha = getattr(lfs, "sha256", None) if lfs is not None else None
+    if sha is not None and not (isinstance(sha, str) and _SHA256_RE.match(sha)):
+        raise HubError(f"the listing gives {quoted(name)} the sha256 {quoted(str(sha))}, not 64 hex digits")
+    return name, size, sha
+
+
+def variants_from_siblings(repo: str, siblings: list[Any], refused: list[str] | None = None) -> list[Variant]:
     """Group a repo's files (``RepoSibling``\\ s with size and lfs) into variants, smallest first.
 
     Split sets become one variant (listed only when every part is there); vision projectors and imatrix
-    files are left out.
+    files are left out. Files that fail :func:`safe_sibling` (``../x``, absolute, NUL, 5,000 characters,
+    a size that is not a number …) are left out before anything is downloaded; their one-line reasons
+    go to ``refused`` when given.
     """
-    by_name = {s.rfilename: s for s in siblings if is_model_gguf(s.rfilename)}
+    checked: dict[str, tuple[int, str | None]] = {}
+    for s in siblings:
+        try:
+            name, size, sha = safe_sibling(s)
+        except (UnsafePath, HubError) as exc:
+            if refused is not None:
+                refused.append(str(exc))
+            continue
+        if is_model_gguf(name):
+            checked[name] = (size, sha)
     variants: list[Variant] = []
     seen_parts: set[str] = set()
-    for name in sorted(by_name):
+    for name in sorted(checked):
         if name in seen_parts:
             continue
         folder, _, base = name.rpartition("/")
@@ -385,18 +663,19 @@ def variants_from_siblings(repo: str, siblings: list[Any]) -> list[Variant]:
             if split[1] != 1:
                 continue
             names = [f"{folder}/{n}" if folder else n for n in split_names(base, split[2])]
-            if not all(n in by_name for n in names):
+            if not all(n in checked for n in names):
                 continue
         else:
             names = [name]
         seen_parts.update(names)
-        parts = [by_name[n] for n in names]
+        parts = [checked[n] for n in names]
         quant = quant_from_filename(name) or (split[0] if split else base).removesuffix(".gguf")
         variants.append(
             Variant(
                 repo=repo, file=name, files=tuple(names), quant=quant,
-                size_bytes=sum(int(p.size or 0) for p in parts),
-                sha256=tuple(p.lfs.sha256 if p.lfs is not None else None for p in parts),
+                size_bytes=sum(size for size, _ in parts),
+                sha256=tuple(sha for _, sha in parts),
+                sizes=tuple(size for size, _ in parts),
             )
         )
     variants.sort(key=lambda v: (v.size_bytes, quant_bits(v.quant) or 99.0, v.file))
@@ -410,9 +689,14 @@ def list_variants(repo_id: str, *, endpoint: str | None = None, token: str | Non
     api = _api(endpoint, token)
     with hub_errors(repo_id, endpoint=endpoint):
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
-    variants = variants_from_siblings(repo_id, list(info.siblings or []))
+        refused: list[str] = []
+        variants = variants_from_siblings(repo_id, list(info.siblings or []), refused)
     if not variants:
-        raise NotOnHub(f"{repo_id} has no GGUF files on {hub_endpoint(endpoint)}; try 'fitchat search NAME' for a GGUF repo")
+        if refused:
+            raise UnsafePath(f"{repo_id} on {display_endpoint(hub_endpoint(endpoint))} lists no usable GGUF file: "
+                             f"{refused[0]}" + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""))
+        raise NotOnHub(f"{repo_id} has no GGUF files on {display_endpoint(hub_endpoint(endpoint))}; "
+                       "try 'fitchat search NAME' for a GGUF repo")
     return variants
 
 

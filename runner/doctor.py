@@ -484,10 +484,13 @@ def _get(url: str, timeout_s: float, token: str | None = None) -> tuple[int | No
     """GET through huggingface_hub's HTTP session (its proxies and headers): (status, error, seconds)."""
     from huggingface_hub.utils import get_session
 
+    from runner.catalog import hub_deadline
+
     headers = {"authorization": f"Bearer {token}"} if token else {}
     start = time.monotonic()
     try:
-        resp = get_session().get(url, headers=headers, timeout=timeout_s)
+        with hub_deadline(url, "a doctor check", seconds=timeout_s + 1):  # a server that trickles bytes is cut off too
+            resp = get_session().get(url, headers=headers, timeout=timeout_s)
         status = resp.status_code
         resp.close()
     except Exception as exc:  # connection refused, DNS, timeout, TLS …
@@ -502,10 +505,11 @@ def _short_error(exc: Exception) -> str:
 
 def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     """Can fitchat reach the Hub (or the mirror in ``HF_ENDPOINT``)?"""
-    from runner.catalog import offline_var
+    from runner.catalog import display_endpoint, offline_var
     from runner.errors import HubError
 
     offline_by = offline_var(env)
+    given = display_endpoint(env["HF_ENDPOINT"]) if env.get("HF_ENDPOINT") else None
     offline = offline_by is not None
     try:
         endpoint = hub_endpoint(env)
@@ -513,8 +517,9 @@ def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> C
         return Check(
             "hub", "Hugging Face Hub", FAIL, str(exc),
             fix="set HF_ENDPOINT to the full URL of the Hub or a mirror (e.g. https://huggingface.co), or unset it",
-            details={"endpoint": env.get("HF_ENDPOINT"), "offline": offline, "reachable": False},
+            details={"endpoint": given, "offline": offline, "reachable": False},
         )
+    url, endpoint = endpoint, display_endpoint(endpoint)  # requests use the URL; everything shown, the endpoint
     details: dict[str, Any] = {"endpoint": endpoint, "offline": offline, "reachable": None}
     if offline:
         return Check(
@@ -522,7 +527,7 @@ def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> C
             f"{offline_by} is set: fitchat uses only downloaded models and does not contact {endpoint}",
             fix=None, details=details,
         )
-    status, error, seconds = _get(f"{endpoint}/api/models?limit=1", timeout_s)
+    status, error, seconds = _get(f"{url}/api/models?limit=1", timeout_s)
     details.update({"http_status": status, "error": error, "seconds": round(seconds, 3)})
     offline_fix = (
         "to work without it: export HF_HUB_OFFLINE=1 and use downloaded models, "
@@ -543,7 +548,7 @@ def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> C
         return Check(
             "hub", "Hugging Face Hub", WARN,
             f"{endpoint} answered HTTP {status}: the Hub or the mirror is not serving the model API",
-            fix=f"check HF_ENDPOINT (now {env.get('HF_ENDPOINT') or 'unset'}) or try again later; {offline_fix}",
+            fix=f"check HF_ENDPOINT (now {given or 'unset'}) or try again later; {offline_fix}",
             details=details,
         )
     details["reachable"] = True

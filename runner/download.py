@@ -2,9 +2,12 @@
 
 The transfer goes through huggingface_hub: ``get_hf_file_metadata`` resolves the file (commit, etag, size,
 CDN location, following the Hub's redirect rules), ``http_get`` streams it with ``Range`` resume, retries
-and a ``tqdm_class`` progress bar, and ``hf_hub_download`` links the finished blob into the cache layout
+and a ``tqdm_class`` progress bar, and the library's linker puts the finished blob into the cache layout
 (``refs``, ``snapshots``). What fitchat adds around it:
 
+- every name from the server that becomes a path (file name, etag, commit) is checked, and every path
+  written, locked, linked or unlinked goes through :func:`runner.paths.inside`, before the first byte;
+- the body is bounded by the announced size, and the transfer runs under a stall deadline;
 - a partial file with a stable name (``blobs/<sha256>.incomplete``, the name huggingface_hub itself used
   before 1.0), so a pull killed outright resumes where it stopped on the next run;
 - the sha256 of the bytes, computed while they arrive, compared with the Hub's LFS sha256 before the blob
@@ -18,6 +21,7 @@ import errno
 import hashlib
 import os
 import queue
+import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -28,6 +32,8 @@ from runner.catalog import (
     HubUnreachable,
     NotOnHub,
     Variant,
+    display_endpoint,
+    display_host,
     hub_endpoint,
     hub_errors,
     hub_token,
@@ -37,8 +43,9 @@ from runner.catalog import (
     quiet_hub,
     require_online,
 )
-from runner.errors import Cancelled, ChecksumMismatch, FitchatError, HubError, NotEnoughDisk
-from runner.format import human_bytes
+from runner.errors import Cancelled, ChecksumMismatch, FitchatError, HubError, NotEnoughDisk, OversizedResponse, UnsafePath
+from runner.format import human_bytes, quoted
+from runner.paths import check_repo_filename, inside
 from runner.starter import sha256_file
 from runner.store import STARTER_REF, LocalModel, find_local, hf_cache_dir, parse_ref, repo_cache_dir, starter_path
 
@@ -163,23 +170,27 @@ def download_variant(
 ) -> LocalModel:
     """Download every part of ``variant`` into the HF cache; returns the local model (first part's path)."""
     require_online(endpoint)
+    for name in variant.files:
+        check_repo_filename(name)  # before anything is created
     cache_dir = hf_cache_dir()
-    blobs = repo_cache_dir(variant.repo, cache_dir) / "blobs"
+    repo_dir = inside(cache_dir, repo_cache_dir(variant.repo, cache_dir))
+    blobs = repo_dir / "blobs"
     present = 0
     for sha in variant.sha256:
         if sha is None:
             continue
-        for candidate in (blobs / sha, blobs / f"{sha}.incomplete"):
+        for candidate in (inside(repo_dir, blobs / sha), inside(repo_dir, blobs / f"{sha}.incomplete")):
             if candidate.is_file():
                 present += candidate.stat().st_size
                 break
     missing = variant.size_bytes - present
     if missing > 0:
         check_disk_space(missing, blobs, variant.file)
+    sizes: tuple[int | None, ...] = variant.sizes if len(variant.sizes) == len(variant.files) else (None,) * len(variant.files)
     paths = [
-        download_file(variant.repo, name, sha256=sha, revision=revision, cache_dir=cache_dir,
+        download_file(variant.repo, name, sha256=sha, size=size, revision=revision, cache_dir=cache_dir,
                       progress_class=progress_class, cancel=cancel, endpoint=endpoint, token=token)
-        for name, sha in zip(variant.files, variant.sha256)
+        for name, sha, size in zip(variant.files, variant.sha256, sizes)
     ]
     return LocalModel(repo=variant.repo, file=variant.file, quant=variant.quant, size_bytes=variant.size_bytes,
                       path=paths[0], sha256=variant.sha256[0], source="hub")
@@ -198,11 +209,16 @@ def check_disk_space(needed: int, where: Path, what: str) -> None:
         )
 
 
+_ETAG_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
 def download_file(
     repo: str,
     filename: str,
     *,
     sha256: str | None,
+    size: int | None = None,
     revision: str = "main",
     cache_dir: Path | None = None,
     progress_class: type | None = None,
@@ -210,32 +226,54 @@ def download_file(
     endpoint: str | None = None,
     token: str | None = None,
 ) -> Path:
-    """Download one file into the HF cache, resuming a partial, and check its sha256; returns the snapshot path."""
-    import filelock
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    """Download one file into the HF cache, resuming a partial, and check its sha256; returns the snapshot path.
 
+    Everything the server says that becomes a path is checked before the first byte is written: the file
+    name (:func:`runner.paths.check_repo_filename`), the etag (40 or 64 hex digits: it names the blob and
+    its lock), the commit (40 hex digits: it names the snapshot folder), and every resulting path must
+    resolve inside the repo's folder of the cache (:func:`runner.paths.inside`). ``size`` (the listing's)
+    must match the size the server announces; the body may not exceed it.
+    """
+    import filelock
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    check_repo_filename(filename)
     quiet_hub()
     where = hub_endpoint(endpoint)
+    shown = display_endpoint(where)
     tok = hub_token(token)
     cache = cache_dir or hf_cache_dir()
-    repo_dir = repo_cache_dir(repo, cache)
+    repo_dir = inside(cache, repo_cache_dir(repo, cache))
     with hub_errors(repo, filename, endpoint=where):
         meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=where), token=tok)
-    etag = meta.etag
-    if not etag or not meta.commit_hash:
-        raise HubError(f"{where} did not describe {filename} (no etag or commit): is HF_ENDPOINT a Hub mirror?")
+    etag, commit = meta.etag, meta.commit_hash
+    if not etag or not commit:
+        raise HubError(f"{shown} did not describe {quoted(filename)} (no etag or commit): is HF_ENDPOINT a Hub mirror?")
+    if not isinstance(etag, str) or not _ETAG_RE.match(etag):
+        raise UnsafePath(f"{shown} gave {quoted(filename)} the etag {quoted(str(etag))}, not a 40- or 64-hex-digit "
+                         "hash; refused before writing anything (is HF_ENDPOINT a trustworthy mirror?)")
+    if not isinstance(commit, str) or not _COMMIT_RE.match(commit):
+        raise UnsafePath(f"{shown} gave {quoted(filename)} the commit {quoted(str(commit))}, not 40 hex digits; "
+                         "refused before writing anything (is HF_ENDPOINT a trustworthy mirror?)")
+    announced = meta.size
+    if isinstance(announced, bool) or not isinstance(announced, int) or announced < 0:
+        raise HubError(f"{shown} did not announce the size of {quoted(filename)}; refused (is HF_ENDPOINT a Hub mirror?)")
+    if size is not None and announced != size:
+        raise HubError(f"{shown} lists {quoted(filename)} at {size:,} bytes but announces {announced:,}; refused "
+                       "(the repo changed while pulling, or the mirror is inconsistent: run the pull again)")
     expected_sha = sha256 or (etag if len(etag) == 64 else None)
     if sha256 and etag != sha256:
         raise ChecksumMismatch(
             f"{filename}: the Hub lists sha256 {sha256[:12]}… but serves {etag[:12]}…; the repo changed while "
             "pulling, run the pull again"
         )
-    blob = repo_dir / "blobs" / etag
-    snapshot = repo_dir / "snapshots" / meta.commit_hash / filename
+    blob = inside(repo_dir, repo_dir / "blobs" / etag)
+    snapshot = inside(repo_dir, repo_dir / "snapshots" / commit / filename, follow_last=False)
+    locks = cache / ".locks"
+    lock_path = inside(locks, locks / repo_dir.name / f"{etag}.fitchat.lock")
     if snapshot.exists() and blob.is_file():
         return snapshot
     blob.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = cache / ".locks" / repo_dir.name / f"{etag}.fitchat.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(lock_path))
     try:
@@ -244,41 +282,78 @@ def download_file(
         raise HubError(f"another fitchat pull is downloading {filename}; wait for it to finish") from None
     try:
         if not blob.is_file():
-            _transfer(repo, meta, blob, filename, expected_sha, where=where, token=tok,
+            _transfer(repo, meta, blob, filename, expected_sha, announced, where=where, token=tok,
                       progress_class=progress_class, cancel=cancel)
     finally:
         lock.release()
-    # The blob is in place: huggingface_hub writes refs and the snapshot link itself (no download).
-    with hub_errors(repo, filename, endpoint=where):
-        path = hf_hub_download(repo, filename, revision=revision, cache_dir=str(cache), endpoint=where, token=tok)
-    return Path(path)
+    _link_snapshot(repo_dir, blob, snapshot, revision, commit)
+    return snapshot
 
 
-def _transfer(repo: str, meta: Any, blob: Path, filename: str, expected_sha: str | None, *, where: str,
+def _link_snapshot(repo_dir: Path, blob: Path, snapshot: Path, revision: str, commit: str) -> None:
+    """Link ``snapshot`` to ``blob`` and point ``refs/<revision>`` at ``commit``, as huggingface_hub lays the cache out.
+
+    Done here, with the etag and commit already checked, rather than by a second ``hf_hub_download``: that
+    would ask the server again, and a lying server could answer with another etag the second time.
+    """
+    link: Callable[..., None] | None
+    try:
+        from huggingface_hub.file_download import _create_symlink as link  # the library's linker (Windows fallback)
+    except ImportError:  # pragma: no cover - a future huggingface_hub
+        link = None
+    inside(repo_dir, blob)
+    inside(repo_dir, snapshot, follow_last=False)
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    inside(repo_dir, snapshot, follow_last=False)  # again, now that its folders exist (none may be a link out)
+    if link is not None:
+        link(str(blob), str(snapshot), new_blob=False)
+    else:  # pragma: no cover
+        snapshot.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(blob, snapshot.parent), snapshot)
+    if revision != commit and re.fullmatch(r"[A-Za-z0-9._-]{1,100}", revision) and revision not in (".", ".."):
+        ref = inside(repo_dir, repo_dir / "refs" / revision, follow_last=False)
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f"{ref.name}.{os.getpid()}.tmp")
+        tmp.write_text(commit)
+        os.replace(tmp, ref)
+
+
+def _transfer(repo: str, meta: Any, blob: Path, filename: str, expected_sha: str | None, size: int, *, where: str,
               token: str | None, progress_class: type | None, cancel: threading.Event | None) -> None:
-    """Stream the file into ``blob.incomplete`` (resuming it), verify it, then move it to ``blob``."""
+    """Stream the file into ``blob.incomplete`` (resuming it), verify it, then move it to ``blob``.
+
+    The stream runs under a stall deadline (:func:`runner.catalog.hub_errors` with ``stall=True``): a
+    multi-GB file may take hours, so there is no overall cap, but a server that stops sending, or sends a
+    trickle, is cut off one window later. The body is bounded by the announced ``size``: the first byte
+    past it stops the download and deletes the partial (a server that lies about sizes is not trusted).
+    """
     from huggingface_hub import constants
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
-    partial = blob.with_name(blob.name + ".incomplete")
-    size = meta.size
+    partial = inside(blob.parent, blob.with_name(blob.name + ".incomplete"))
     have = partial.stat().st_size if partial.is_file() else 0
-    if size is not None and have > size:
+    if have > size:
         partial.unlink()
         have = 0
     headers = build_hf_headers(token=token)
-    if _origin(meta.location) != _origin(where):
+    location = meta.location or ""
+    if _origin(location) != _origin(where):
         headers.pop("authorization", None)  # the token never goes to the CDN
     # Smaller chunks than huggingface_hub's default 10 MiB: smoother progress and a prompt cancel.
     default_chunk = constants.DOWNLOAD_CHUNK_SIZE
     with open(partial, "ab") as fh:
-        out = _HashingWriter(fh, partial, have)
+        out = _HashingWriter(fh, partial, have, limit=size, what=f"{filename} from {display_host(location)}")
         try:
             constants.DOWNLOAD_CHUNK_SIZE = min(default_chunk, CHUNK_BYTES)
-            with hub_errors(repo, filename, endpoint=where):
-                http_get(meta.location, out, resume_size=have, headers=headers, expected_size=size,
+            with hub_errors(repo, filename, endpoint=where, stall=True, url=location or where):
+                http_get(location, out, resume_size=have, headers=headers, expected_size=size,
                          displayed_filename=Path(filename).name, tqdm_class=_progress_class(progress_class, cancel))
+        except OversizedResponse:
+            out.close()
+            fh.close()
+            partial.unlink(missing_ok=True)
+            raise
         except HubError as exc:
             out.close()
             fh.flush()
@@ -338,9 +413,11 @@ class _HashingWriter:
     Bytes already in the partial file are hashed first (on resume).
     """
 
-    def __init__(self, fh: BinaryIO, path: Path, existing: int) -> None:
+    def __init__(self, fh: BinaryIO, path: Path, existing: int, *, limit: int | None = None, what: str = "") -> None:
         self._fh = fh
         self._path = path
+        self._limit = limit
+        self._what = what
         self._hash = hashlib.sha256()
         self._valid = True
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=32)
@@ -361,6 +438,15 @@ class _HashingWriter:
                 self._hash.update(block)
 
     def write(self, data: bytes) -> int:
+        """Write and hash ``data``; past the announced size, write nothing more and raise :class:`OversizedResponse`.
+
+        The one place every downloaded byte passes, so an endless or lying body can never grow the
+        partial beyond the size the free-space check allowed for.
+        """
+        if self._limit is not None and self._fh.tell() + len(data) > self._limit:
+            raise OversizedResponse(f"the server sent more than the announced {human_bytes(self._limit)} "
+                                    f"({self._limit:,} bytes) for {self._what}; stopped and deleted the partial "
+                                    "(is HF_ENDPOINT a trustworthy mirror?)")
         written = self._fh.write(data)
         self._queue.put(bytes(data))
         return written

@@ -41,3 +41,19 @@ class Cancelled(FitchatError):
 
 class LoadFailed(FitchatError):
     """llama.cpp could not load a model, even after the fallback ladder."""
+
+
+class UnsafePath(FitchatError):
+    """A path built from outside input (a Hub file name, an etag, a link) would land outside fitchat's folders."""
+
+
+class HubTimeout(HubError):
+    """The Hub (or a mirror, or its CDN) took longer than the deadline fitchat gives each request."""
+
+
+class OversizedResponse(HubError):
+    """A server sent more bytes than it announced (a download) or than any real answer needs (a listing)."""
+
+
+class RegistryError(FitchatError):
+    """The imported-model registry file is not in fitchat's format."""

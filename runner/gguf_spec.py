@@ -795,8 +795,16 @@ def _same_origin(a: str, b: str) -> bool:
 
 
 def _range_get(url: str, headers: dict[str, str], start: int, end: int, label: str) -> bytes:
-    """Bytes ``start..end`` (inclusive). Stops reading at the requested length even if the server ignores Range."""
+    """Bytes ``start..end`` (inclusive). Stops reading at the requested length even if the server ignores Range.
+
+    Runs under the Hub deadline (:func:`runner.catalog.hub_deadline`) in stall mode with the bytes capped
+    near the range: a header of several MiB over a slow link goes on while bytes come, a server that
+    trickles or goes silent is cut off one window later with a one-line error naming it, and the whole
+    read stays bounded because the range is.
+    """
     from huggingface_hub.utils import get_session
+
+    from runner.catalog import hub_deadline
 
     want = end - start + 1
     h = dict(headers)
@@ -805,30 +813,31 @@ def _range_get(url: str, headers: dict[str, str], start: int, end: int, label: s
     chunks: list[bytes] = []
     got = 0
     try:
-        if hasattr(session, "stream"):  # httpx (huggingface_hub >= 1.0)
-            with session.stream("GET", url, headers=h, follow_redirects=True, timeout=30) as resp:
-                _check_status(resp.status_code, label)
-                skip = 0 if resp.status_code == 206 else start
-                for chunk in resp.iter_bytes():
-                    if skip:
-                        drop = min(skip, len(chunk))
-                        chunk, skip = chunk[drop:], skip - drop
-                    chunks.append(chunk)
-                    got += len(chunk)
-                    if got >= want:
-                        break
-        else:  # requests (older huggingface_hub)
-            with session.get(url, headers=h, stream=True, timeout=30) as resp:
-                _check_status(resp.status_code, label)
-                skip = 0 if resp.status_code == 206 else start
-                for chunk in resp.iter_content(1 << 16):
-                    if skip:
-                        drop = min(skip, len(chunk))
-                        chunk, skip = chunk[drop:], skip - drop
-                    chunks.append(chunk)
-                    got += len(chunk)
-                    if got >= want:
-                        break
+        with hub_deadline(url, f"the header of {label}", stall=True, max_bytes=want + start + (1 << 20)):
+            if hasattr(session, "stream"):  # httpx (huggingface_hub >= 1.0)
+                with session.stream("GET", url, headers=h, follow_redirects=True, timeout=30) as resp:
+                    _check_status(resp.status_code, label)
+                    skip = 0 if resp.status_code == 206 else start
+                    for chunk in resp.iter_bytes():
+                        if skip:
+                            drop = min(skip, len(chunk))
+                            chunk, skip = chunk[drop:], skip - drop
+                        chunks.append(chunk)
+                        got += len(chunk)
+                        if got >= want:
+                            break
+            else:  # requests (older huggingface_hub)
+                with session.get(url, headers=h, stream=True, timeout=30) as resp:
+                    _check_status(resp.status_code, label)
+                    skip = 0 if resp.status_code == 206 else start
+                    for chunk in resp.iter_content(1 << 16):
+                        if skip:
+                            drop = min(skip, len(chunk))
+                            chunk, skip = chunk[drop:], skip - drop
+                        chunks.append(chunk)
+                        got += len(chunk)
+                        if got >= want:
+                            break
     except FitchatError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -14,12 +14,14 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner import paths
-from runner.errors import FitchatError, ModelNotFound
+from runner.errors import ModelNotFound, RegistryError, UnsafePath
+from runner.format import printable
 from runner.quants import quant_from_filename, split_names, split_part
 from runner.starter import STARTER
 
@@ -122,12 +124,14 @@ def _cached_models(cache_dir: Path | None = None) -> list[LocalModel]:
     for repo in info.repos:
         if repo.repo_type != "model":
             continue
+        repo_root = Path(os.path.realpath(repo.repo_path))  # a snapshot link out of it is not a model here
         newest_first = sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True)
         files: dict[str, Any] = {}
         for revision in newest_first:
             for f in revision.files:
                 rel = f.file_path.relative_to(revision.snapshot_path).as_posix()
-                if is_model_gguf(rel) and rel not in files and f.blob_path.exists():
+                if is_model_gguf(rel) and rel not in files and f.blob_path.exists() and \
+                        Path(os.path.realpath(f.blob_path)).is_relative_to(repo_root):
                     files[rel] = f
         for rel in sorted(files):
             folder, _, base = rel.rpartition("/")
@@ -152,22 +156,66 @@ def _cached_models(cache_dir: Path | None = None) -> list[LocalModel]:
     return models
 
 
-def _read_registry() -> list[dict[str, Any]]:
+def _load_registry() -> tuple[list[dict[str, Any]], list[Any]]:
+    """The registry's usable entries, and the raw entries it could not use (kept on rewrite, never lost).
+
+    A file of the wrong shape (not ``{"models": [...]}``) is a one-line :class:`RegistryError`; an entry of
+    the wrong shape (a non-string path, ``"size_bytes": "abc"`` …) is skipped with one warning line.
+    """
     path = _registry_path()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        raise FitchatError(f"the imported-model list {path} is unreadable ({exc}); fix or delete it") from None
-    return [e for e in data.get("models", []) if isinstance(e, dict) and "path" in e]
+        return [], []
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RegistryError(f"the imported-model list {path} is unreadable ({printable(str(exc), 80, one_line=True)}); "
+                            "fix or delete it") from None
+    models = data.get("models", []) if isinstance(data, dict) else None
+    if not isinstance(models, list):
+        raise RegistryError(f"the imported-model list {path} is not in fitchat's format "
+                            '(expected {"models": [...]}); fix or delete it')
+    good: list[dict[str, Any]] = []
+    bad: list[Any] = []
+    for entry in models:
+        (good if _valid_entry(entry) else bad).append(entry)
+    if bad:
+        _warn_once(f"fitchat: warning: skipped {len(bad)} unreadable entr{'y' if len(bad) == 1 else 'ies'} "
+                   f"in {path}; fix or delete it")
+    return good, bad
+
+
+def _valid_entry(entry: Any) -> bool:
+    """An imported-model entry fitchat can use: string fields and a whole, non-negative size."""
+    if not isinstance(entry, dict):
+        return False
+    if not all(isinstance(entry.get(k), str) and entry.get(k) for k in ("repo", "file", "quant", "path")):
+        return False
+    size = entry.get("size_bytes")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        return False
+    return entry.get("sha256") is None or isinstance(entry.get("sha256"), str)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        print(message, file=sys.stderr)
+
+
+def _read_registry() -> list[dict[str, Any]]:
+    return _load_registry()[0]
 
 
 def _write_registry(entries: list[dict[str, Any]]) -> None:
+    """Write ``entries``, keeping any raw entries the registry holds that fitchat could not read."""
+    _, unreadable = _load_registry()
     path = _registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"models": entries}, indent=1), encoding="utf-8")
+    tmp.write_text(json.dumps({"models": [*entries, *unreadable]}, indent=1), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -180,6 +228,19 @@ def _imported_models() -> list[LocalModel]:
         models.append(LocalModel(repo=e["repo"], file=e["file"], quant=e["quant"], size_bytes=int(e["size_bytes"]),
                                  path=path, sha256=e.get("sha256"), source="imported"))
     return models
+
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def imported_name(stem: str) -> str:
+    """The ``local/NAME`` an imported file is known by: only letters, digits and ``._+-``, so it round-trips.
+
+    ``:`` (the quant separator of :func:`parse_ref`), ``/``, spaces and control characters become ``-``;
+    what is typed back is exactly what is stored.
+    """
+    name = _UNSAFE_NAME_CHARS.sub("-", stem).strip("-.") or "model"
+    return LOCAL_PREFIX + name[:100]
 
 
 # -- import ---------------------------------------------------------------------------------------
@@ -201,10 +262,11 @@ def import_file(path: str | Path) -> LocalModel:
     quant = getattr(spec, "quant", None) or quant_from_filename(base) or "unknown"
     size = int(getattr(spec, "size_bytes", 0) or p.stat().st_size)
     entries = [e for e in _read_registry() if Path(e["path"]).resolve() != p.resolve()]
-    taken = {e["repo"] for e in entries}
-    name, n = LOCAL_PREFIX + stem, 2
-    while name in taken:
-        name, n = f"{LOCAL_PREFIX}{stem}-{n}", n + 1
+    taken = {e["repo"].lower() for e in entries}
+    base_name = name = imported_name(stem)
+    n = 2
+    while name.lower() in taken:
+        name, n = f"{base_name}-{n}", n + 1
     entry = {"repo": name, "file": base, "quant": quant, "size_bytes": size, "path": str(p), "sha256": None}
     entries.append(entry)
     _write_registry(entries)
@@ -260,6 +322,9 @@ def resolve_model(ref: str) -> LocalModel:
     if text.startswith(("/", ".", "~")):
         raise ModelNotFound(f"no such file: {text} ('fitchat ls' lists the models here)")
     models = list_local()
+    by_ref = [m for m in models if m.source == "imported" and m.ref.lower() == text.lower()]
+    if len(by_ref) == 1:  # an imported name exactly as stored (older names may hold ':')
+        return by_ref[0]
     by_file = [m for m in models if text.lower() in (m.file.lower(), m.file.rsplit("/", 1)[-1].lower())]
     if len(by_file) == 1:
         return by_file[0]
@@ -324,8 +389,12 @@ def remove(ref: str) -> list[LocalModel]:
         if not targets:
             raise ModelNotFound(f"{text} is not a model fitchat manages ('fitchat ls' lists them); nothing removed")
     else:
-        repo, quant = parse_ref(text)
-        targets = [m for m in list_local() if _matches(m, repo, quant)]
+        models = list_local()
+        # an imported name exactly as stored first (older names may hold ':'), then org/name[:QUANT]
+        targets = [m for m in models if m.source == "imported" and m.ref.lower() == text.lower()]
+        if not targets:
+            repo, quant = parse_ref(text)
+            targets = [m for m in models if _matches(m, repo, quant)]
         if not targets:
             raise ModelNotFound(f"no local model matches {text} ('fitchat ls' lists them); nothing removed")
     for m in targets:
@@ -339,34 +408,52 @@ def remove(ref: str) -> list[LocalModel]:
 
 
 def _delete_cached(model: LocalModel) -> None:
-    """Delete a Hub download's snapshot links, the blobs nothing else links, and emptied folders."""
-    repo_dir = repo_cache_dir(model.repo)
+    """Delete a Hub download's snapshot links, the blobs nothing else links, and emptied folders.
+
+    Only what resolves inside the repo's folder of the cache is removed (:func:`runner.paths.inside`):
+    a snapshot link is unlinked as a link (never followed), a blob only when it lies in ``blobs/``, and
+    folders only when empty; a link that points outside the cache loses the link, never its target.
+    """
+    cache = hf_cache_dir()
+    repo_dir = paths.inside(cache, repo_cache_dir(model.repo, cache))
+    blobs_dir = repo_dir / "blobs"
     folder, _, base = model.file.rpartition("/")
     split = split_part(base)
     names = [f"{folder}/{n}" if folder else n for n in split_names(base, split[2])] if split else [model.file]
     snapshots = repo_dir / "snapshots"
     blobs: set[Path] = set()
-    for snap in snapshots.iterdir() if snapshots.is_dir() else []:
+    for snap in snapshots.iterdir() if snapshots.is_dir() and not snapshots.is_symlink() else []:
         for name in names:
-            link = snap / name
+            try:
+                link = paths.inside(repo_dir, snap / name, follow_last=False)
+            except UnsafePath:
+                continue
             if link.is_symlink():
                 blobs.add(Path(os.path.realpath(link)))
                 link.unlink()
             elif link.is_file():
                 link.unlink()
     still_linked = set()
-    for snap_file in snapshots.rglob("*") if snapshots.is_dir() else []:
+    for snap_file in _walk(snapshots):
         if snap_file.is_symlink():
             still_linked.add(Path(os.path.realpath(snap_file)))
     for blob in blobs - still_linked:
-        blob.unlink(missing_ok=True)
-    # prune empty folders below each snapshot, then the snapshots themselves
-    if snapshots.is_dir():
-        for d in sorted((p for p in snapshots.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            if not any(d.iterdir()):
-                d.rmdir()
-        for snap in list(snapshots.iterdir()):
-            if snap.is_dir() and not any(snap.iterdir()):
-                snap.rmdir()
-        if not any(snapshots.iterdir()):
-            shutil.rmtree(repo_dir, ignore_errors=True)
+        if blob.parent == Path(os.path.realpath(blobs_dir)) and not blob.is_symlink():
+            blob.unlink(missing_ok=True)
+    # prune empty folders below each snapshot (deepest first), then the repo folder if nothing is left
+    for d in sorted((p for p in _walk(snapshots) if p.is_dir() and not p.is_symlink()),
+                    key=lambda p: len(p.parts), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
+    if snapshots.is_dir() and not snapshots.is_symlink() and not any(snapshots.iterdir()):
+        shutil.rmtree(repo_dir, ignore_errors=True)  # never follows links: a link inside is removed as a link
+
+
+def _walk(root: Path) -> list[Path]:
+    """Everything below ``root`` without following symlinked folders (links are listed, not entered)."""
+    if not root.is_dir() or root.is_symlink():
+        return []
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        found.extend(Path(dirpath) / n for n in (*dirnames, *filenames))
+    return found

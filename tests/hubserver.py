@@ -19,6 +19,13 @@ Faults are injected per route (``api``, ``resolve``, ``cdn``) and optionally per
 :meth:`LocalHub.drop_connection`, :meth:`LocalHub.corrupt`, :meth:`LocalHub.fail`,
 :meth:`LocalHub.slow`, :meth:`LocalHub.delay`, :meth:`LocalHub.ignore_range`. Every request is recorded in :attr:`LocalHub.requests`.
 
+Hostile mode (a mirror nobody vetted), the same way: :meth:`LocalHub.override_headers` (e.g. a traversal
+``X-Linked-Etag``; :meth:`LocalHub.traversal_etag` does it with a listing that has no LFS sha256),
+:meth:`LocalHub.endless` (a CDN body that never ends), :meth:`LocalHub.lie_size` (a listing and HEAD that
+announce another size than the CDN serves), :meth:`LocalHub.drip` (one byte every N seconds, status line and
+headers included), :meth:`LocalHub.rewrite_listing` (hostile ``rfilename`` values, wrong types, huge JSON), and
+:meth:`LocalHub.add_header_file` (a file of any announced size whose first bytes are given: hostile GGUF headers).
+
 Fixtures (registered from ``tests/conftest.py``): ``local_hub`` (session-wide server) and ``hub``
 (per test: emptied, faults cleared, ``HF_ENDPOINT`` pointed at it), ``unreachable_endpoint``.
 """
@@ -32,7 +39,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,6 +52,8 @@ HUB_HOST = "127.0.0.1"
 CDN_HOST = "localhost"
 LFS_SUFFIXES = (".gguf", ".bin", ".safetensors", ".pt", ".pth", ".onnx")
 CHUNK = 1 << 20
+#: Most bytes an endless body sends before the test server gives up on it (the client should stop long before).
+ENDLESS_CAP = 8 << 30
 
 _sha256_cache: dict[tuple[str, int, int], str] = {}
 _sha256_lock = threading.Lock()
@@ -79,8 +88,18 @@ class HubFile:
     data: bytes | None = None
 
     @classmethod
-    def make(cls, path: str, content: Path | bytes | str) -> HubFile:
+    def make(cls, path: str, content: Path | bytes | str, *, size: int | None = None) -> HubFile:
+        """A file from disk or bytes; ``size`` larger than the bytes makes a virtual file padded with zeros.
+
+        A virtual file's sha256 is a stand-in (the hash of its head and size): it is for header reads,
+        not for downloads that check the hash.
+        """
         lfs = path.lower().endswith(LFS_SUFFIXES)
+        if size is not None and isinstance(content, bytes) and size > len(content):
+            sha = hashlib.sha256(content + str(size).encode()).hexdigest()
+            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n".encode()
+            git_oid = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
+            return cls(path=path, size=size, sha256=sha, git_oid=git_oid, lfs=True, data=bytes(content))
         if isinstance(content, (str, Path)):
             source = Path(content)
             size = source.stat().st_size
@@ -105,7 +124,9 @@ class HubFile:
         """Yield the bytes ``[start, end]`` (inclusive) in chunks."""
         if self.data is not None:
             for off in range(start, end + 1, CHUNK):
-                yield self.data[off : min(off + CHUNK, end + 1)]
+                block = self.data[off : min(off + CHUNK, end + 1)]
+                want = min(CHUNK, end + 1 - off)
+                yield block + bytes(want - len(block))  # a virtual file reads as zeros past its head
             return
         assert self.source is not None
         with open(self.source, "rb") as fh:
@@ -190,7 +211,8 @@ class HubRepo:
 class Fault:
     """One injected fault. ``times=None`` means every matching request."""
 
-    kind: str  # "drop" | "corrupt" | "status" | "slow" | "delay" | "ignore_range"
+    kind: str  # "drop" | "corrupt" | "status" | "slow" | "delay" | "ignore_range" | hostile: "headers" |
+    #            "listing" | "endless" | "lie_size" | "drip"
     route: str  # "api" | "resolve" | "cdn" | "any"
     match: str | None = None
     times: int | None = 1
@@ -199,6 +221,9 @@ class Fault:
     rate: float = 0.0
     seconds: float = 0.0
     hits: int = 0
+    headers: dict[str, str | None] | None = None
+    transform: Callable[[dict[str, Any]], Any] | None = None
+    size: int | None = None
 
 
 @dataclass
@@ -330,6 +355,55 @@ class LocalHub:
         """The CDN answers ``200`` with the whole file even when asked for a ``Range`` (as some proxies do)."""
         return self._add_fault(Fault("ignore_range", "cdn", match=match, times=times))
 
+    # -- hostile mode ---------------------------------------------------------------------------
+    def override_headers(self, headers: dict[str, str | None], *, route: str = "resolve", match: str | None = None,
+                         times: int | None = None) -> Fault:
+        """Answer with these headers replaced (``None`` removes one), e.g. ``{"X-Linked-Etag": '"../../x"'}``."""
+        return self._add_fault(Fault("headers", route, match=match, times=times, headers=dict(headers)))
+
+    def rewrite_listing(self, transform: Callable[[dict[str, Any]], Any], *, match: str | None = None,
+                        times: int | None = None) -> Fault:
+        """``/api/models/{repo}[/revision/…]`` answers ``transform(info)`` (the info dict, already built) instead."""
+        return self._add_fault(Fault("listing", "api", match=match, times=times, transform=transform))
+
+    def traversal_etag(self, etag: str = "../../../../x", *, match: str | None = None) -> None:
+        """The critical lie: HEAD's ``X-Linked-Etag`` is a path, and the listing has no LFS sha256 to contradict it."""
+        self.override_headers({"X-Linked-Etag": f'"{etag}"', "ETag": f'"{etag}"'}, match=match)
+
+        def no_lfs(info: dict[str, Any]) -> dict[str, Any]:
+            for sibling in info.get("siblings", []):
+                sibling.pop("lfs", None)
+            return info
+
+        self.rewrite_listing(no_lfs)
+
+    def endless(self, *, match: str | None = None, times: int | None = None) -> Fault:
+        """The CDN sends the file, then zeros forever: no Content-Length, the body ends only when the client hangs up."""
+        return self._add_fault(Fault("endless", "cdn", match=match, times=times))
+
+    def lie_size(self, size: int, *, match: str | None = None, times: int | None = None) -> Fault:
+        """The listing and HEAD (``X-Linked-Size``) announce ``size``; the CDN serves the real bytes with their real length."""
+        return self._add_fault(Fault("lie_size", "any", match=match, times=times, size=size))
+
+    def drip(self, seconds_per_byte: float, *, route: str = "any", match: str | None = None,
+             times: int | None = None) -> Fault:
+        """Send every response one byte every ``seconds_per_byte`` (status line and headers too), as a stalling server does."""
+        return self._add_fault(Fault("drip", route, match=match, times=times, seconds=seconds_per_byte))
+
+    def add_header_file(self, repo_id: str, path: str, head: bytes, size: int) -> HubFile:
+        """Publish ``path`` in ``repo_id`` (created if needed) as a file of ``size`` bytes that starts with ``head``.
+
+        For hostile GGUF headers: the Range reads see ``head`` then zeros; nothing of ``size`` is held in memory.
+        """
+        f = HubFile.make(path, head, size=max(size, len(head)))
+        with self._lock:
+            repo = self.repos.get(repo_id)
+        if repo is None:
+            repo = self.add_repo(repo_id, {})
+        with self._lock:
+            repo.files[path] = f
+        return f
+
     def clear_faults(self) -> None:
         with self._lock:
             self.faults.clear()
@@ -416,6 +490,9 @@ class _Handler(BaseHTTPRequestHandler):
         with self.hub._lock:
             self.hub.requests.append(self._record)
         faults = self.hub._take_faults(route, self.path)
+        drip = next((f for f in faults if f.kind == "drip"), None)
+        if drip is not None:
+            self.wfile = _DripWriter(self.wfile, drip.seconds)  # type: ignore[assignment]
         for f in faults:
             if f.kind == "delay":
                 time.sleep(f.seconds)
@@ -434,12 +511,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._list_models(query)
             m = _API_RE.match(path)
             if m:
-                return self._api_model(unquote(m["repo"]), m["kind"], unquote(m["rev"] or "main"), unquote(m["sub"] or ""), query)
+                return self._api_model(unquote(m["repo"]), m["kind"], unquote(m["rev"] or "main"), unquote(m["sub"] or ""), query,
+                                       faults)
             m = _RESOLVE_RE.match(path)
             if m:
-                return self._resolve(unquote(m["repo"]), unquote(m["rev"]), unquote(m["file"]))
+                return self._resolve(unquote(m["repo"]), unquote(m["rev"]), unquote(m["file"]), faults)
             return self._error(404, None, "Sorry, we can't find the page you are looking for.")
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
 
     def _send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
@@ -522,7 +600,8 @@ class _Handler(BaseHTTPRequestHandler):
             extra["Link"] = f'<{self.hub.endpoint}/api/models?{q}&cursor={offset + page_size}>; rel="next"'
         self._json([r.summary() for r in page], extra=extra)
 
-    def _api_model(self, repo_id: str, kind: str | None, rev: str, sub: str, query: dict[str, list[str]]) -> None:
+    def _api_model(self, repo_id: str, kind: str | None, rev: str, sub: str, query: dict[str, list[str]],
+                   faults: list[Fault] = ()) -> None:  # type: ignore[assignment]
         repo = self._repo_or_error(repo_id, for_files=False)
         if repo is None:
             return
@@ -530,7 +609,20 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind in (None, "revision"):
             blobs = (query.get("blobs") or ["false"])[0].lower() == "true"
-            return self._json(repo.info(blobs=blobs))
+            info: Any = repo.info(blobs=blobs)
+            lie = next((f for f in faults if f.kind == "lie_size"), None)
+            if lie is not None:
+                for sibling in info["siblings"]:
+                    if sibling.get("rfilename", "").endswith(LFS_SUFFIXES) and "size" in sibling:
+                        sibling["size"] = lie.size
+                        sibling.get("lfs", {})["size"] = lie.size
+            for f in faults:
+                if f.kind == "listing" and f.transform is not None:
+                    info = f.transform(info)
+            if isinstance(info, (bytes, str)):  # a transform may answer raw (malformed) JSON
+                body = info.encode() if isinstance(info, str) else info
+                return self._send(200, {"Content-Type": "application/json; charset=utf-8"}, body)
+            return self._json(info)
         # tree
         recursive = (query.get("recursive") or ["false"])[0].lower() == "true"
         prefix = sub.strip("/")
@@ -551,7 +643,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", f"{prefix} does not exist on \"{rev}\"", {"X-Repo-Commit": repo.commit})
         self._json(entries)
 
-    def _resolve(self, repo_id: str, rev: str, filename: str) -> None:
+    def _resolve(self, repo_id: str, rev: str, filename: str, faults: list[Fault] = ()) -> None:  # type: ignore[assignment]
         repo = self._repo_or_error(repo_id, for_files=True)
         if repo is None:
             return
@@ -567,10 +659,20 @@ class _Handler(BaseHTTPRequestHandler):
                 f"?response-content-disposition={quote(f'inline; filename={chr(34)}{Path(f.path).name}{chr(34)};')}"
                 f"&Expires=4102444800&Signature=local"
             )
-            return self._send(302, {
+            headers = {
                 **common, "Location": location, "X-Linked-Size": str(f.size), "X-Linked-Etag": f'"{f.sha256}"',
                 "Content-Type": "text/plain; charset=utf-8",
-            }, b"Found. Redirecting to " + location.encode())
+            }
+            lie = next((x for x in faults if x.kind == "lie_size"), None)
+            if lie is not None:
+                headers["X-Linked-Size"] = str(lie.size)
+            for x in faults:
+                if x.kind == "headers" and x.headers:
+                    for k, v in x.headers.items():
+                        headers.pop(k, None)
+                        if v is not None:
+                            headers[k] = v
+            return self._send(302, headers, b"Found. Redirecting to " + location.encode())
         body = f.data if f.data is not None else f.source.read_bytes()  # type: ignore[union-attr]
         self._send(200, {**common, "Content-Type": "application/octet-stream"}, body)
 
@@ -605,6 +707,11 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
+        endless = any(x.kind == "endless" for x in faults)
+        if endless:  # a body delimited by closing the connection, which never comes
+            del headers["Content-Length"]
+            headers["Connection"] = "close"
+            self.close_connection = True
         if self._record is not None:
             self._record.status = status
         self.send_response(status)
@@ -646,6 +753,14 @@ class _Handler(BaseHTTPRequestHandler):
                     if ahead > 0:
                         time.sleep(ahead)
 
+        if endless:
+            zeros = bytes(64 << 10)
+            while sent < ENDLESS_CAP:  # a cap only so that a broken client cannot keep a test server busy forever
+                self.wfile.write(zeros)
+                sent += len(zeros)
+                if self._record is not None:
+                    self._record.bytes_sent = sent
+
     def _abort(self, sent: int) -> None:
         if self._record is not None:
             self._record.bytes_sent = sent
@@ -655,6 +770,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+class _DripWriter:
+    """A response stream that sends one byte every ``interval`` seconds (a server that stalls, but never quite)."""
+
+    def __init__(self, inner: Any, interval: float) -> None:
+        self._inner = inner
+        self._interval = interval
+
+    def write(self, data: bytes) -> int:
+        for i in range(len(data)):
+            self._inner.write(data[i : i + 1])
+            self._inner.flush()
+            time.sleep(self._interval)
+        return len(data)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 # -- pytest fixtures ------------------------------------------------------------------------------
