@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from textual.app import App, ComposeResult
 
 from runner import store
 from runner.cli import ERROR_CHARS, main
@@ -27,7 +28,9 @@ from tui.guard import report
 from tui.screens.model import ModelScreen
 from tui.services import Services
 from tui.widgets.catalog_table import CatalogTable
+from tui.widgets.chat_message import ChatMessage
 from tui.widgets.local_models import LocalModels
+from tui.widgets.message_log import MessageLog
 from tui.widgets.variants_table import VariantsTable
 
 #: What no screen, line or notification may hold: C0 controls (ESC, BEL …) but newline, DEL, C1, separators.
@@ -140,6 +143,29 @@ async def test_exception_messages_become_plain_notifications(tmp_path: Path, unr
         assert "gone [/] " in first and "no such file" in first
         assert second.startswith("RuntimeError: template failed: [/] [b]") and len(second) <= 500
         assert_plain(app, "gone [/]")
+
+
+class OneReply(App[None]):
+    """A conversation of one message, as the chat screen mounts it (the role and text come from a model or the history)."""
+
+    def compose(self) -> ComposeResult:
+        with MessageLog():
+            yield ChatMessage("[/b]tool" + RETITLE_AND_CLEAR)
+
+
+async def test_a_reply_with_escape_sequences_reaches_the_screen_as_text() -> None:
+    app = OneReply()
+    async with app.run_test(size=(80, 20)) as pilot:
+        message = app.query_one(ChatMessage)
+        # Streamed in pieces that cut a sequence in two, as tokens would.
+        for piece in ["Here [/b] is ", "\x1b]0;T", "ITLE\x07 a **bold** ", "\x1b[2", "J reply"]:
+            await message.append(piece)
+        await message.finish(f"42 tokens · {RETITLE_AND_CLEAR}[/]")
+        await pilot.pause()
+        text = screen_text(app)
+        assert not CONTROL.search(text), repr(CONTROL.search(text))
+        assert "[/b]tool" in text and "Here [/b] is" in text and "bold" in text and "42 tokens · [/]" in text
+        assert message.text.count("\x1b") == 2  # the model's text is kept as written (copy, history)
 
 
 # --------------------------------------------------------------------------- CLI

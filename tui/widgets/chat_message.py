@@ -53,7 +53,8 @@ class ChatMessage(Guarded, SizedByLayout, Vertical, can_focus=True):
             super().__init__()
 
     def __init__(self, role: str, text: str = "", **kwargs: object) -> None:
-        super().__init__(classes=f"-{role}", **kwargs)  # type: ignore[arg-type]
+        # A role read from a damaged history is no CSS class name: it is only shown (as text).
+        super().__init__(classes=f"-{role}" if role in ROLE_LABELS else "", **kwargs)  # type: ignore[arg-type]
         self.role = role
         self.text = text
         self._stream: MarkdownStream | None = None
