@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from runner.format import human_bytes, printable, table_lines
@@ -142,6 +143,6 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _table(header: tuple[str, ...], rows: Sequence[Sequence[object]]) -> None:
     for line in table_lines([header, *rows]):
         print(line)

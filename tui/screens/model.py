@@ -22,7 +22,6 @@ from tui.widgets.local_models import model_name
 from tui.widgets.offline_banner import OfflineBanner
 from tui.widgets.variants_table import VariantsTable
 
-
 #: Longest reason or error shown under the table.
 REASON_CHARS = 400
 
