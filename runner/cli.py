@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from runner import __version__
 from runner.errors import FitchatError
+from runner.format import printable
 
 COMMAND_MODULES: tuple[str, ...] = (
     "runner.commands.hw",
@@ -25,6 +26,19 @@ COMMAND_MODULES: tuple[str, ...] = (
     "runner.commands.compare",
     "runner.commands.doctor",
 )
+
+
+#: Longest error message printed: enough for the message and its advice, not for a 250 MB value quoted in it.
+ERROR_CHARS = 1000
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception's message as the one line ``main`` prints: printable, bounded.
+
+    Errors quote names, template messages and server answers; an escape sequence among them would
+    retitle or clear the terminal, and a newline would break the one-line promise.
+    """
+    return printable(exc, ERROR_CHARS, one_line=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except FitchatError as exc:
-        print(f"fitchat: error: {exc}", file=sys.stderr)
+        print(f"fitchat: error: {error_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("fitchat: interrupted", file=sys.stderr)
@@ -66,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("FITCHAT_DEBUG"):
             raise
         print(
-            f"fitchat: internal error: {type(exc).__name__}: {exc} (set FITCHAT_DEBUG=1 for details)",
+            f"fitchat: internal error: {type(exc).__name__}: {error_line(exc)} (set FITCHAT_DEBUG=1 for details)",
             file=sys.stderr,
         )
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Sequence
 
 
 def human_bytes(n: float) -> str:
@@ -58,3 +59,23 @@ def printable(text: object, limit: int | None = None, *, one_line: bool = False)
 def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
     """An outside value as it appears inside a one-line message: ``'…'``, printable, at most ``limit`` chars."""
     return repr(printable(value, limit, one_line=True))
+
+
+#: Widest table cell: a longer outside value (a repo id, a path) is cut with '…' rather than stretch every row.
+CELL_CHARS = 200
+
+
+def table_lines(rows: Sequence[Sequence[object]], right: Collection[int] = (), limit: int = CELL_CHARS) -> list[str]:
+    """``rows`` (the header first) as aligned columns; ``right`` holds the indexes of right-aligned columns.
+
+    Every cell is made printable on one line first, so a name from outside can neither reach the terminal
+    as an escape sequence nor break the columns; widths are measured on what is printed.
+    """
+    cells = [[printable(c, limit, one_line=True) for c in row] for row in rows]
+    if not cells:
+        return []
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return [
+        "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in cells
+    ]

@@ -10,12 +10,16 @@ from typing import Any
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.content import Content
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
 
+from runner.format import printable
 from runner.hardware import HardwareInfo
 from tui.guard import Guarded
 from tui.notify import error_message
+from tui.render import NAME_CHARS
 from tui.services import Services
 
 LIGHT_THEME = "textual-light"
@@ -26,6 +30,8 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 #: Pause between the first frame and the background probes (the writer thread needs the GIL).
 PROBE_DELAY_S = 0.15
 DARK_THEME = "textual-dark"
+#: Longest notification: an error's message and advice, not a 250 MB value quoted in it.
+NOTIFY_CHARS = 500
 
 
 class FitchatApp(Guarded, App[None]):
@@ -125,6 +131,34 @@ class FitchatApp(Guarded, App[None]):
 
     def action_toggle_theme(self) -> None:
         self.theme = LIGHT_THEME if self.current_theme.dark else DARK_THEME
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Every notification, plain text: nothing in one is read as markup, and no control character reaches the terminal.
+
+        Notifications carry names (a model, a repo, a search) and error messages from outside; as
+        markup, ``[/b]`` in one of them ended the app. Widgets' ``notify`` lands here too; fitchat's
+        own messages use no markup, so ``markup`` is ignored.
+        """
+        super().notify(
+            printable(message, NOTIFY_CHARS),
+            title=printable(title, NAME_CHARS, one_line=True),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
+
+    def format_title(self, title: str, sub_title: str) -> Content:
+        """Every screen's header: the subtitle names a model, a file or a repo, shown printable on one line."""
+        return super().format_title(printable(title, NAME_CHARS, one_line=True),
+                                    printable(sub_title, NAME_CHARS, one_line=True))
 
     def report_error(self, exc: BaseException) -> None:
         """Show an error as a notification (never a traceback)."""

@@ -1,7 +1,12 @@
-"""Pure text helpers shared by the widgets: memory bars, verdict labels, short figures.
+"""Pure text helpers shared by the widgets: outside text, memory bars, verdict labels, short figures.
 
 Everything here returns Textual ``Content`` (or plain strings) styled with theme variables
 (``$primary``, ``$success`` …), so the same screen reads well in light and dark themes.
+
+Text that did not come from fitchat's own source (a model or file name, a repo id from a mirror, a
+search typed by the user, an error message) is shown through :func:`outside` (or :func:`outside_cell`
+in a table): plain text, never parsed as markup, with escape sequences and control characters removed.
+Notifications are made plain in ``FitchatApp.notify``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,24 @@ from typing import Any
 from rich.text import Text
 from textual.content import Content
 
-from runner.format import human_bytes
+from runner.format import human_bytes, printable
+
+#: Longest outside value shown in one line of a widget (a table cell, a title): enough to recognise it.
+NAME_CHARS = 120
+
+
+def outside(text: object, style: str = "", limit: int | None = NAME_CHARS, *, one_line: bool = True) -> Content:
+    """Outside text as ``Content``: literal (``[/b]`` shows as ``[/b]``), printable, at most ``limit`` chars.
+
+    ``one_line=False`` keeps newlines (a verdict, a reason); ``style`` styles the whole of it.
+    """
+    return Content.styled(printable(text, limit, one_line=one_line), style)
+
+
+def outside_cell(text: object, style: str = "", limit: int | None = NAME_CHARS) -> Text:
+    """Outside text as a one-line Rich ``Text`` for a DataTable cell (a ``str`` cell would be read as markup)."""
+    return Text(printable(text, limit, one_line=True), style=style, end="", no_wrap=True)
+
 
 FULL = "█"
 FREE = "░"

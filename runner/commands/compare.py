@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from runner.format import printable
 
 
 def register(subparsers: Any) -> None:
@@ -51,6 +52,10 @@ def _depths(text: str) -> tuple[float, ...]:
     return depths
 
 
+#: The progress line stays on one terminal line (a long file name is cut).
+LINE_CHARS = 120
+
+
 class _ProgressLine:
     """One self-rewriting line on a terminal's stderr; silent when stderr is not a terminal."""
 
@@ -62,7 +67,8 @@ class _ProgressLine:
         if not self.enabled:
             return
         bar = int(30 * p.fraction)
-        line = f"[{'#' * bar}{' ' * (30 - bar)}] {100 * p.fraction:3.0f}%  {p.variant}  {p.stage}"
+        line = printable(f"[{'#' * bar}{' ' * (30 - bar)}] {100 * p.fraction:3.0f}%  {p.variant}  {p.stage}",
+                         LINE_CHARS, one_line=True)
         pad = max(0, self.width - len(line))
         self.width = len(line)
         sys.stderr.write("\r" + line + " " * pad)
@@ -133,14 +139,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0
-    print(C.render_table(report))
+    # Variant and file names come from outside: the table and the verdict are printed as plain text.
+    print(printable(C.render_table(report)))
     print()
     for line in C.verdict_lines(report):
-        print(line)
+        print(printable(line))
     scored = max((v.tokens_scored for v in report.variants), default=0)
     cached = sum(v.cached for v in report.variants)
     print()
-    print(f"Context {report.ctx}, {scored} tokens scored per variant, from {report.text}"
-          + (f"; {cached} of {len(report.variants)} rows from the cache" if cached else "") + ".")
+    print(printable(f"Context {report.ctx}, {scored} tokens scored per variant, from {report.text}"
+                    + (f"; {cached} of {len(report.variants)} rows from the cache" if cached else "") + "."))
     return 0
 

@@ -24,10 +24,11 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from runner.doctor import render_report, run_doctor
+    from runner.format import printable
 
     report = run_doctor(timeout_s=max(0.1, args.timeout))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        print(render_report(report))
+        print(printable(render_report(report)))
     return 1 if report.failed else 0

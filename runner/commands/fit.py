@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import FitchatError, HubError
-from runner.format import human_bytes
+from runner.format import human_bytes, printable, quoted, table_lines
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             local = _downloaded(repo, quant)
             if not local:
                 raise
-            print(f"fitchat: the Hub is out of reach; planning the {len(local)} downloaded variant(s) of {repo}",
+            print(f"fitchat: the Hub is out of reach; planning the {len(local)} downloaded variant(s) of {quoted(repo)}",
                   file=sys.stderr)
             plans = plan_variants([read_spec(p) for p in local], hw, ctx, settings, args.margin)
 
@@ -268,13 +268,11 @@ def render(plans: list[Any], hw: Any, ctx: int, settings: Any) -> str:
             human_bytes(e.gpu_bytes) if e.gpu_bytes else "-",
             verdict_label(p),
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [describe_hardware(hw), describe_settings(ctx, settings)]
     if plans and plans[0].gpu_budget_bytes:
         lines.append(f"Margin:   {human_bytes(plans[0].margin_bytes)} kept free per GPU")
     lines.append("")
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) if i < 2 or i == len(r) - 1 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    lines.extend(table_lines(rows, right=range(2, len(rows[0]) - 1)))
     lines.append("")
     best = next(p for p in plans if p.recommended)
     lines.append(f"Recommended: {best.reason}")
@@ -288,7 +286,8 @@ def render(plans: list[Any], hw: Any, ctx: int, settings: Any) -> str:
         lines.append(f"  {plans[0].spec.file}: {plans[0].spec.architecture}, {plans[0].spec.n_layers} blocks, "
                      f"{plans[0].spec.vocab_size:,} tokens vocabulary, trained context {plans[0].spec.n_ctx_train:,}"
                      + ("" if plans[0].spec.has_chat_template else "; no chat template in the file"))
-    return "\n".join(lines)
+    # File names, architectures, GPU names and notes come from outside: nothing of them reaches the terminal raw.
+    return printable("\n".join(lines))
 
 
 def render_measurement(plan: Any, est: Any, meas: Any) -> str:
@@ -322,4 +321,4 @@ def render_measurement(plan: Any, est: Any, meas: Any) -> str:
             lines.append(f"  {dev}: {parts}")
     failures = accuracy_failures(est, meas)
     lines.append("  within tolerance" if not failures else "  outside tolerance: " + "; ".join(failures))
-    return "\n".join(lines)
+    return printable("\n".join(lines))

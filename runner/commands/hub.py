@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
-from runner.format import human_bytes
+from runner.format import human_bytes, printable, table_lines
 
 
 def _positive_int(text: str) -> int:
@@ -85,7 +86,7 @@ def run_pull(args: argparse.Namespace) -> int:
     from runner.errors import Cancelled
 
     def notice(msg: str) -> None:
-        print(msg, file=sys.stderr)
+        print(printable(msg), file=sys.stderr)
 
     ctx = args.ctx if args.ctx else download.DEFAULT_CTX
     try:
@@ -96,8 +97,9 @@ def run_pull(args: argparse.Namespace) -> int:
         print(json.dumps({"path": str(model.path), "sha256": model.sha256, "size_bytes": model.size_bytes,
                           "repo": model.repo, "file": model.file, "quant": model.quant}))
         return 0
-    print(f"{model.ref}: {model.file}, {human_bytes(model.size_bytes)}, sha256 {model.sha256 or 'n/a'}", file=sys.stderr)
-    print(model.path)
+    print(printable(f"{model.ref}: {model.file}, {human_bytes(model.size_bytes)}, sha256 {model.sha256 or 'n/a'}"),
+          file=sys.stderr)
+    print(printable(model.path))
     return 0
 
 
@@ -122,9 +124,9 @@ def run_rm(args: argparse.Namespace) -> int:
     for ref in args.refs:
         for m in store.remove(ref):
             if m.source == "imported":
-                print(f"unregistered {m.ref} (the file stays at {m.path})")
+                print(printable(f"unregistered {m.ref} (the file stays at {m.path})"))
             else:
-                print(f"removed {m.ref} ({human_bytes(m.size_bytes)} freed)")
+                print(printable(f"removed {m.ref} ({human_bytes(m.size_bytes)} freed)"))
     return 0
 
 
@@ -135,12 +137,12 @@ def run_import(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(m.to_json()))
         return 0
-    print(f"imported {m.ref}: {m.quant}, {human_bytes(m.size_bytes)} (use it with 'fitchat chat {m.ref}')", file=sys.stderr)
-    print(m.path)
+    print(printable(f"imported {m.ref}: {m.quant}, {human_bytes(m.size_bytes)} (use it with 'fitchat chat {m.ref}')"),
+          file=sys.stderr)
+    print(printable(m.path))
     return 0
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+def _table(header: tuple[str, ...], rows: Sequence[Sequence[object]]) -> None:
+    for line in table_lines([header, *rows]):
+        print(line)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from runner.format import human_bytes
+from runner.format import human_bytes, printable
 
 
 def register(subparsers: Any) -> None:
@@ -54,4 +54,5 @@ def render_summary(hw: Any) -> str:
         lines.append(f"           {d.name} ({d.description}): {human_bytes(d.free_bytes)} free of {human_bytes(d.total_bytes)}")
     for w in hw.warnings:
         lines.append(f"Warning:   {w}")
-    return "\n".join(lines)
+    # GPU and CPU names come from the driver, NVML and /proc: printed as text, never as terminal controls.
+    return printable("\n".join(lines))

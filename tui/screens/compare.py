@@ -9,16 +9,17 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.content import Content
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from runner.errors import Cancelled
 from tui.guard import Guarded, on
+from tui.render import outside
 from tui.widgets.compare_progress import CompareProgress
 from tui.widgets.compare_table import CompareTable
 
@@ -47,7 +48,8 @@ class CompareScreen(Guarded, Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(f"Comparing the variants of [b]{self.repo}[/b] on disk", id="compare-title")
+        yield Static(Content.assemble("Comparing the variants of ", outside(self.repo, "bold"), " on disk"),
+                     id="compare-title")
         yield CompareProgress(id="compare-progress")
         yield CompareTable(id="compare-table")
         yield Static("", id="compare-verdict")
@@ -105,7 +107,8 @@ class CompareScreen(Guarded, Screen[None]):
         footer = f"Context {report.ctx}, {report.budget:,} tokens per variant, scored on {report.text}."
         if cached:
             footer += f" {cached} of {len(report.variants)} rows from the cache."
-        self.query_one("#compare-verdict", Static).update(Text("\n".join([*lines, "", footer])))
+        self.query_one("#compare-verdict", Static).update(outside("\n".join([*lines, "", footer]), limit=None,
+                                                                  one_line=False))
 
     @on(CompareProgress.CancelPressed)
     def _cancel_pressed(self) -> None:

@@ -8,16 +8,22 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from tui.guard import Guarded, on
+from tui.notify import error_message
+from tui.render import outside
 from tui.widgets.context_control import ContextControl
 from tui.widgets.download_panel import DownloadPanel
 from tui.widgets.fit_picture import FitPicture
 from tui.widgets.local_models import model_name
 from tui.widgets.offline_banner import OfflineBanner
 from tui.widgets.variants_table import VariantsTable
+
+#: Longest reason or error shown under the table.
+REASON_CHARS = 400
 
 
 class ModelScreen(Guarded, Screen[None]):
@@ -93,7 +99,8 @@ class ModelScreen(Guarded, Screen[None]):
     def _failed(self, exc: BaseException) -> None:
         self.app.report_error(exc)
         self.query_one(FitPicture).display = False
-        self.query_one("#reason", Static).update(f"Could not read this model: {exc}")
+        self.query_one("#reason", Static).update(
+            Content.assemble("Could not read this model: ", outside(error_message(exc), limit=REASON_CHARS)))
 
     def _show_plans(self, plans: list[Any], local: list[Any]) -> None:
         if not plans:
@@ -116,7 +123,7 @@ class ModelScreen(Guarded, Screen[None]):
         if best is None:
             reason.update("")
         else:
-            reason.update(f"★ recommended {best.reason}")
+            reason.update(Content.assemble("★ recommended ", outside(best.reason, limit=REASON_CHARS)))
 
     @on(ContextControl.Changed)
     def _context_changed(self, event: ContextControl.Changed) -> None:

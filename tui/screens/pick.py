@@ -9,12 +9,14 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
+from textual.widgets.option_list import Option
 
 from tui.guard import Guarded
+from tui.render import outside
 
 
 class PickScreen(Guarded, ModalScreen[int | None]):
-    """Dismisses with the index chosen, or None."""
+    """Dismisses with the index chosen, or None. The items (model names, a reply's code) are shown as plain text."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -26,7 +28,7 @@ class PickScreen(Guarded, ModalScreen[int | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self._title, classes="dialog-title")
-            yield OptionList(*self._items, id="pick-list")
+            yield OptionList(*(Option(outside(item)) for item in self._items), id="pick-list")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()

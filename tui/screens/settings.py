@@ -11,6 +11,7 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, TextArea
 
+from runner.format import printable
 from tui.guard import Guarded
 
 #: (field, label, type) for the numeric sampling settings.
@@ -39,7 +40,8 @@ class SettingsScreen(Guarded, ModalScreen[Any]):
         with VerticalScroll(classes="dialog", id="settings-dialog"):
             yield Label("Chat settings", classes="dialog-title")
             yield Label("System prompt")
-            yield TextArea(getattr(self.settings, "system_prompt", None) or "", id="system-prompt", compact=True)
+            # A saved prompt is edited as text: TextArea would pass an escape sequence in it to the terminal.
+            yield TextArea(printable(getattr(self.settings, "system_prompt", None) or ""), id="system-prompt", compact=True)
             with Grid(id="settings-grid"):
                 for name, label, _kind in self._fields:
                     value = getattr(self.settings, name)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
 from tui.guard import Guarded
+from tui.render import outside_cell
 
 
 def repo_id(entry: Any) -> str:
@@ -25,23 +27,23 @@ def count(n: int) -> str:
     return str(n)
 
 
-def entry_cells(entry: Any) -> tuple[str, str, str]:
-    """(model, size, notes) for a ``CatalogEntry`` or a ``SearchHit``."""
+def entry_cells(entry: Any) -> tuple[Text, Text, Text]:
+    """(model, size, notes) for a ``CatalogEntry`` or a ``SearchHit``; repo ids from a mirror are shown as plain text."""
     notes: list[str] = []
     if hasattr(entry, "params_b"):  # CatalogEntry
         size = f"{entry.params_b:g}B"
         notes.append(f"{entry.context // 1024}k ctx")
         notes.append(entry.license)
-        name = f"{entry.name}  [dim]{entry.repo}[/dim]"
+        name = Text.assemble(outside_cell(entry.name), "  ", outside_cell(entry.repo, "dim"), no_wrap=True, end="")
     else:  # SearchHit
         size = ""
-        name = entry.repo
+        name = outside_cell(entry.repo)
         notes.append(f"↓{count(entry.downloads)} ♥{count(entry.likes)}")
         if getattr(entry, "curated", False):
             notes.append("curated")
     if getattr(entry, "gated", False):
         notes.append("gated: needs HF_TOKEN")
-    return name, size, " · ".join(n for n in notes if n)
+    return name, outside_cell(size), outside_cell(" · ".join(n for n in notes if n))
 
 
 class CatalogTable(Guarded, DataTable[Any]):

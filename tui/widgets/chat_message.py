@@ -10,7 +10,9 @@ from textual.message import Message
 from textual.widgets import Label, Markdown
 from textual.widgets.markdown import MarkdownStream
 
+from runner.format import printable
 from tui.guard import Guarded
+from tui.render import outside
 from tui.sized import SizedByLayout
 from tui.widgets.reply_markdown import ReplyMarkdown
 
@@ -51,7 +53,8 @@ class ChatMessage(Guarded, SizedByLayout, Vertical, can_focus=True):
             super().__init__()
 
     def __init__(self, role: str, text: str = "", **kwargs: object) -> None:
-        super().__init__(classes=f"-{role}", **kwargs)  # type: ignore[arg-type]
+        # A role read from a damaged history is no CSS class name: it is only shown (as text).
+        super().__init__(classes=f"-{role}" if role in ROLE_LABELS else "", **kwargs)  # type: ignore[arg-type]
         self.role = role
         self.text = text
         self._stream: MarkdownStream | None = None
@@ -64,8 +67,8 @@ class ChatMessage(Guarded, SizedByLayout, Vertical, can_focus=True):
         return self._parser
 
     def compose(self) -> ComposeResult:
-        yield Label(ROLE_LABELS.get(self.role, self.role), classes="role")
-        yield ReplyMarkdown(self.text, parser_factory=self._markdown_parser)
+        yield Label(outside(ROLE_LABELS.get(self.role, self.role)), classes="role")
+        yield ReplyMarkdown(printable(self.text), parser_factory=self._markdown_parser)
         yield Label("", classes="meta")
 
     def on_mount(self) -> None:
@@ -76,11 +79,15 @@ class ChatMessage(Guarded, SizedByLayout, Vertical, can_focus=True):
         return self.query_one(ReplyMarkdown)
 
     async def append(self, fragment: str) -> None:
-        """Stream a fragment in (batched by ``Markdown.get_stream``)."""
+        """Stream a fragment in (batched by ``Markdown.get_stream``).
+
+        ``text`` keeps what the model wrote; the screen gets it printable (Markdown is not markup, but
+        an escape sequence in a reply would reach the terminal).
+        """
         self.text += fragment
         if self._stream is None:
             self._stream = Markdown.get_stream(self.markdown)
-        await self._stream.write(fragment)
+        await self._stream.write(printable(fragment))
 
     async def finish(self, meta: str = "") -> None:
         """Stop streaming (what is still queued goes in) and show ``meta`` under the message.
@@ -92,8 +99,9 @@ class ChatMessage(Guarded, SizedByLayout, Vertical, can_focus=True):
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
-        if self.markdown.source != self.text:
-            await self.markdown.update(self.text)
+        shown = printable(self.text)
+        if self.markdown.source != shown:
+            await self.markdown.update(shown)
         else:
             self.markdown.mark_last_paragraph()
         self.set_meta(meta)
@@ -101,7 +109,7 @@ class ChatMessage(Guarded, SizedByLayout, Vertical, can_focus=True):
     def set_meta(self, meta: str) -> None:
         """The small line under a reply (tokens, speed, stopped)."""
         label = self.query_one(".meta", Label)
-        label.update(meta)
+        label.update(outside(meta))
         label.display = bool(meta)
 
     def action_copy(self) -> None:

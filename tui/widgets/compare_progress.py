@@ -10,6 +10,7 @@ from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
 from tui.guard import Guarded
+from tui.render import outside
 
 #: What each runner.compare stage means to a user.
 STAGES = {
@@ -47,7 +48,7 @@ class CompareProgress(Guarded, Vertical):
     def show(self, p: Any) -> None:
         """Show a runner.compare.Progress."""
         self.query_one(ProgressBar).update(total=p.total or None, progress=p.done)
-        self.query_one("#compare-figures", Static).update(progress_words(p))
+        self.query_one("#compare-figures", Static).update(outside(progress_words(p)))  # names a variant's file
 
     def cancelling(self) -> None:
         self.query_one("#compare-cancel", Button).disabled = True

@@ -9,6 +9,7 @@ from textual.widgets import DataTable
 from runner.compare import variant_cells
 
 from tui.guard import Guarded
+from tui.render import outside_cell
 
 COLUMNS = (
     ("Variant", "variant"),
@@ -23,7 +24,7 @@ COLUMNS = (
 )
 
 
-class CompareTable(Guarded, DataTable[str]):
+class CompareTable(Guarded, DataTable[Any]):
     """A runner.compare.CompareReport as a table, the reference first."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -39,4 +40,4 @@ class CompareTable(Guarded, DataTable[str]):
         self.report = report
         self.clear()
         for v in report.variants:
-            self.add_row(*variant_cells(v), key=v.path)
+            self.add_row(*(outside_cell(c) for c in variant_cells(v)), key=v.path)

@@ -11,12 +11,14 @@ from typing import Any
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
 from runner.format import human_bytes, human_duration
 from tui.guard import Guarded
 from tui.progress import ProgressEvent, relay_class
+from tui.render import outside
 
 #: ``pull(progress_class, cancel)``: the download itself, run in the panel's worker thread.
 Pull = Callable[[type, threading.Event], Any]
@@ -81,7 +83,7 @@ class DownloadPanel(Guarded, Vertical):
         self._bars.clear()
         self._samples.clear()
         self._expected = expected_bytes
-        self.border_title = f"Downloading {label}"
+        self.border_title = Content.assemble("Downloading ", outside(label))  # a str title is read as markup
         self.query_one(ProgressBar).update(total=expected_bytes or None, progress=0)
         self.query_one("#download-figures", Static).update("starting…")
         self.query_one("#download-cancel", Button).disabled = False

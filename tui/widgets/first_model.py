@@ -11,8 +11,10 @@ from textual.widgets import Static
 
 from runner.format import human_bytes
 from tui.guard import Guarded
-from tui.render import verdict_content
+from tui.render import outside, verdict_content
 
+#: Longest reason shown on the card.
+REASON_CHARS = 400
 SEARCHING_TEXT = "Looking for the best catalog model for this machine…"
 
 
@@ -21,13 +23,13 @@ def recommendation_content(rec: Any) -> Content:
     plan = rec.plan
     return Content.assemble(
         "Recommended for this machine: ",
-        (f"{rec.entry.repo} {plan.spec.quant}", "bold $accent"),
+        outside(f"{rec.entry.repo} {plan.spec.quant}", "bold $accent"),
         f" ({human_bytes(plan.spec.size_bytes)}, ",
         verdict_content(plan),
         ") — press ",
         ("Enter", "bold"),
         " to download\n",
-        (plan.reason, "$text-muted"),
+        outside(plan.reason, "$text-muted", REASON_CHARS),
     )
 
 

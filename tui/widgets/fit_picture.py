@@ -11,10 +11,12 @@ from textual.widget import Widget
 
 from runner.format import human_bytes
 from tui.guard import Guarded
-from tui.render import Segment, legend, stacked_bar, verdict_content
+from tui.render import Segment, legend, outside, stacked_bar, verdict_content
 
 STYLES = {"weights": "$primary", "kv": "$accent", "compute": "$secondary", "overhead": "$foreground 50%"}
 LABEL_WIDTH = 7
+#: Longest reason or list of levers shown under the bars.
+REASON_CHARS = 400
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class FitPicture(Guarded, Widget):
         est = plan.estimate
         lines: list[Content] = [
             Content.assemble(
-                (f"{plan.spec.quant}  ", "bold"), verdict_content(plan),
+                outside(f"{plan.spec.quant}  ", "bold"), verdict_content(plan),
                 f"  needs {human_bytes(est.total_bytes)} at {plan.context:,} tokens",
             )
         ]
@@ -123,8 +125,8 @@ class FitPicture(Guarded, Widget):
         lines.append(Content.assemble(" " * LABEL_WIDTH, legend(totals, margin=1 if any(d.margin for d in loads) else 0)))
         reason = getattr(plan, "reason", "")
         if reason and not plan.recommended:
-            lines.append(Content.styled(reason, "$text-muted"))
+            lines.append(outside(reason, "$text-muted", REASON_CHARS))
         levers = tuple(getattr(plan, "levers", ()) or ())
         if levers:
-            lines.append(Content.assemble(("To fit better: ", "bold"), "; ".join(levers)))
+            lines.append(Content.assemble(("To fit better: ", "bold"), outside("; ".join(levers), limit=REASON_CHARS)))
         return Content("\n").join(lines)

@@ -9,7 +9,7 @@ from textual.widget import Widget
 from runner.format import human_bytes
 from runner.hardware import HardwareInfo
 from tui.guard import Guarded
-from tui.render import usage_bar
+from tui.render import outside, usage_bar
 
 LABEL_WIDTH = 10
 
@@ -40,12 +40,13 @@ class HardwarePanel(Guarded, Widget):
         build = hw.llama_cpp
         offload = "GPU offload" if build.gpu_offload else "CPU-only build"
         backend = {"cuda": "CUDA", "metal": "Metal", "cpu": "CPU"}.get(hw.backend, hw.backend)
-        row("Backend", (backend, "bold $accent"), f"  llama-cpp-python {build.version} ({offload})")
+        # Names and versions come from NVML, /proc and the llama.cpp build: shown as plain text.
+        row("Backend", outside(backend, "bold $accent"), "  llama-cpp-python ", outside(build.version), f" ({offload})")
         for g in hw.gpus:
             figures = f" {human_bytes(g.free_bytes)} free of {human_bytes(g.total_bytes)}  "
             room = (self.size.width or 80) - LABEL_WIDTH - bar_width - len(figures)
-            name = g.name if len(g.name) <= room else g.name[: max(room - 1, 0)] + "…"
-            row(f"GPU {g.index}", usage_bar(g.total_bytes - g.free_bytes, g.total_bytes, bar_width), figures + name)
+            row(f"GPU {g.index}", usage_bar(g.total_bytes - g.free_bytes, g.total_bytes, bar_width), figures,
+                outside(g.name, limit=room))
         if hw.metal is not None:
             row(
                 "Metal",
@@ -61,9 +62,9 @@ class HardwarePanel(Guarded, Widget):
         )
         cpu = hw.cpu
         isa = f"  {' '.join(cpu.isa[:5])}" if cpu.isa else ""
-        row("CPU", f"{cpu.physical_cores} cores / {cpu.logical_cores} threads{isa}  {cpu.model}")
+        row("CPU", outside(f"{cpu.physical_cores} cores / {cpu.logical_cores} threads{isa}  {cpu.model}", limit=None))
         if not hw.gpus and hw.metal is None and hw.gpu_reason:
-            row("GPUs", ("none", "$text-muted"), (f" ({hw.gpu_reason})", "$text-muted"))
+            row("GPUs", ("none", "$text-muted"), outside(f" ({hw.gpu_reason})", "$text-muted", limit=None))
         for warning in hw.warnings:
-            lines.append(Content.assemble(("⚠ ", "bold $warning"), (warning, "$warning")))
+            lines.append(Content.assemble(("⚠ ", "bold $warning"), outside(warning, "$warning", limit=None, one_line=False)))
         return Content("\n").join(lines)

@@ -12,7 +12,7 @@ from textual.widgets import DataTable
 
 from runner.format import human_bytes
 from tui.guard import Guarded
-from tui.render import muted_text, verdict_text
+from tui.render import muted_text, outside_cell, verdict_text
 
 
 def model_name(model: Any) -> str:
@@ -87,8 +87,8 @@ class LocalModels(Guarded, DataTable[Any]):
         self.models = list(models)
         for i, m in enumerate(self.models):
             self.add_row(
-                model_name(m), getattr(m, "quant", None) or "?", human_bytes(m.size_bytes),
-                Text("…"), key=str(i),
+                outside_cell(model_name(m)), outside_cell(getattr(m, "quant", None) or "?"),
+                Text(human_bytes(m.size_bytes)), Text("…"), key=str(i),
             )
         if keep is not None and keep in self.models:
             self.move_cursor(row=self.models.index(keep))

@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from tui.guard import Guarded
-from tui.render import short_bytes, theme_color, verdict_text
+from tui.render import outside_cell, short_bytes, theme_color, verdict_text
 
 COLUMNS = (("", "mark"), ("Quant", "quant"), ("Size", "size"), ("Fit", "fit"), ("Weights", "weights"),
            ("KV", "kv"), ("Compute", "compute"), ("Total", "total"))
@@ -61,7 +61,7 @@ class VariantsTable(Guarded, DataTable[Any]):
             mark = ("★" if plan.recommended else " ") + ("✓" if plan.spec.quant in self.on_disk else " ")
             cells = [
                 Text(mark, style=f"bold {accent}"),
-                Text(plan.spec.quant or "?", style=bold),
+                outside_cell(plan.spec.quant or "?", style=bold),
                 Text(short_bytes(plan.spec.size_bytes), style=bold),
                 verdict_text(plan, theme),
                 Text(short_bytes(est.weights_bytes)),
