@@ -44,7 +44,7 @@ from runner.catalog import (
     require_online,
 )
 from runner.errors import Cancelled, ChecksumMismatch, FitchatError, HubError, NotEnoughDisk, OversizedResponse, UnsafePath
-from runner.format import human_bytes, quoted
+from runner.format import human_bytes, printable, quoted
 from runner.paths import check_repo_filename, inside
 from runner.starter import sha256_file
 from runner.store import STARTER_REF, LocalModel, find_local, hf_cache_dir, parse_ref, repo_cache_dir, starter_path
@@ -348,7 +348,7 @@ def _transfer(repo: str, meta: Any, blob: Path, filename: str, expected_sha: str
             constants.DOWNLOAD_CHUNK_SIZE = min(default_chunk, CHUNK_BYTES)
             with hub_errors(repo, filename, endpoint=where, stall=True, url=location or where):
                 http_get(location, out, resume_size=have, headers=headers, expected_size=size,
-                         displayed_filename=Path(filename).name, tqdm_class=_progress_class(progress_class, cancel))
+                         displayed_filename=printable(Path(filename).name, 80, one_line=True), tqdm_class=_progress_class(progress_class, cancel))
         except OversizedResponse:
             out.close()
             fh.close()
