@@ -1020,7 +1020,7 @@ REMOTE_FIRST_BYTES_LATER_PARTS = 64 * 1024
 REMOTE_MAX_HEADER = MAX_HEADER_BYTES
 #: Fetched beyond the scan's estimate of the header's end, so that the metadata after the vocabulary
 #: (scores, token types, merges' neighbours, tensor infos) usually arrives in the same request.
-_REMOTE_SLACK = 256 * 1024
+_REMOTE_SLACK = 64 * 1024
 
 
 def read_remote_spec(
