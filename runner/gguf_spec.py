@@ -1,20 +1,23 @@
 """What a GGUF file holds: architecture, shapes and per-layer tensor sizes, as a frozen ModelSpec.
 
-Local files are parsed with ``gguf.GGUFReader`` through a thin subclass that adds what the
-reader lacks for untrusted input:
+Every header, local or remote, goes through one bounded reader:
 
-- every read is bounds-checked, so a truncated file fails at once instead of yielding empty
-  arrays (the stock reader can loop for a very long time on an array whose count is absurd);
-- counts (KV pairs, tensors, array lengths, string lengths) are checked against the bytes that
-  could possibly hold them before any loop starts;
-- large scalar arrays (token scores and types) are read in one vectorised step and large string
-  arrays (the vocabulary, BPE merges) are skipped with a tight length walk, which makes a
-  262k-vocabulary header parse in well under a second instead of tens of seconds;
-- tensor data is never mapped: only the tensor infos are read, then checked against the file
-  the way llama.cpp's own loader checks them (types, dimensions, offsets, alignment, bounds).
+- ``_HeaderScan`` first walks the raw bytes (struct, no numpy) and enforces the bounds below: tensor
+  count, metadata entry count, key, string and array lengths, array nesting depth and the header's
+  total size, each checked from the field that claims it and against the bytes the file can hold,
+  before any loop over it starts. A hostile header fails in microseconds with a few KiB of memory;
+- ``gguf.GGUFReader`` then parses the metadata (types, duplicate keys, alignment, byte order) through
+  a thin subclass that reads scalar arrays in one vectorised step, skips long string arrays (the
+  vocabulary, BPE merges) to the end the scan found, and takes the tensor infos from the scan, which
+  makes a 262k-vocabulary header parse in well under a second instead of tens of seconds;
+- tensor data is never mapped: the tensor infos are checked against the file the way llama.cpp's
+  own loader checks them (types, dimensions, offsets, alignment, bounds);
+- metadata that becomes a size, a loop bound or an index (block count, head counts, split numbers …)
+  is range-checked before use; values quoted in messages are cut to about 80 characters.
 
-Files on the Hub are read the same way from the first bytes only, fetched with HTTP Range
-requests that grow until the header parses (``read_remote_spec``).
+Files on the Hub are read from their first bytes only (``read_remote_spec``): the scan runs on what
+has arrived and, where it stops, says which bytes it needs next and where the header probably ends;
+Range requests fetch that, never past the header bound, and gguf parses the header once.
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.errors import FitchatError, GatedRepo, HubError, InvalidModelFile, ModelNotFound
+from runner.errors import (
+    FitchatError,
+    GatedRepo,
+    HubError,
+    InvalidModelFile,
+    ModelNotFound,
+)
 from runner.format import printable, quoted
 
 #: ``name-00001-of-00003.gguf``: llama.cpp's split naming.
@@ -204,10 +213,11 @@ MAX_VALUES_ONE_BY_ONE = 16_384
 #: A tensor name, as llama.cpp allows it (GGML_MAX_NAME is 64 with the terminating NUL).
 MAX_TENSOR_NAME_BYTES = 63
 #: Parts of a split set. gguf-split names allow 99,999; real sets hold a few dozen at most (the Hub takes
-#: files of up to 50 GB). The counts above apply to a whole split set, except metadata entries: only the
+#: files of up to 50 GB; 1,024 parts of even 4 GB hold twice the largest model). Each part of a remote set
+#: costs a round trip. The counts above apply to a whole split set, except metadata entries: only the
 #: first part carries the model's metadata, every other part its three or four split.* keys, so a set may
 #: hold twice MAX_METADATA_ENTRIES in all.
-MAX_SPLIT_PARTS = 9_999
+MAX_SPLIT_PARTS = 1_024
 #: Repeating blocks (``{arch}.block_count``). The deepest real models have under 200 layers; estimates
 #: loop over the layers for every candidate plan.
 MAX_LAYERS = 16_384
@@ -300,8 +310,11 @@ class _HeaderScan:
         if end > avail:
             raise _ShortRead(end)
 
-    def _check_count(self, count: int, what: str, min_item: int, limit: int, pos: int) -> None:
-        """A claimed count, against its bound, the bytes the file has left and the header budget."""
+    def _check_count(self, count: int, what: tuple[str, str], min_item: int, limit: int, pos: int) -> None:
+        """A claimed count, against its bound, the bytes the file has left and the header budget.
+
+        ``what``: who claims it and what is counted, for the message (``("its header", "tensors")``).
+        """
         if count > limit:
             raise _Malformed(f"{what[0]} claims {count:,} {what[1]}; fitchat reads at most {limit:,}")
         need = pos + count * min_item
@@ -565,7 +578,9 @@ def _reader_class() -> type:
         def _build_tensor_info(self, offs: int, count: int) -> tuple[int, list[Any]]:
             if int(offs) != self._scan.kv_end or int(count) != len(self._scan.tensor_infos):
                 raise _Malformed("the metadata does not end where the header scan found it ending")
-            return self._scan.header_end, []
+            end = self._scan.header_end
+            assert end is not None  # the reader runs only on a finished scan
+            return end, []
 
         def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
             self.tensor_infos = self._scan.tensor_infos
@@ -709,7 +724,7 @@ def _parse(
 def _reader_error(exc: BaseException) -> str:
     """The first line of an exception's text, made printable and short (it may quote bytes from the file)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return printable(text, 200, one_line=True)
+    return printable(text, 120, one_line=True)
 
 
 # --------------------------------------------------------------------------- building the spec
@@ -1031,7 +1046,7 @@ def read_remote_spec(
     endpoint: str | None = None,
     token: str | bool | None = None,
 ) -> ModelSpec:
-    """Read a GGUF header on the Hub with HTTP Range requests that grow until it parses.
+    """Read a GGUF header on the Hub with HTTP Range requests sized by the header scan; parse it once.
 
     Only the header is fetched (no tensor data); a split set's parts are all read.
     ``ModelSpec.bytes_read`` says how many bytes came over the network.

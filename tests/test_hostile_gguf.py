@@ -150,7 +150,7 @@ def test_array_length_2_to_the_40(tmp_path: Path) -> None:
     for item_type in (gf.U8, gf.STRING, gf.ARRAY):
         data = gf.raw_gguf([gf.kv("tokenizer.ggml.x", gf.ARRAY, struct.pack("<IQ", item_type, 2**40))], [])
         path = write(tmp_path / "m.gguf", data, size=2 * MiB)
-        assert "claims 1,099,511,627,776 array elements" in refused(lambda: read_spec(path), seconds=0.2)
+        assert "claims 1,099,511,627,776 array elements" in refused(lambda p=path: read_spec(p), seconds=0.2)
 
 
 def test_header_claiming_1_gib(tmp_path: Path) -> None:
@@ -190,6 +190,15 @@ def test_split_metadata_of_the_wrong_type_gives_one_line(tmp_path: Path) -> None
         assert "m-00001-of-00002.gguf" in message
 
 
+def test_split_counts_beyond_the_bound_are_refused_by_name(hub, tmp_path: Path) -> None:
+    path = write(tmp_path / "m-00001-of-05000.gguf", gf.minimal_model())
+    assert "implausible split count 5000" in refused(lambda: read_spec(path), seconds=0.2)
+    hub.add_repo(REPO, {"m-00001-of-99999.gguf": gf.minimal_model()})
+    hub.requests.clear()
+    assert "implausible split count 99999" in refused(lambda: read_remote_spec(REPO, "m-00001-of-99999.gguf"), seconds=1.0)
+    assert not hub.requests  # refused before a single request
+
+
 def test_many_real_tensors_read_in_well_under_a_second(tmp_path: Path) -> None:
     # At the bound, every tensor info really there: one tight walk, not six numpy views per tensor.
     n = MAX_TENSORS
@@ -212,7 +221,7 @@ def test_cli_fit_on_a_hostile_file_prints_one_line(tmp_path: Path) -> None:
     before = _tree(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "runner", "fit", str(path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "runner", "fit", str(path)], check=False, capture_output=True, text=True,
                           timeout=120, env=env)
     assert time.perf_counter() - start < 60
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
