@@ -41,3 +41,8 @@ class Cancelled(FitchatError):
 
 class LoadFailed(FitchatError):
     """llama.cpp could not load a model, even after the fallback ladder."""
+
+
+class HistoryError(FitchatError):
+    """The chat history database cannot be read or written (full disk, read-only, locked, damaged, newer
+    schema, unknown conversation); the message says which and what to do."""
