@@ -187,6 +187,7 @@ class History:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            self._check_tables()  # before anything is written: a foreign or damaged file is left as it is
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -201,7 +202,13 @@ class History:
             raise history_error(exc, self.path, "open the chat history") from exc
 
     def _check_tables(self) -> None:
-        """A file at the current version whose tables lack fitchat's columns is a foreign or damaged file."""
+        """A file whose tables are not fitchat's (or that has tables but no version) is foreign or damaged."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version == 0:
+            tables = [str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            if tables:
+                raise _WrongShape(f"tables of another program: {', '.join(tables[:5])}")
+            return
         expected = {
             "conversations": {"id", "title", "model", "quant", "model_path", "settings", "created_at", "updated_at"},
             "messages": {"id", "conversation_id", "role", "content", "created_at", "stats", "finish_reason"},
@@ -465,6 +472,9 @@ def write_export(path: str | Path, text: str, *, replace: bool = False) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:80]}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
+        umask = os.umask(0o022)  # read it back: mkstemp makes 0600, an export is an ordinary file
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -9,6 +9,7 @@ through this class.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ class ChatSession:
         self.quant = quant
         self.messages: list[dict[str, Any]] = []  # {"role", "content", "id"?}
         self.conversation_id: int | None = None
+        self.started_at = time.time()
         self._regen_attempt = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -87,11 +89,12 @@ class ChatSession:
                 return self.history.export_markdown(self.conversation_id)
             except HistoryError:
                 pass  # what this session holds is the whole conversation
-        from runner.history import Message, conversation_markdown
+        from runner.history import Message, conversation_markdown, make_title
 
-        msgs = tuple(Message(0, 0, m["role"], m["content"], 0.0) for m in self.messages)
-        conv = Conversation(0, "", self.model_name, self.quant, self.engine.path, self.settings.to_json(), 0.0, 0.0,
-                            len(msgs), msgs)
+        msgs = tuple(Message(0, 0, m["role"], m["content"], self.started_at) for m in self.messages)
+        first = next((m["content"] for m in self.messages if m["role"] == "user"), "")
+        conv = Conversation(0, make_title(first) if first else "", self.model_name, self.quant, self.engine.path,
+                            self.settings.to_json(), self.started_at, self.started_at, len(msgs), msgs)
         return conversation_markdown(conv)
 
     # ------------------------------------------------------------------ saving
