@@ -191,7 +191,8 @@ def failure_reason(message: str, log_lines: Sequence[str]) -> str:
         return 1 if "failed" in low else 0
 
     best = max(log_lines[::-1], key=score, default="")  # the latest line among equals
-    return best.strip() if best and score(best) else (message.strip() or "unknown error")
+    reason = best if best and score(best) else (message or "unknown error")
+    return printable(reason, 300, one_line=True).strip() or "unknown error"  # log lines quote the file's strings
 
 
 def template_failure(exc: BaseException) -> str:

@@ -484,3 +484,24 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# ---------------------------------------------------------------------- the TUI's chat screen
+
+
+async def test_tui_chat_tells_a_failed_save_once_and_goes_on(smollm2: Path, tmp_path: Path,
+                                                            unreachable_endpoint: str) -> None:
+    from tests.test_tui_chat import ask, make_app, open_chat
+    from tests.tui_support import link_starter
+
+    link_starter(smollm2)
+    app = make_app(tmp_path, unreachable_endpoint)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_chat(pilot, app)
+        app.services.history()._db.execute("PRAGMA query_only = ON")  # every write now fails: read-only
+        first = await ask(pilot, screen, "Hi")
+        second = await ask(pilot, screen, "Bye")
+        assert first.text and second.text
+        told = [n.message for n in app._notifications if "unsaved" in n.message]
+        assert len(told) == 1 and "read-only" in told[0]
+        assert [m["role"] for m in screen.messages] == ["user", "assistant", "user", "assistant"]

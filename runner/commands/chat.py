@@ -132,7 +132,7 @@ def _open_history(args: argparse.Namespace) -> Any:
 
 def warning(message: str) -> None:
     """A warning on stderr, one line."""
-    print(f"fitchat: warning: {message}", file=sys.stderr, flush=True)
+    print(f"fitchat: warning: {printable(message, 500, one_line=True)}", file=sys.stderr, flush=True)
 
 
 def _usage(message: str) -> Exception:
@@ -144,8 +144,8 @@ def _usage(message: str) -> Exception:
 
 
 def notice(message: str) -> None:
-    """Engine notices go to stderr, one line each."""
-    print(f"fitchat: {message}", file=sys.stderr, flush=True)
+    """Engine notices go to stderr, one line each (they can quote a model's file, so made printable)."""
+    print(f"fitchat: {printable(message, 500, one_line=True)}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- history commands
@@ -463,7 +463,7 @@ class Repl:
             self.say("(stopped)")
             return
         except FitchatError as exc:
-            self.say(f"fitchat: error: {exc}")
+            self.say(f"fitchat: error: {printable(exc, 500, one_line=True)}")
             return
         if text and not text.endswith("\n"):
             self.out.write("\n")
