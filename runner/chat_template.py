@@ -240,10 +240,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         bounded.__wrapped__ = func  # type: ignore[attr-defined]
         return bounded
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
-        limits = __self._limits()
-        _check_arguments(limits, getattr(__obj, "__name__", ""), getattr(__obj, "__self__", None), args, kwargs)
-        result = super().call(__context, __obj, *args, **kwargs)
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        limits = self._limits()
+        _check_arguments(limits, getattr(obj, "__name__", ""), getattr(obj, "__self__", None), args, kwargs)
+        result = super().call(context, obj, *args, **kwargs)
         limits.spend(_sized(result))
         return result
 
@@ -297,9 +297,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def bounded_iter(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """What every ``for`` loop iterates: the items, with the clock checked as they go."""
         limits = self._limits()
-        n = 0
-        for item in iterable:
-            n += 1
+        for n, item in enumerate(iterable, 1):
             if n % _ITER_CHECK_EVERY == 0:
                 limits.check()
             yield item
@@ -441,7 +439,9 @@ class BoundedChatFormatter(llama_chat_format.Jinja2ChatFormatter):
 
     @property
     def environment(self) -> BoundedSandbox:
-        return self.compile().environment  # type: ignore[return-value]
+        env = self.compile().environment
+        assert isinstance(env, BoundedSandbox)
+        return env
 
     def compile(self) -> jinja2.Template:
         """Compile the template (once); raises jinja2's errors for a broken one."""
@@ -459,11 +459,8 @@ class BoundedChatFormatter(llama_chat_format.Jinja2ChatFormatter):
                 )
                 env.add_filter("tojson", self.tojson)
                 self._compiled = env.from_string(self.template)
+                self._environment = self._compiled  # what Jinja2ChatFormatter.__call__ renders
             return self._compiled
-
-    @property
-    def _environment(self) -> jinja2.Template:  # what Jinja2ChatFormatter.__call__ renders
-        return self.compile()
 
     @contextlib.contextmanager
     def limits(self, *, seconds: float = RENDER_TIME_LIMIT_S, cancelled: Callable[[], bool] = _never) -> Iterator[None]:

@@ -416,7 +416,7 @@ class ChatEngine:
             )
             try:
                 self._formatter.compile()
-            except Exception as exc:  # noqa: BLE001 - any failure to compile is the file's, told in one line
+            except Exception as exc:  # any failure to compile is the file's, told in one line
                 raise ChatTemplateError(
                     f"the chat template of {self.model_label} is broken ({template_failure(exc)}); "
                     "this file cannot be used for chat: pick another file or quant of the model"

@@ -26,7 +26,7 @@ from runner import paths
 from runner.errors import HistoryError
 from runner.format import printable
 
-__all__ = ["ConversationNotFound", "Conversation", "History", "HistoryError", "Message"]
+__all__ = ["Conversation", "ConversationNotFound", "History", "HistoryError", "Message"]
 
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 60

@@ -9,6 +9,7 @@ through this class.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -150,9 +151,9 @@ class ChatSession:
     def regenerate(self) -> Iterator[str]:
         """Replace the last reply with a new one (or answer an unanswered last message)."""
         while self.messages and self.messages[-1]["role"] == "assistant":
-            old = self.messages.pop()
-            if "id" in old:
-                self._save(lambda h, mid=old["id"]: h.delete_message(mid))
+            old_id = self.messages.pop().get("id")
+            if isinstance(old_id, int):
+                self._save(functools.partial(History.delete_message, message_id=old_id))
         self._regen_attempt += 1
         return self._reply(self.engine.regenerate(self._chat_messages(), self.settings, attempt=self._regen_attempt))
 
@@ -177,8 +178,9 @@ class ChatSession:
     def _take_back(self, entry: dict[str, Any]) -> None:
         if self.messages and self.messages[-1] is entry:
             self.messages.pop()
-        if "id" in entry:
-            self._save(lambda h: h.delete_message(entry["id"]))
+        message_id = entry.get("id")
+        if isinstance(message_id, int):
+            self._save(lambda h: h.delete_message(message_id))
 
     def _record(self, text: str) -> None:
         stats = self.engine.last_stats

@@ -13,7 +13,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from runner.engine import ChatEngine, ChatTemplateError, SamplingSettings
 from runner.history import History
 from runner.session import ChatSession
 from tests.gguf_factory import kv_str
-from tests.test_chat_cli import REPL_ARGS, open_terminal  # noqa: F401  (the pseudo-terminal fixture)
+from tests.test_chat_cli import REPL_ARGS, Terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--threads", "1", "--temp", "0", "--seed", "1", "--ctx", "1024"]
@@ -37,6 +37,20 @@ NESTED_LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfo
 HUGE_STRING = "{% set s = 'x' * 2000000000 %}{{ s }}"
 SYNTAX_ERROR = "{% for m in messages %}{{ m['content'] }"
 ESCAPES_IN_ERROR = "{{ raise_exception('\x1b]0;PWNED\x07\x1b[2J bad [/] template') }}"
+
+
+@pytest.fixture
+def terminal() -> Iterator[Callable[..., Terminal]]:
+    """Start ``fitchat`` in pseudo-terminals; whatever still runs at the end of the test is killed."""
+    opened: list[Terminal] = []
+
+    def start(argv: list[str], **options: Any) -> Terminal:
+        opened.append(Terminal(argv, **options))
+        return opened[-1]
+
+    yield start
+    for term in opened:
+        term.close()
 
 
 def with_chat_template(src: Path, dst: Path, template: str) -> Path:
@@ -176,7 +190,7 @@ def test_sandbox_stops_each_attack_within_time_and_memory(attack: str) -> None:
     tracemalloc.start()
     t0 = time.monotonic()
     try:
-        with pytest.raises(Exception) as caught:  # noqa: PT011 - which of jinja2's errors depends on the attack
+        with pytest.raises(Exception) as caught:  # which of jinja2's errors depends on the attack
             formatter(messages=[{"role": "user", "content": "hi"}])
         seconds = time.monotonic() - t0
         _now, peak = tracemalloc.get_traced_memory()
@@ -216,7 +230,7 @@ def _chat_template(path: Path) -> str:
 
 def test_real_template_renders_as_llama_cpp_python_does_and_fast(smollm2: Path) -> None:
     template = _chat_template(smollm2)
-    messages = [{"role": "system", "content": "Be brief."}] + [
+    messages: list[Any] = [{"role": "system", "content": "Be brief."}] + [
         {"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 20} for i in range(40)
     ]
     stock = Jinja2ChatFormatter(template, "<|im_end|>", "<|im_start|>")
@@ -240,8 +254,8 @@ def test_a_long_real_conversation_is_not_mistaken_for_a_runaway(smollm2: Path) -
 # ---------------------------------------------------------------------- ctrl+c
 
 
-def test_ctrl_c_stops_a_runaway_render_and_the_repl_goes_on(hostile: dict[str, Path], open_terminal: Any) -> None:
-    term = open_terminal(["chat", str(hostile["nested-loops"]), *REPL_ARGS])
+def test_ctrl_c_stops_a_runaway_render_and_the_repl_goes_on(hostile: dict[str, Path], terminal: Any) -> None:
+    term = terminal(["chat", str(hostile["nested-loops"]), *REPL_ARGS])
     mark = term.read_until(">>> ")
     term.type("hello\r")
     mark = term.read_until("hello", start=mark)
@@ -345,10 +359,10 @@ def test_repl_warns_once_when_the_disk_is_full_and_goes_on(smollm2: Path, tmp_pa
 
 
 def test_repl_in_a_terminal_goes_on_when_history_writes_fail(smollm2: Path, private_home: Path,
-                                                             open_terminal: Any) -> None:
+                                                             terminal: Any) -> None:
     """Writes past 32 KiB fail in the child (RLIMIT_FSIZE): the history's write-ahead log soon cannot grow."""
     History().close()  # the file exists, so opening it needs no write
-    term = open_terminal(["chat", str(smollm2), *REPL_ARGS, "--max-tokens", "8"], file_size_limit=32 * 1024)
+    term = terminal(["chat", str(smollm2), *REPL_ARGS, "--max-tokens", "8"], file_size_limit=32 * 1024)
     mark = term.read_until(">>> ")
     for question in ("What is the capital of France?", "And of Italy?", "And of Spain?", "And of Peru?"):
         term.type(question + "\r")

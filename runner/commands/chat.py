@@ -13,10 +13,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from runner.commands.fit import add_load_settings_arguments, settings_from_args
 from runner.format import printable
+
+if TYPE_CHECKING:
+    from runner.history import History
 
 JSON_STATS = (
     "prompt_tokens", "completion_tokens", "ttft_s", "prompt_tokens_per_s",
@@ -70,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from runner.history import History
 
     if args.list or args.delete is not None or args.export is not None:
-        with History() as history:
-            return _history_command(args, history)
+        with History() as store:
+            return _history_command(args, store)
     if args.model is None and args.resume is None:
         raise _usage("name a model: fitchat chat MODEL (a .gguf path, repo:QUANT or 'starter')")
     for name in ("ctx", "max_tokens", "threads"):
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             history.close()
 
 
-def _open_history(args: argparse.Namespace) -> Any:
+def _open_history(args: argparse.Namespace) -> History | None:
     """The history for a REPL; one that cannot be opened costs the saving, not the chat (unless resuming)."""
     from runner.errors import HistoryError
     from runner.history import History
