@@ -127,6 +127,37 @@ def _sized(value: Any) -> int:
     return 0
 
 
+def _text_size(value: Any, limit: int) -> int:
+    """About how many characters ``str(value)`` makes, counted without making it, stopping past ``limit``.
+
+    A list of a million references to one long string costs little memory but a huge text once printed,
+    joined or turned into JSON; this walks the containers and adds up what their text would hold.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += 2 + len(item)
+            if total <= limit:
+                stack.extend(item)
+        elif isinstance(item, Mapping):
+            total += 2 + 2 * len(item)
+            if total <= limit:
+                for key, child in item.items():
+                    stack.append(key)
+                    stack.append(child)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += item.bit_length() // 3 + 2
+        else:
+            total += 24
+        if total > limit:
+            return total
+    return total
+
+
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _DIGITS = re.compile(r"\d+")
 
@@ -154,12 +185,21 @@ def _check_brace_format(fmt: str) -> None:
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Jinja's code generator with two more hooks: each ``for`` loop iterates through
-    ``environment.bounded_iter`` and each ``~`` joins through ``environment.bounded_concat``."""
+    """Jinja's code generator with three more hooks: each ``for`` loop iterates through
+    ``environment.bounded_iter``, each ``~`` joins through ``environment.bounded_concat``, and each
+    ``{{ value }}`` is measured by ``environment.printable_value`` before it becomes text."""
 
     def visit_For(self, node: nodes.For, frame: Frame) -> None:
         node.iter = nodes.Call(nodes.EnvironmentAttribute("bounded_iter"), [node.iter], [], None, None)
         super().visit_For(node, frame)
+
+    def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        super()._output_child_pre(node, frame, finalize)
+        self.write("environment.printable_value(")
+
+    def _output_child_post(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        self.write(")")
+        super()._output_child_post(node, frame, finalize)
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         if frame.eval_ctx.volatile:
@@ -260,6 +300,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                 raise TemplateLimitExceeded(f"it raises an integer to a power past {INT_BITS} bits")
         elif operator == "%" and isinstance(left, str):
             _check_percent_format(left)
+            limits.size(len(left) + _text_size(right, limits.max_chars), "a formatted string")
         elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
             limits.size(len(left) + len(right), "a joined value")
         result = super().call_binop(context, operator, left, right)
@@ -288,6 +329,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             limits = limits_of()
             _check_brace_format(fmt)
             _check_arguments(limits, "format", None, args, kwargs)
+            limits.size(len(fmt) + _text_size((args, kwargs), limits.max_chars), "a formatted string")
             result = wrapped(*args, **kwargs)
             limits.spend(len(result))
             return result
@@ -302,9 +344,19 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                 limits.check()
             yield item
 
+    def printable_value(self, value: Any) -> Any:
+        """``{{ value }}``: a value whose text would be too long is refused before it is made."""
+        if not isinstance(value, str):
+            limits = self._limits()
+            limits.size(_text_size(value, limits.max_chars), "an output")
+        return value
+
     def bounded_concat(self, join: Callable[[Any], str], values: tuple[Any, ...]) -> str:
         """``a ~ b ~ c``: the sizes are known before the joined string is built."""
         limits = self._limits()
+        for v in values:
+            if not isinstance(v, str):
+                limits.size(_text_size(v, limits.max_chars), "a joined string")
         parts = tuple(v if isinstance(v, str) else str(v) for v in values)
         total = sum(len(p) for p in parts)
         limits.size(total, "a joined string")
@@ -375,13 +427,18 @@ def _check_arguments(
         limits.size(len(text) * max(longest, 1), "a translated string")
     elif name == "format" and text is not None and subject is None:
         _check_percent_format(text)
-    elif name == "tojson":
+    elif name in _STRINGIFYING and subject is None and args:
+        limits.size(_text_size(args[0], limits.max_chars), f"the text of a value ({name})")
+    if name == "tojson":
         indent = kwargs.get("indent", args[2] if len(args) > 2 else None)
         if isinstance(indent, str) or (isinstance(indent, int) and indent > _MAX_JSON_INDENT):
             raise TemplateLimitExceeded(f"tojson with an indent over {_MAX_JSON_INDENT} is not allowed")
 
 
 _MAX_JSON_INDENT = 16
+#: Filters that turn their whole value into text.
+_STRINGIFYING = frozenset({"string", "pprint", "tojson", "urlencode", "xmlattr", "forceescape", "escape", "e",
+                           "safe", "trim", "upper", "lower", "capitalize", "title", "striptags", "wordcount"})
 
 
 def _check_join(limits: RenderLimits, items: Any, sep: str) -> None:
@@ -390,7 +447,7 @@ def _check_join(limits: RenderLimits, items: Any, sep: str) -> None:
         return
     total = 0
     for n, item in enumerate(items):
-        total += len(item if isinstance(item, str) else str(item)) + len(sep)
+        total += (len(item) if isinstance(item, str) else _text_size(item, limits.max_chars)) + len(sep)
         limits.size(total, "a joined string")
         if n % _ITER_CHECK_EVERY == 0:
             limits.check()

@@ -180,6 +180,13 @@ ATTACKS = {
     "many values": "{% set ns = namespace(l=[]) %}{% for i in range(100000) %}"
                    "{% set ns.l = ns.l + ['x' * 1000000] %}{% endfor %}",
     "lipsum": "{{ lipsum(2000000000) }}",
+    "print a list of references": "{% set l = ['x' * 1000000] * 4000000 %}{{ l }}",
+    "a list in ~": "{% set l = ['x' * 1000000] * 4000000 %}{{ 'a' ~ l }}",
+    "a list in tojson": "{% set l = ['x' * 1000000] * 4000000 %}{{ l|tojson }}",
+    "a list in %": "{% set l = ['x' * 1000000] * 4000000 %}{{ '%s' % [l] }}",
+    "a list in format": "{% set l = ['x' * 1000000] * 4000000 %}{{ '{}'.format(l) }}",
+    "nested lists in join": "{% set l = ['x' * 1000000] * 4000000 %}{{ [l, l]|join }}",
+    "recursive loop": "{% for m in [1, 2] recursive %}{{ loop([m, m]) }}{% endfor %}",
     "recursion": "{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}",
 }
 
