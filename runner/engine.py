@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 from runner import threads as thread_policy
 from runner.errors import FitchatError, LoadFailed
+from runner.format import printable
 
 if TYPE_CHECKING:
+    from runner.chat_template import BoundedChatFormatter
     from runner.plan import Plan
 
 Notice = Callable[[str], None]
@@ -74,7 +76,13 @@ class ContextOverflow(EngineError):
 
 
 class ChatTemplateError(EngineError):
-    """The model's chat template could not render the conversation."""
+    """The model's chat template is broken, or could not render the conversation within its limits."""
+
+
+class RenderCancelled(EngineError):
+    """The user stopped a reply while the chat template was still rendering the conversation."""
+
+    exit_code = 130
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,22 @@ def failure_reason(message: str, log_lines: Sequence[str]) -> str:
         return 1 if "failed" in low else 0
 
     best = max(log_lines[::-1], key=score, default="")  # the latest line among equals
-    return best.strip() if best and score(best) else (message.strip() or "unknown error")
+    reason = best if best and score(best) else (message or "unknown error")
+    return printable(reason, 300, one_line=True).strip() or "unknown error"  # log lines quote the file's strings
+
+
+def template_failure(exc: BaseException) -> str:
+    """One printable line for why a chat template failed (with the line of a syntax error)."""
+    from jinja2 import TemplateSyntaxError
+
+    if isinstance(exc, RecursionError):
+        return "it calls itself without end"
+    if isinstance(exc, MemoryError):
+        return "it ran out of memory"
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    lineno = getattr(exc, "lineno", None)
+    where = f"line {lineno}: " if isinstance(exc, TemplateSyntaxError) and lineno else ""
+    return where + printable(message, 200, one_line=True).strip()
 
 
 class LlamaLog:
@@ -255,7 +278,8 @@ class LlamaLog:
 
 
 def default_loader(path: str, **kwargs: Any) -> Any:
-    """``llama_cpp.Llama(path, **kwargs)`` with its chatter kept off the terminal.
+    """``llama_cpp.Llama(path, **kwargs)`` with its chatter kept off the terminal, and the chat templates
+    in the file left uncompiled there (fitchat renders them itself, within limits: see runner.chat_template).
 
     ``verbose=True`` on purpose: with ``verbose=False`` llama-cpp-python points file descriptors
     1 and 2 at /dev/null for the whole load, which blanks a terminal UI drawing meanwhile. The log
@@ -264,8 +288,10 @@ def default_loader(path: str, **kwargs: Any) -> Any:
     import llama_cpp
     from llama_cpp._logger import set_verbose
 
+    from runner.chat_template import bounded_llama_templates
+
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stderr(io.StringIO()), bounded_llama_templates():
             return llama_cpp.Llama(model_path=path, verbose=True, **kwargs)
     finally:
         set_verbose(False)
@@ -336,8 +362,6 @@ class ChatEngine:
         on_notice: Notice | None = None,
     ) -> None:
         import llama_cpp
-        from llama_cpp import llama_chat_format
-
         self._lc = llama_cpp
         self.llm = llm
         self.path = path
@@ -378,16 +402,25 @@ class ChatEngine:
 
         metadata = getattr(llm, "metadata", {}) or {}
         self.chat_template: str | None = metadata.get("tokenizer.chat_template") or None
-        self._formatter = None
+        self._formatter: BoundedChatFormatter | None = None
         if self.chat_template:
+            from runner.chat_template import BoundedChatFormatter
+
             eos_id = int(llama_cpp.llama_vocab_eos(self._vocab))
             bos_id = int(llama_cpp.llama_vocab_bos(self._vocab))
-            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+            self._formatter = BoundedChatFormatter(
                 template=self.chat_template,
                 eos_token=self._token_text(eos_id),
                 bos_token=self._token_text(bos_id),
                 stop_token_ids=[eos_id],
             )
+            try:
+                self._formatter.compile()
+            except Exception as exc:  # any failure to compile is the file's, told in one line
+                raise ChatTemplateError(
+                    f"the chat template of {self.model_label} is broken ({template_failure(exc)}); "
+                    "this file cannot be used for chat: pick another file or quant of the model"
+                ) from exc
         else:
             self._notice(
                 "this model has no chat template (probably a base model): it will continue your text "
@@ -709,21 +742,49 @@ class ChatEngine:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
 
     def render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The prompt text: the chat template with the generation prompt, or plain text without one."""
+        """The prompt text: the chat template with the generation prompt, or plain text without one.
+
+        The template runs within the limits of runner.chat_template (time, sizes, the engine's cancel);
+        a template that fails them is a :class:`ChatTemplateError` naming the model, at once.
+        """
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
         if self._formatter is None:
             return "\n\n".join(m["content"] for m in msgs if m["content"])
+        from runner.chat_template import TemplateCancelled, TemplateLimitExceeded
+
         try:
             return self._formatter(messages=msgs).prompt
+        except (TemplateLimitExceeded, TemplateCancelled, RecursionError, MemoryError) as exc:
+            raise self._template_failure(exc) from exc
         except Exception as exc:  # jinja2 errors and the template's raise_exception (ValueError)
             if msgs and msgs[0]["role"] == "system" and len(msgs) > 1:
                 # Templates without a system role: fold it into the first user turn.
                 merged = [dict(msgs[1], content=msgs[0]["content"] + "\n\n" + msgs[1]["content"])] + msgs[2:]
                 try:
                     return self._formatter(messages=merged).prompt
-                except Exception:
+                except (TemplateLimitExceeded, TemplateCancelled, RecursionError, MemoryError) as again:
+                    raise self._template_failure(again) from again
+                except Exception:  # noqa: BLE001 - the first failure is the one to tell
                     pass
-            raise ChatTemplateError(f"the model's chat template could not render this conversation: {exc}") from exc
+            raise ChatTemplateError(
+                f"the chat template of {self.model_label} could not render this conversation: "
+                f"{template_failure(exc)}"
+            ) from exc
+
+    def _template_failure(self, exc: BaseException) -> EngineError:
+        from runner.chat_template import TemplateCancelled
+
+        if isinstance(exc, TemplateCancelled):
+            return RenderCancelled("stopped while the chat template was rendering the conversation")
+        return ChatTemplateError(
+            f"the chat template of {self.model_label} was stopped: {template_failure(exc)} "
+            "(real templates take a millisecond and a few KiB; this file's is faulty or hostile: pick another file)"
+        )
+
+    @property
+    def model_label(self) -> str:
+        """The model's file name, safe to print."""
+        return printable(Path(self.path).name, 80, one_line=True)
 
     def prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """The tokens the model will see for ``messages`` (generation prompt included)."""
@@ -895,7 +956,8 @@ class ChatEngine:
                     f"was {old.n_threads}"
                 )
             msgs = self.with_system(messages, settings.system_prompt)
-            tokens, _kept, dropped = self.fit_context(msgs, settings)
+            with self._formatter.limits(cancelled=self._cancel.is_set) if self._formatter else contextlib.nullcontext():
+                tokens, _kept, dropped = self.fit_context(msgs, settings)  # ctrl+c reaches the template too
             if dropped:
                 self._notice(
                     f"context full: left out the {dropped} oldest message{'s' if dropped != 1 else ''} to fit "

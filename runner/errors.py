@@ -57,3 +57,8 @@ class OversizedResponse(HubError):
 
 class RegistryError(FitchatError):
     """The imported-model registry file is not in fitchat's format."""
+
+
+class HistoryError(FitchatError):
+    """The chat history database cannot be read or written (full disk, read-only, locked, damaged, newer
+    schema, unknown conversation); the message says which and what to do."""

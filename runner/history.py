@@ -10,6 +10,8 @@ to date when it is opened, and a file from a newer fitchat is refused rather tha
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import sqlite3
 import threading
@@ -18,17 +20,75 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runner import paths
-from runner.errors import FitchatError
+from runner.errors import HistoryError
+from runner.format import printable
+
+__all__ = ["Conversation", "ConversationNotFound", "History", "HistoryError", "Message"]
 
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 60
 
+_T = TypeVar("_T")
 
-class HistoryError(FitchatError):
-    """The history database cannot be used (newer schema, unreadable file, unknown conversation)."""
+# SQLite's primary result codes (the low byte of ``sqlite_errorcode``).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_READONLY = 3, 5, 6, 7, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_AUTH, _SQLITE_NOTADB = 10, 11, 13, 14, 23, 26
+
+
+def history_error(exc: BaseException, path: Path, doing: str) -> HistoryError:
+    """A :class:`HistoryError` for a failure of SQLite (or of the file system) while ``doing`` something,
+    with advice that fits the cause: a full disk, a read-only file, a lock, a damaged file differ."""
+    where = printable(path, 200, one_line=True)
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc).lower()
+    detail = printable(exc, 120, one_line=True)
+    if primary == _SQLITE_FULL or "disk is full" in text or getattr(exc, "errno", None) == 28:
+        cause = f"the disk holding {where} is full; free some space"
+    elif primary == _SQLITE_READONLY or "readonly" in text or "read-only" in text:
+        cause = f"{where} is read-only; make it and its folder writable"
+    elif primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in text:
+        cause = f"{where} is locked by another program (another fitchat?); try again once it is done"
+    elif primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in text or "not a database" in text:
+        cause = (f"{where} is damaged ({detail}); move the file aside (add .broken to its name, say) "
+                 "and fitchat starts a new history")
+    elif "no such table" in text or "no such column" in text or isinstance(exc, _WrongShape):
+        cause = (f"{where} is not a fitchat history as this version knows it ({detail}); move the file aside "
+                 "(add .broken to its name, say) and fitchat starts a new history")
+    elif primary in (_SQLITE_PERM, _SQLITE_AUTH, _SQLITE_CANTOPEN) or isinstance(exc, PermissionError):
+        cause = f"{where} cannot be opened ({detail}); check that its folder exists and that you may write there"
+    elif primary == _SQLITE_IOERR or isinstance(exc, OSError):
+        cause = f"reading or writing {where} failed ({detail}); check the disk"
+    elif primary == _SQLITE_NOMEM or isinstance(exc, MemoryError):
+        cause = "SQLite ran out of memory"
+    else:
+        cause = f"{where}: {detail}"
+    return HistoryError(f"cannot {doing}: {cause}")
+
+
+class _WrongShape(Exception):
+    """A row whose values are not of the types fitchat wrote (a damaged or foreign file)."""
+
+
+def _guarded(doing: str) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """Turn every SQLite (and file system) failure inside a History method into one HistoryError."""
+
+    def wrap(method: Callable[..., _T]) -> Callable[..., _T]:
+        @functools.wraps(method)
+        def guarded(self: History, *args: Any, **kwargs: Any) -> _T:
+            try:
+                return method(self, *args, **kwargs)
+            except HistoryError:
+                raise
+            except (sqlite3.Error, OSError, MemoryError, _WrongShape) as exc:
+                raise history_error(exc, self.path, doing) from exc
+
+        return guarded
+
+    return wrap
 
 
 class ConversationNotFound(HistoryError):
@@ -123,19 +183,41 @@ class History:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            self._check_tables()  # before anything is written: a foreign or damaged file is left as it is
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise HistoryError(
-                f"cannot open the chat history at {self.path}: {exc}; move the file aside to start a new history"
-            ) from exc
+            self._check_tables()
+        except HistoryError:
+            self.close()
+            raise
+        except (sqlite3.Error, OSError, MemoryError, _WrongShape) as exc:
+            self.close()
+            raise history_error(exc, self.path, "open the chat history") from exc
+
+    def _check_tables(self) -> None:
+        """A file whose tables are not fitchat's (or that has tables but no version) is foreign or damaged."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version == 0:
+            tables = [str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            if tables:
+                raise _WrongShape(f"tables of another program: {', '.join(tables[:5])}")
+            return
+        expected = {
+            "conversations": {"id", "title", "model", "quant", "model_path", "settings", "created_at", "updated_at"},
+            "messages": {"id", "conversation_id", "role", "content", "created_at", "stats", "finish_reason"},
+        }
+        for table, columns in expected.items():
+            found = {str(row[1]) for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if not columns <= found:
+                missing = ", ".join(sorted(columns - found))
+                raise _WrongShape(f"table {table} lacks {missing}" if found else f"no table {table}")
 
     # ------------------------------------------------------------------ schema
 
@@ -158,24 +240,28 @@ class History:
                     self._db.execute(f"PRAGMA user_version = {target + 1}")
                     self._db.execute("COMMIT")
                 except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
+                    self._rollback()
                     raise
 
+    @_guarded("read the chat history")
     def schema_version(self) -> int:
         """The file's ``PRAGMA user_version``."""
         with self._lock:
             return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
+    @_guarded("read the chat history")
     def journal_mode(self) -> str:
         """``wal`` once opened."""
         with self._lock:
             return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
 
     def close(self) -> None:
-        """Close the connection (the WAL is checkpointed by SQLite)."""
+        """Close the connection (the WAL is checkpointed by SQLite); a failure to checkpoint loses nothing."""
         with self._lock:
-            self._db.close()
+            db = getattr(self, "_db", None)
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
 
     def __enter__(self) -> History:
         return self
@@ -185,6 +271,12 @@ class History:
 
     # ------------------------------------------------------------------ writes
 
+    def _rollback(self) -> None:
+        """Undo the open transaction; a rollback that fails too (a full disk) leaves the first error to tell."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
     def _write(self, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -193,10 +285,10 @@ class History:
                 self._db.execute("COMMIT")
                 return cur
             except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
 
+    @_guarded("save the conversation")
     def create(
         self,
         model: str,
@@ -215,6 +307,7 @@ class History:
         )
         return self.get(int(cur.lastrowid or 0))
 
+    @_guarded("save the message")
     def add_message(
         self,
         conversation_id: int,
@@ -246,15 +339,16 @@ class History:
                     )
                 self._db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         return Message(int(cur.lastrowid or 0), conversation_id, role, content, now, stats, finish_reason)
 
+    @_guarded("remove a message from the history")
     def delete_message(self, message_id: int) -> None:
         """Remove one message (regenerating replaces the last reply this way)."""
         self._write("DELETE FROM messages WHERE id = ?", (message_id,))
 
+    @_guarded("save the conversation's settings")
     def update(
         self, conversation_id: int, *, title: str | None = None, settings: dict[str, Any] | None = None
     ) -> Conversation:
@@ -266,6 +360,7 @@ class History:
             self._write("UPDATE conversations SET settings = ? WHERE id = ?", (json.dumps(settings), conversation_id))
         return self.get(conversation_id)
 
+    @_guarded("delete the conversation")
     def delete(self, conversation_id: int) -> None:
         """Delete a conversation and its messages."""
         self.get(conversation_id)
@@ -275,17 +370,19 @@ class History:
 
     def _conversation(self, row: sqlite3.Row | tuple[Any, ...], messages: tuple[Message, ...] = ()) -> Conversation:
         cid, title, model, quant, model_path, settings, created, updated, count = row
-        try:
-            parsed = json.loads(settings or "{}")
-        except ValueError:
-            parsed = {}
-        return Conversation(cid, title, model, quant, model_path, parsed, created, updated, count, messages)
+        parsed = _json_object(settings) or {}
+        return Conversation(
+            _typed(cid, int), _typed(title, str, ""), _typed(model, str, ""), _typed(quant, str, None),
+            _typed(model_path, str, None), parsed, _timestamp(created), _timestamp(updated), _typed(count, int),
+            messages,
+        )
 
     _SELECT = (
         "SELECT c.id, c.title, c.model, c.quant, c.model_path, c.settings, c.created_at, c.updated_at,"
         " (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) FROM conversations c"
     )
 
+    @_guarded("read the chat history")
     def get(self, conversation_id: int) -> Conversation:
         """A conversation's header (no messages); raises :class:`ConversationNotFound`."""
         with self._lock:
@@ -294,6 +391,7 @@ class History:
             raise ConversationNotFound(f"no conversation {conversation_id}; 'fitchat chat --list' shows them")
         return self._conversation(row)
 
+    @_guarded("list the saved conversations")
     def list_conversations(self, limit: int | None = None) -> list[Conversation]:
         """Conversations, most recently updated first (headers only)."""
         sql = self._SELECT + " ORDER BY c.updated_at DESC, c.id DESC"
@@ -305,6 +403,7 @@ class History:
             rows = self._db.execute(sql, params).fetchall()
         return [self._conversation(r) for r in rows]
 
+    @_guarded("read the conversation")
     def load(self, conversation_id: int) -> Conversation:
         """A conversation with all its messages, in order."""
         header = self.get(conversation_id)
@@ -315,7 +414,8 @@ class History:
                 (conversation_id,),
             ).fetchall()
         messages = tuple(
-            Message(mid, cid, role, content, created, json.loads(stats) if stats else None, finish)
+            Message(_typed(mid, int), _typed(cid, int), _typed(role, str), _typed(content, str), _timestamp(created),
+                    _json_object(stats), _typed(finish, str, None))
             for mid, cid, role, content, created, stats, finish in rows
         )
         return Conversation(
@@ -323,10 +423,75 @@ class History:
             header.created_at, header.updated_at, len(messages), messages,
         )
 
+    @_guarded("export the conversation")
     def export_markdown(self, conversation_id: int) -> str:
         """The conversation as Markdown: a header with model and settings, then each turn."""
         conv = self.load(conversation_id)
         return conversation_markdown(conv)
+
+
+def _typed(value: Any, kind: type, default: Any = ...) -> Any:
+    """A column's value as fitchat wrote it; NULL becomes ``default`` when one is allowed."""
+    if value is None and default is not ...:
+        return default
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise _WrongShape(f"a {type(value).__name__} where fitchat keeps a {kind.__name__}")
+
+
+def _timestamp(value: Any) -> float:
+    if isinstance(value, (int, float)) and 0 <= value < 1e11:
+        return float(value)
+    raise _WrongShape(f"a {type(value).__name__} where fitchat keeps a time")
+
+
+def _json_object(text: Any) -> dict[str, Any] | None:
+    """Settings and stats: a JSON object, or None when absent or unreadable (they are only figures)."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_export(path: str | Path, text: str, *, replace: bool = False) -> Path:
+    """Write an exported conversation to ``path`` whole or not at all (a temporary file, then a rename).
+
+    An existing file is kept unless ``replace``: :class:`FileExistsError` then says so, and nothing is
+    written. Without replacing, the temporary file is hard-linked into place, which fails atomically
+    when the name was taken meanwhile; on a file system without hard links an exclusive create stands in.
+    """
+    import os
+    import tempfile
+
+    target = Path(path)
+    if not replace and (target.exists() or target.is_symlink()):
+        raise FileExistsError(17, "file exists", str(target))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:80]}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        umask = os.umask(0o022)  # read it back: mkstemp makes 0600, an export is an ordinary file
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, target)
+            return target
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (FAT, some network shares)
+            with open(target, "x", encoding="utf-8") as f:
+                f.write(text)
+        return target
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def make_title(text: str) -> str:

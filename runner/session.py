@@ -2,17 +2,24 @@
 
 The user's message is committed before the reply starts and the reply when it ends (a stopped
 reply is kept with what was written, marked ``cancelled``), so a crash mid-reply loses at most
-that reply. The CLI's REPL and the terminal UI both drive chats through this class.
+that reply. A save that fails (a full disk, a read-only or locked file) costs the history, not the
+chat: the user is warned once and the conversation goes on unsaved. The CLI's REPL drives chats
+through this class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from runner.engine import ChatEngine, ChatStats, SamplingSettings
+from runner.errors import HistoryError
 from runner.history import Conversation, History
+
+_T = TypeVar("_T")
 
 
 class ChatSession:
@@ -26,14 +33,19 @@ class ChatSession:
         settings: SamplingSettings | None = None,
         model_name: str = "",
         quant: str | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.history = history
+        self.on_warning = on_warning
+        #: Why the history stopped being written (None while it is, or when there is none).
+        self.unsaved_reason: str | None = None
         self.settings = settings or SamplingSettings()
         self.model_name = model_name or engine.path.rsplit("/", 1)[-1]
         self.quant = quant
         self.messages: list[dict[str, Any]] = []  # {"role", "content", "id"?}
         self.conversation_id: int | None = None
+        self.started_at = time.time()
         self._regen_attempt = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -43,10 +55,11 @@ class ChatSession:
         """Continue a saved conversation with its settings (``overrides`` replace single settings)."""
         conv = history.load(conversation_id)
         settings = SamplingSettings.from_json(conv.settings) if conv.settings else SamplingSettings()
-        known = {k: v for k, v in overrides.items() if v is not None}
+        known = {k: v for k, v in overrides.items() if v is not None and k != "on_warning"}
         if known:
             settings = replace(settings, **known)
-        session = cls(engine, history, settings=settings, model_name=conv.model, quant=conv.quant)
+        session = cls(engine, history, settings=settings, model_name=conv.model, quant=conv.quant,
+                      on_warning=overrides.get("on_warning"))
         session.conversation_id = conv.id
         session.messages = [{"role": m.role, "content": m.content, "id": m.id} for m in conv.messages]
         return session
@@ -71,31 +84,50 @@ class ChatSession:
         self.conversation_id = None
 
     def export_markdown(self) -> str:
-        """This conversation as Markdown."""
+        """This conversation as Markdown (from the history when it is saved there, else from memory)."""
         if self.history is not None and self.conversation_id is not None:
-            return self.history.export_markdown(self.conversation_id)
-        from runner.history import Message, conversation_markdown
+            try:
+                return self.history.export_markdown(self.conversation_id)
+            except HistoryError:
+                pass  # what this session holds is the whole conversation
+        from runner.history import Message, conversation_markdown, make_title
 
-        msgs = tuple(Message(0, 0, m["role"], m["content"], 0.0) for m in self.messages)
-        conv = Conversation(0, "", self.model_name, self.quant, self.engine.path, self.settings.to_json(), 0.0, 0.0,
-                            len(msgs), msgs)
+        msgs = tuple(Message(0, 0, m["role"], m["content"], self.started_at) for m in self.messages)
+        first = next((m["content"] for m in self.messages if m["role"] == "user"), "")
+        conv = Conversation(0, make_title(first) if first else "", self.model_name, self.quant, self.engine.path,
+                            self.settings.to_json(), self.started_at, self.started_at, len(msgs), msgs)
         return conversation_markdown(conv)
 
-    # ------------------------------------------------------------------ turns
+    # ------------------------------------------------------------------ saving
+
+    def _save(self, write: Callable[[History], _T]) -> _T | None:
+        """Run one history write; on failure warn once, stop saving and go on (returns None)."""
+        history = self.history
+        if history is None:
+            return None
+        try:
+            return write(history)
+        except HistoryError as exc:
+            self.history = None
+            self.unsaved_reason = str(exc)
+            if self.on_warning is not None:
+                self.on_warning(f"{exc}; this chat goes on, unsaved")
+            return None
 
     def _ensure_conversation(self) -> int | None:
-        if self.history is None:
-            return None
-        if self.conversation_id is None:
-            conv = self.history.create(
+        if self.history is not None and self.conversation_id is None:
+            conv = self._save(lambda h: h.create(
                 self.model_name, quant=self.quant, model_path=self.engine.path, settings=self.settings.to_json()
-            )
-            self.conversation_id = conv.id
-        return self.conversation_id
+            ))
+            self.conversation_id = conv.id if conv is not None else None
+        return self.conversation_id if self.history is not None else None
 
     def _save_settings(self) -> None:
-        if self.history is not None and self.conversation_id is not None:
-            self.history.update(self.conversation_id, settings=self.settings.to_json())
+        cid = self.conversation_id
+        if cid is not None:
+            self._save(lambda h: h.update(cid, settings=self.settings.to_json()))
+
+    # ------------------------------------------------------------------ turns
 
     def _chat_messages(self) -> list[dict[str, str]]:
         return [{"role": m["role"], "content": m["content"]} for m in self.messages]
@@ -108,8 +140,10 @@ class ChatSession:
         """
         cid = self._ensure_conversation()
         entry: dict[str, Any] = {"role": "user", "content": text}
-        if cid is not None and self.history is not None:
-            entry["id"] = self.history.add_message(cid, "user", text).id
+        if cid is not None:
+            saved = self._save(lambda h: h.add_message(cid, "user", text))
+            if saved is not None:
+                entry["id"] = saved.id
         self.messages.append(entry)
         self._regen_attempt = 0
         return self._reply(self.engine.stream(self._chat_messages(), self.settings), taken_back=entry)
@@ -117,9 +151,9 @@ class ChatSession:
     def regenerate(self) -> Iterator[str]:
         """Replace the last reply with a new one (or answer an unanswered last message)."""
         while self.messages and self.messages[-1]["role"] == "assistant":
-            old = self.messages.pop()
-            if self.history is not None and "id" in old:
-                self.history.delete_message(old["id"])
+            old_id = self.messages.pop().get("id")
+            if isinstance(old_id, int):
+                self._save(functools.partial(History.delete_message, message_id=old_id))
         self._regen_attempt += 1
         return self._reply(self.engine.regenerate(self._chat_messages(), self.settings, attempt=self._regen_attempt))
 
@@ -144,8 +178,9 @@ class ChatSession:
     def _take_back(self, entry: dict[str, Any]) -> None:
         if self.messages and self.messages[-1] is entry:
             self.messages.pop()
-        if self.history is not None and "id" in entry:
-            self.history.delete_message(entry["id"])
+        message_id = entry.get("id")
+        if isinstance(message_id, int):
+            self._save(lambda h: h.delete_message(message_id))
 
     def _record(self, text: str) -> None:
         stats = self.engine.last_stats
@@ -154,8 +189,10 @@ class ChatSession:
             return  # stopped before any text: nothing to keep
         entry: dict[str, Any] = {"role": "assistant", "content": text}
         cid = self.conversation_id
-        if cid is not None and self.history is not None:
-            entry["id"] = self.history.add_message(
+        if cid is not None:
+            saved = self._save(lambda h: h.add_message(
                 cid, "assistant", text, stats=stats.to_json() if stats else None, finish_reason=finish
-            ).id
+            ))
+            if saved is not None:
+                entry["id"] = saved.id
         self.messages.append(entry)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pty
+import resource
 import select
 import signal
 import sqlite3
@@ -135,9 +136,11 @@ def test_repl_commands_multiline_and_history(smollm2: Path, tmp_path: Path) -> N
 class Terminal:
     """``fitchat chat`` in a pseudo-terminal: type, read, ctrl+c, ctrl+d, kill."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], *, file_size_limit: int | None = None) -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: stdin/stdout/stderr are the terminal
+            if file_size_limit is not None:  # writes past this offset fail, as on a full disk
+                resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
             os.execv(sys.executable, [sys.executable, "-m", "runner", *argv])
         self.buffer = ""
         self.exit_code: int | None = None
@@ -216,8 +219,8 @@ def open_terminal() -> Iterator[Callable[[list[str]], Terminal]]:
     """Start ``fitchat`` in terminals; whatever still runs at the end of the test is killed and reaped."""
     opened: list[Terminal] = []
 
-    def start(argv: list[str]) -> Terminal:
-        opened.append(Terminal(argv))
+    def start(argv: list[str], **options: Any) -> Terminal:
+        opened.append(Terminal(argv, **options))
         return opened[-1]
 
     yield start

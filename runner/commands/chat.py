@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -10,10 +11,15 @@ import signal
 import stat
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from runner.commands.fit import add_load_settings_arguments, settings_from_args
+from runner.format import printable
+
+if TYPE_CHECKING:
+    from runner.history import History
 
 JSON_STATS = (
     "prompt_tokens", "completion_tokens", "ttft_s", "prompt_tokens_per_s",
@@ -25,11 +31,12 @@ REPL_HELP = """Commands:
   /clear         start a new conversation (the old one stays in the history)
   /regen         answer the last message again
   /save [FILE]   write this conversation as Markdown (default: fitchat-chat-ID.md)
+  /save! FILE    the same, replacing FILE if it exists
   /stats         figures for the last reply
   /help          this text
   /exit          leave (or ctrl+d)
 Multi-line input: end a line with \\ to continue it, or wrap the text in triple quotes (\"\"\").
-ctrl+c stops a reply."""
+ctrl+c stops a reply; a second ctrl+c while it stops ends fitchat."""
 
 
 def register(subparsers: Any) -> None:
@@ -66,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from runner.history import History
 
     if args.list or args.delete is not None or args.export is not None:
-        with History() as history:
-            return _history_command(args, history)
+        with History() as store:
+            return _history_command(args, store)
     if args.model is None and args.resume is None:
         raise _usage("name a model: fitchat chat MODEL (a .gguf path, repo:QUANT or 'starter')")
     for name in ("ctx", "max_tokens", "threads"):
@@ -88,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         raise _usage("--resume and --no-save cannot be combined: a resumed conversation is saved as it goes")
 
     prompt = _one_shot_prompt(args)
-    history = None if (prompt is not None and args.resume is None) or args.no_save else History()
+    history = None if (prompt is not None and args.resume is None) or args.no_save else _open_history(args)
     try:
         conversation = history.get(args.resume) if (history is not None and args.resume is not None) else None
         ref = args.model or (conversation.model_path if conversation else None)
@@ -96,18 +103,39 @@ def run(args: argparse.Namespace) -> int:
             raise _usage(f"conversation {args.resume} names no model file; give MODEL")
         model = _resolve(ref)
         if prompt is None:
-            print(f"Loading {model.name}…", file=sys.stderr, flush=True)
-        engine = _load(model, args)
+            print(f"Loading {printable(model.name, 120, one_line=True)}…", file=sys.stderr, flush=True)
+        with interrupt_ends_command():
+            engine = _load(model, args)
         try:
             session = _session(engine, history, model, args)
             if prompt is not None:
                 return _one_shot(session, prompt, args)
             return Repl(session, sys.stdout, sys.stderr).loop()
         finally:
-            engine.close()
+            with interrupt_ends_command():
+                engine.close()
     finally:
         if history is not None:
             history.close()
+
+
+def _open_history(args: argparse.Namespace) -> History | None:
+    """The history for a REPL; one that cannot be opened costs the saving, not the chat (unless resuming)."""
+    from runner.errors import HistoryError
+    from runner.history import History
+
+    try:
+        return History()
+    except HistoryError as exc:
+        if args.resume is not None:
+            raise
+        warning(f"{exc}; this chat goes on, unsaved")
+        return None
+
+
+def warning(message: str) -> None:
+    """A warning on stderr, one line."""
+    print(f"fitchat: warning: {printable(message, 500, one_line=True)}", file=sys.stderr, flush=True)
 
 
 def _usage(message: str) -> Exception:
@@ -119,8 +147,8 @@ def _usage(message: str) -> Exception:
 
 
 def notice(message: str) -> None:
-    """Engine notices go to stderr, one line each."""
-    print(f"fitchat: {message}", file=sys.stderr, flush=True)
+    """Engine notices go to stderr, one line each (they can quote a model's file, so made printable)."""
+    print(f"fitchat: {printable(message, 500, one_line=True)}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- history commands
@@ -130,10 +158,11 @@ def _history_command(args: argparse.Namespace, history: Any) -> int:
     if args.delete is not None:
         conv = history.get(args.delete)
         history.delete(args.delete)
-        print(f"deleted conversation {conv.id} ({conv.title or 'untitled'})")
+        print(f"deleted conversation {conv.id} ({printable(conv.title, 80, one_line=True) or 'untitled'})")
         return 0
     if args.export is not None:
-        sys.stdout.write(history.export_markdown(args.export))
+        text = history.export_markdown(args.export)
+        sys.stdout.write(printable(text) if _is_terminal(sys.stdout) else text)
         return 0
     conversations = history.list_conversations()
     if args.json:
@@ -148,12 +177,14 @@ def _history_command(args: argparse.Namespace, history: Any) -> int:
         return 0
     from datetime import datetime
 
-    models = [c.model + (f":{c.quant}" if c.quant and c.quant not in c.model else "") for c in conversations]
+    models = [printable(c.model + (f":{c.quant}" if c.quant and c.quant not in c.model else ""), 60, one_line=True)
+              for c in conversations]
     width = min(60, max(5, *(len(m) for m in models)))
     print(f"{'ID':>4}  {'UPDATED':16}  {'MSGS':>4}  {'MODEL':{width}}  TITLE")
     for c, model in zip(conversations, models):
         when = datetime.fromtimestamp(c.updated_at).strftime("%Y-%m-%d %H:%M")
-        print(f"{c.id:>4}  {when:16}  {c.message_count:>4}  {model:{width}}  {c.title}")
+        title = printable(c.title, 80, one_line=True)
+        print(f"{c.id:>4}  {when:16}  {c.message_count:>4}  {model:{width}}  {title}")
     return 0
 
 
@@ -201,20 +232,41 @@ def _session(engine: Any, history: Any, model: _Model, args: argparse.Namespace)
         "seed": args.seed, "max_tokens": args.max_tokens, "system_prompt": args.system,
     }
     if history is not None and args.resume is not None:
-        return ChatSession.resume(engine, history, args.resume, **overrides)
+        return ChatSession.resume(engine, history, args.resume, on_warning=warning, **overrides)
     settings = SamplingSettings(**{k: v for k, v in overrides.items() if v is not None})
-    return ChatSession(engine, history, settings=settings, model_name=model.name, quant=model.quant)
+    return ChatSession(engine, history, settings=settings, model_name=model.name, quant=model.quant,
+                       on_warning=warning)
 
 
 # ---------------------------------------------------------------- streaming with ctrl+c
 
 
+@contextlib.contextmanager
+def interrupt_ends_command() -> Iterator[None]:
+    """While this is open, ctrl+c ends fitchat at once (exit status 130, by the signal itself).
+
+    For what cannot be stopped politely (loading or closing a model, a reply already asked to stop):
+    the default action is taken by the kernel, so it works even while C code or a runaway Python
+    loop holds the interpreter. What is saved stays saved: each history write is its own transaction.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def stream_to(pieces_factory: Any, engine: Any, out: TextIO | None) -> tuple[str, bool]:
-    """Run a reply in a worker thread, writing pieces to ``out``; ctrl+c cancels it.
+    """Run a reply in a worker thread, writing pieces to ``out``; ctrl+c cancels it, a second ends fitchat.
 
     The main thread only moves pieces from a queue to ``out``, so SIGINT is handled at once even
     while llama.cpp is busy in C code; the handler asks the engine to cancel, and its abort callback
-    stops the computation. Returns (text, interrupted).
+    stops the computation (or the chat template's limits stop the render). From then until the reply
+    has stopped, ctrl+c has its default action (:func:`interrupt_ends_command`), so a second one always
+    ends the command, whatever the worker is stuck in. Returns (text, interrupted).
     """
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
     interrupted = threading.Event()
@@ -228,6 +280,7 @@ def stream_to(pieces_factory: Any, engine: Any, out: TextIO | None) -> tuple[str
             q.put(("error", exc))
 
     def on_sigint(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # the next ctrl+c ends the command
         interrupted.set()
         engine.cancel()
 
@@ -236,6 +289,7 @@ def stream_to(pieces_factory: Any, engine: Any, out: TextIO | None) -> tuple[str
         previous = signal.signal(signal.SIGINT, on_sigint)
     worker = threading.Thread(target=work, name="fitchat-reply", daemon=True)
     parts: list[str] = []
+    clean = out is not None and _is_terminal(out)
     try:
         worker.start()
         while True:
@@ -243,7 +297,7 @@ def stream_to(pieces_factory: Any, engine: Any, out: TextIO | None) -> tuple[str
             if kind == "piece":
                 parts.append(value)
                 if out is not None:
-                    out.write(value)
+                    out.write(printable(value) if clean else value)
                     out.flush()
             elif kind == "error":
                 raise value
@@ -251,12 +305,21 @@ def stream_to(pieces_factory: Any, engine: Any, out: TextIO | None) -> tuple[str
                 break
     except BaseException:  # a closed pipe, say: stop the reply before waiting for it
         engine.cancel()
+        if previous is not None:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
         raise
     finally:
         worker.join()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     return "".join(parts), interrupted.is_set()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------- one-shot
@@ -335,7 +398,8 @@ class Repl:
 
     def banner(self) -> None:
         s, e = self.session, self.session.engine
-        name = s.model_name + (f" ({s.quant})" if s.quant and s.quant not in s.model_name else "")
+        name = printable(s.model_name + (f" ({s.quant})" if s.quant and s.quant not in s.model_name else ""), 120,
+                         one_line=True)
         where = f"GPU layers {e.gpu_layers}" if e.gpu_layers else "CPU"
         self.say(
             f"Chatting with {name} · context {e.n_ctx} · {where} · threads {e.threads.n_threads} · "
@@ -393,18 +457,38 @@ class Repl:
             self.reply(lambda t=text: self.session.send(t))
 
     def reply(self, factory: Any) -> None:
+        from runner.engine import RenderCancelled
         from runner.errors import FitchatError
 
         try:
             text, interrupted = stream_to(factory, self.session.engine, self.out)
+        except RenderCancelled:
+            self.say("(stopped)")
+            return
         except FitchatError as exc:
-            self.say(f"fitchat: error: {exc}")
+            self.say(f"fitchat: error: {printable(exc, 500, one_line=True)}")
             return
         if text and not text.endswith("\n"):
             self.out.write("\n")
         self.out.flush()
         if interrupted:
             self.say("(stopped)")
+
+    def save(self, name: str, *, replace: bool = False) -> None:
+        """``/save [FILE]``: write the conversation as Markdown; an existing file needs ``/save! FILE``."""
+        from runner.history import write_export
+
+        s = self.session
+        target = Path(name or f"fitchat-chat-{s.conversation_id or 'unsaved'}.md").expanduser()
+        shown = printable(target, 200, one_line=True)
+        try:
+            write_export(target, s.export_markdown(), replace=replace)
+        except FileExistsError:
+            self.say(f"{shown} exists: '/save! {shown}' replaces it, or give another name")
+        except OSError as exc:
+            self.say(f"fitchat: error: cannot write {shown}: {exc.strerror or exc}")
+        else:
+            self.say(f"saved to {shown}")
 
     def command(self, text: str) -> str | None:
         name, _, rest = text.partition(" ")
@@ -416,7 +500,7 @@ class Repl:
             self.say(REPL_HELP)
         elif name == "/system":
             if not rest:
-                self.say(f"system prompt: {s.settings.system_prompt or '(none)'}")
+                self.say(f"system prompt: {printable(s.settings.system_prompt or '(none)')}")
             else:
                 s.set_system(None if rest == "-" else rest)
                 self.say("system prompt removed" if rest == "-" else "system prompt set")
@@ -428,14 +512,8 @@ class Repl:
                 self.say("nothing to regenerate yet")
             else:
                 self.reply(s.regenerate)
-        elif name == "/save":
-            target = Path(rest or f"fitchat-chat-{s.conversation_id or 'unsaved'}.md").expanduser()
-            try:
-                target.write_text(s.export_markdown(), encoding="utf-8")
-            except OSError as exc:
-                self.say(f"fitchat: error: cannot write {target}: {exc.strerror or exc}")
-            else:
-                self.say(f"saved to {target}")
+        elif name in ("/save", "/save!"):
+            self.save(rest, replace=name == "/save!")
         elif name == "/stats":
             self.say(format_stats(s.last_stats))
         else:

@@ -19,6 +19,7 @@ from textual.worker import get_current_worker
 
 from tui.coalesce import BusyPacer, Coalescer, ui_cpu_budget, usable_cores
 from tui.guard import Guarded, on
+from tui.notify import error_message
 from tui.render import rate
 from tui.screens.pick import PickScreen
 from tui.screens.settings import SettingsScreen
@@ -54,6 +55,20 @@ def stats_dict(stats: Any) -> dict[str, Any] | None:
     if dataclasses.is_dataclass(stats):
         return dataclasses.asdict(stats)
     return dict(vars(stats))
+
+
+def export_conversation(folder: Path, stem: str, text: str) -> Path:
+    """Write ``text`` to ``folder/stem.md``, or ``stem-2.md``, ``stem-3.md`` … when taken: an export never
+    replaces a file, and is written whole or not at all."""
+    from runner.history import write_export
+
+    for n in range(1, 1000):
+        path = folder / (f"{stem}.md" if n == 1 else f"{stem}-{n}.md")
+        try:
+            return write_export(path, text)
+        except FileExistsError:
+            continue
+    raise FileExistsError(17, "every export name is taken", str(folder / f"{stem}.md"))
 
 
 def reply_meta(stats: dict[str, Any] | None, finish_reason: str | None) -> str:
@@ -132,6 +147,7 @@ class ChatScreen(Guarded, Screen[None]):
         self._timer: Any = None
         self._pacer: BusyPacer | None = None
         self._update_interval = COALESCE_S
+        self._unsaved = False  # a save failed: the chat goes on without the history until a new one starts
 
     # ------------------------------------------------------------------ layout
 
@@ -403,7 +419,13 @@ class ChatScreen(Guarded, Screen[None]):
     # ------------------------------------------------------------------ history
 
     def _persist(self, role: str, content: str, list_again: bool = True, **extra: Any) -> None:
-        """Save a message now (one short SQLite transaction), then list the conversations again."""
+        """Save a message now (one short SQLite transaction), then list the conversations again.
+
+        A save that fails (a full disk, a read-only or locked file) is told once; the chat goes on, unsaved,
+        until a new conversation starts.
+        """
+        if self._unsaved:
+            return
         try:
             history = self.app.services.history()
             if self.conversation_id is None:
@@ -414,8 +436,10 @@ class ChatScreen(Guarded, Screen[None]):
                 )
                 self.conversation_id = conv.id
             history.add_message(self.conversation_id, role, content, **extra)
-        except Exception as exc:  # noqa: BLE001 - the chat goes on; the user is told
-            self.app.report_error(exc)
+        except Exception as exc:  # noqa: BLE001 - the chat goes on; the user is told once
+            self._unsaved = True
+            self.notify(f"{error_message(exc)}; this chat goes on, unsaved", title="Not saved",
+                        severity="warning", timeout=10, markup=False)
             return
         if list_again:
             self.refresh_history()
@@ -442,6 +466,7 @@ class ChatScreen(Guarded, Screen[None]):
         container = self.query_one("#messages", MessageLog)
         await container.remove_children()
         self.conversation_id = conv.id
+        self._unsaved = False
         self.messages = []
         for m in conv.messages:
             if m.role == "system":
@@ -493,13 +518,12 @@ class ChatScreen(Guarded, Screen[None]):
     def _export(self, event: HistorySidebar.Export) -> None:
         try:
             text = self.app.services.history().export_markdown(event.conversation_id)
-            folder = self.app.services.export_dir or Path.cwd()
-            path = Path(folder) / f"fitchat-conversation-{event.conversation_id}.md"
-            path.write_text(text, encoding="utf-8")
+            folder = Path(self.app.services.export_dir or Path.cwd())
+            path = export_conversation(folder, f"fitchat-conversation-{event.conversation_id}", text)
         except Exception as exc:  # noqa: BLE001
             self.app.report_error(exc)
             return
-        self.notify(f"Exported to {path}")
+        self.notify(f"Exported to {path}", markup=False)
 
     def _busy(self) -> bool:
         if self.generating or self.waiting_for_engine:
@@ -515,6 +539,7 @@ class ChatScreen(Guarded, Screen[None]):
         await self.query_one("#messages", MessageLog).remove_children()
         self.messages = []
         self.conversation_id = None
+        self._unsaved = False
         self.status.set_context(0, self.status.context_size)
         self.status.clear_speed()
         self.refresh_history()
