@@ -29,6 +29,7 @@ from tui.screens.model import ModelScreen
 from tui.services import Services
 from tui.widgets.catalog_table import CatalogTable
 from tui.widgets.chat_message import ChatMessage
+from tui.widgets.history_sidebar import HistorySidebar
 from tui.widgets.local_models import LocalModels
 from tui.widgets.message_log import MessageLog
 from tui.widgets.variants_table import VariantsTable
@@ -166,6 +167,26 @@ async def test_a_reply_with_escape_sequences_reaches_the_screen_as_text() -> Non
         assert not CONTROL.search(text), repr(CONTROL.search(text))
         assert "[/b]tool" in text and "Here [/b] is" in text and "bold" in text and "42 tokens · [/]" in text
         assert message.text.count("\x1b") == 2  # the model's text is kept as written (copy, history)
+
+
+class OneSidebar(App[None]):
+    def compose(self) -> ComposeResult:
+        yield HistorySidebar()
+
+
+async def test_history_titles_and_models_show_literally() -> None:
+    from types import SimpleNamespace
+
+    app = OneSidebar()
+    async with app.run_test(size=(60, 12)) as pilot:
+        conv = SimpleNamespace(id=1, title=f"qwen [/b] {RETITLE_AND_CLEAR}", model=f"/m/[red]x[b]{RETITLE_AND_CLEAR}.gguf",
+                               message_count=2)
+        app.query_one(HistorySidebar).show([conv], current_id=1)
+        await pilot.pause()
+        shown = str(app.query_one(HistorySidebar).query_one("OptionList").get_option_at_index(0).prompt)
+        for text in (shown, screen_text(app)):
+            assert not CONTROL.search(text), repr(CONTROL.search(text))
+        assert "qwen [/b]" in shown and "[red]x[b]" in shown
 
 
 # --------------------------------------------------------------------------- CLI

@@ -14,6 +14,7 @@ from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
 from tui.guard import Guarded
+from tui.render import outside
 
 
 class HistorySidebar(Guarded, Vertical):
@@ -64,8 +65,9 @@ class HistorySidebar(Guarded, Vertical):
         for conv in self.conversations:
             mark = "● " if conv.id == current_id else ""
             title = conv.title or "(untitled)"
-            prompt = Content.assemble((mark, "$accent"), (title, "bold" if conv.id == current_id else ""), "\n",
-                                      (f"{conv.model.rsplit('/', 1)[-1]} · {conv.message_count} msgs", "$text-muted"))
+            prompt = Content.assemble((mark, "$accent"), outside(title, "bold" if conv.id == current_id else ""), "\n",
+                                      outside(conv.model.rsplit("/", 1)[-1], "$text-muted"),
+                                      (f" · {conv.message_count} msgs", "$text-muted"))
             options.add_option(Option(prompt, id=str(conv.id)))
         if self.conversations:
             options.highlighted = min(highlighted or 0, len(self.conversations) - 1)
