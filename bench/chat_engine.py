@@ -64,7 +64,7 @@ def rate(times: list[float]) -> float:
 
 
 def engine_tokens(engine: Any, n: int) -> Iterator[None]:
-    from runner.engine import SamplingSettings
+    from fitchat.llama.engine import SamplingSettings
 
     for _ in engine.stream(PROMPT, SamplingSettings(temperature=0.0, repeat_penalty=REPEAT_PENALTY, max_tokens=n)):
         yield None
@@ -186,7 +186,7 @@ def llama_bench(tools: Path, model: Path, threads: int, n: int, depth: int, kwar
 
 def ttft_engine(engine: Any) -> tuple[float, float, float]:
     """(TTFT, time outside llama.cpp's prompt evaluation, process CPU seconds to the first token)."""
-    from runner.engine import SamplingSettings
+    from fitchat.llama.engine import SamplingSettings
 
     engine.reset()
     cpu = 0.0
@@ -221,8 +221,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from runner.engine import ChatEngine
-    from runner.threads import ThreadCache, candidates
+    from fitchat.llama.engine import ChatEngine
+    from fitchat.llama.threads import ThreadCache, candidates
 
     model = args.model or default_model()
     n = args.tokens

@@ -33,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
 
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fitchat-bench-compare-")
-    from runner import compare as C
+    from fitchat.compare import run as C
     from tests import models
 
     q8, q4 = models.smollm2_variant("Q8_0"), models.smollm2_variant("Q4_K_M")

@@ -66,7 +66,7 @@ def main() -> int:
 
             from huggingface_hub import constants, hf_hub_download
 
-            from runner import download
+            from fitchat.hub import download
 
             def bare(cache: Path) -> None:
                 hf_hub_download(REPO, FILE, cache_dir=str(cache), endpoint=endpoint)

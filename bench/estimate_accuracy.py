@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner.estimate import DEFAULT_SETTINGS, estimate  # noqa: E402
-from runner.gguf_spec import read_spec  # noqa: E402
-from runner.hardware import parse_isa, probe_llama_build  # noqa: E402
-from runner.measure import PART_TOLERANCE, TOTAL_TOLERANCE, measure_many, within  # noqa: E402
+from fitchat.model.estimate import DEFAULT_SETTINGS, estimate  # noqa: E402
+from fitchat.model.gguf_spec import read_spec  # noqa: E402
+from fitchat.model.hardware import parse_isa, probe_llama_build  # noqa: E402
+from fitchat.model.measure import PART_TOLERANCE, TOTAL_TOLERANCE, measure_many, within  # noqa: E402
 from tests import models  # noqa: E402
 
 MiB = 1024 * 1024

@@ -2,7 +2,7 @@
 
     python bench/gguf_header.py [--runs N]
 
-1. Local files: ``runner.gguf_spec.read_spec`` against gguf's own ``GGUFReader`` (the baseline),
+1. Local files: ``fitchat.model.gguf_spec.read_spec`` against gguf's own ``GGUFReader`` (the baseline),
    median of N runs each, in the same process; prints the ratio. Besides the two real models, a
    synthetic header of 20,000 tensor infos (what a many-tensor model costs: gguf builds six numpy
    views per tensor, fitchat's bounded scan walks them with struct).
@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner.gguf_spec import read_remote_spec, read_spec
-from runner.hardware import detect_hardware
-from runner.plan import REMOTE_HEADER_WORKERS, fit_remote_repo
+from fitchat.model.gguf_spec import read_remote_spec, read_spec
+from fitchat.model.hardware import detect_hardware
+from fitchat.model.plan import REMOTE_HEADER_WORKERS, fit_remote_repo
 from tests import gguf_factory, models
 from tests.hubserver import LocalHub
 

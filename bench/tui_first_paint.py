@@ -79,7 +79,7 @@ def main() -> int:
         bare_times, paint, hw = [], [], []
         for _ in range(args.runs):
             bare_times.append(time_to(sock, f"cd {ROOT} && env {exports} {python} {bare}", ["bare textual app"])[0])
-            first, detected = time_to(sock, f"cd {ROOT} && env {exports} {python} -m runner", ["This machine", "Backend"])
+            first, detected = time_to(sock, f"cd {ROOT} && env {exports} {python} -m fitchat", ["This machine", "Backend"])
             paint.append(first)
             hw.append(detected)
     finally:

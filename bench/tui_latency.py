@@ -35,7 +35,7 @@ def measure(path: Path, threads: int | None, keys: int, streaming: bool) -> tupl
     """Latencies in seconds, how many pieces streamed meanwhile, and how long Esc took to stop the reply."""
     from textual import events
 
-    from runner.engine import SamplingSettings
+    from fitchat.llama.engine import SamplingSettings
 
     app = make_app(threads, SamplingSettings(temperature=0.0, seed=1, max_tokens=4000))
     out: list[float] = []

@@ -73,7 +73,7 @@ def in_new_thread(fn: Callable[[], T]) -> T:
 
 def engine_alone(path: Path, settings, threads: int | None) -> tuple[float, list[str], int]:
     """Decode tok/s of the bare engine, the pieces it produced and its decode thread count."""
-    from runner.engine import ChatEngine
+    from fitchat.llama.engine import ChatEngine
 
     def run() -> tuple[float, list[str], int]:
         engine = ChatEngine.load(path, n_ctx=4096, n_threads=threads)
@@ -87,14 +87,14 @@ def engine_alone(path: Path, settings, threads: int | None) -> tuple[float, list
 
 
 def local_model(path: Path):
-    from runner.store import LocalModel
+    from fitchat.hub.store import LocalModel
 
     return LocalModel(repo="bench/" + path.stem, file=path.name, quant="bench", size_bytes=path.stat().st_size,
                       path=path, sha256=None, source="imported")
 
 
 async def _chat_screen(app, path: Path):
-    from tui.screens.chat import ChatScreen
+    from fitchat.tui.screens.chat import ChatScreen
 
     app.open_chat(local_model(path), context=4096)
     while not isinstance(app.screen, ChatScreen) or app.screen.engine is None:
@@ -103,8 +103,8 @@ async def _chat_screen(app, path: Path):
 
 
 def make_app(threads: int | None, settings):
-    from tui.app import FitchatApp
-    from tui.services import Services
+    from fitchat.tui.app import FitchatApp
+    from fitchat.tui.services import Services
 
     app = FitchatApp(Services(n_threads=threads, endpoint="http://127.0.0.1:9"), check_hub=False)
     app.sampling = settings
@@ -178,8 +178,8 @@ def replay(path: Path, pieces: list[str], threads: int, settings, pace: float | 
     "Shown" is the first frame after the reply's Markdown holds the whole text, before the reply
     is closed (by the Finished message, posted only then).
     """
-    from tui.coalesce import Coalescer
-    from tui.screens.chat import COALESCE_S, ChatScreen
+    from fitchat.tui.coalesce import Coalescer
+    from fitchat.tui.screens.chat import COALESCE_S, ChatScreen
 
     app = make_app(threads, settings)
     out: dict[str, float] = {}
@@ -233,7 +233,7 @@ def main() -> int:
                         help="decode threads for both runs (default: the count the app measures and uses)")
     args = parser.parse_args()
     private_home()
-    from runner.engine import SamplingSettings
+    from fitchat.llama.engine import SamplingSettings
 
     path = args.model or default_model()
     settings = SamplingSettings(temperature=0.0, seed=1, max_tokens=args.tokens)

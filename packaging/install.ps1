@@ -149,13 +149,13 @@ Say "method: $Method (environment: $EnvDir)"
 
 function Get-FitchatVersion {
     if (-not (Test-Path $EnvPy)) { return "-" }
-    $v = & $EnvPy -c "import importlib.metadata as m, runner.cli; print(m.version('fitchat'))" 2>$null
+    $v = & $EnvPy -c "import importlib.metadata as m, fitchat.cli.main; print(m.version('fitchat'))" 2>$null
     if ($LASTEXITCODE -eq 0 -and $v) { return $v } else { return "-" }
 }
 function Get-LlamaBackend {
     if (-not (Test-Path $EnvPy)) { return @("missing", "-") }
     $code = @'
-from runner.hardware import probe_llama_build
+from fitchat.model.hardware import probe_llama_build
 b = probe_llama_build()
 if b.error:
     state = "missing" if b.version == "not installed" else "broken"

@@ -247,7 +247,7 @@ fitchat_version() {
     [ -x "$ENV_PY" ] || { echo -; return; }
     "$ENV_PY" -c 'import importlib.metadata as m
 try:
-    import runner.cli
+    import fitchat.cli.main
     print(m.version("fitchat"))
 except Exception:
     print("-")' 2>/dev/null || echo -
@@ -255,7 +255,7 @@ except Exception:
 llama_backend() {
     [ -x "$ENV_PY" ] || { echo "missing -"; return; }
     "$ENV_PY" - <<'EOF' 2>/dev/null || echo "broken -"
-from runner.hardware import probe_llama_build
+from fitchat.model.hardware import probe_llama_build
 b = probe_llama_build()
 if b.error:
     state = "missing" if b.version == "not installed" else "broken"

@@ -1,6 +1,6 @@
 """``fitchat doctor``: what stands between this machine and a fast local chat, and the fix for each.
 
-Every check reads what :func:`runner.hardware.detect_hardware` already found (the llama.cpp build,
+Every check reads what :func:`fitchat.model.hardware.detect_hardware` already found (the llama.cpp build,
 NVIDIA GPUs, Metal) and adds only what hardware detection does not cover: the CUDA toolkit
 (``nvcc``), the model cache's disk, the Hub and the HF token. Each check returns one
 :class:`Check`; a problem carries the exact command or setting that fixes it. The token itself is
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.format import human_bytes
-from runner.hardware import HardwareInfo, read_sysctl
+from fitchat.format import human_bytes
+from fitchat.model.hardware import HardwareInfo, read_sysctl
 
 GiB = 1024**3
 
@@ -445,11 +445,11 @@ def check_disk(cache: Path, warn_below: int = DISK_WARN_BYTES, fail_below: int =
 
 
 def hub_endpoint(env: Mapping[str, str] | None = None) -> str:
-    """The endpoint fitchat uses (:func:`runner.catalog.hub_endpoint`), with ``HF_ENDPOINT`` read from ``env``.
+    """The endpoint fitchat uses (:func:`fitchat.hub.catalog.hub_endpoint`), with ``HF_ENDPOINT`` read from ``env``.
 
-    Raises :class:`~runner.errors.HubError` for an ``HF_ENDPOINT`` that is not a usable URL.
+    Raises :class:`~fitchat.errors.HubError` for an ``HF_ENDPOINT`` that is not a usable URL.
     """
-    from runner.catalog import DEFAULT_ENDPOINT, hub_endpoint as catalog_endpoint
+    from fitchat.hub.catalog import DEFAULT_ENDPOINT, hub_endpoint as catalog_endpoint
 
     env = os.environ if env is None else env
     return catalog_endpoint(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
@@ -484,7 +484,7 @@ def _get(url: str, timeout_s: float, token: str | None = None) -> tuple[int | No
     """GET through huggingface_hub's HTTP session (its proxies and headers): (status, error, seconds)."""
     from huggingface_hub.utils import get_session
 
-    from runner.catalog import hub_deadline
+    from fitchat.hub.catalog import hub_deadline
 
     headers = {"authorization": f"Bearer {token}"} if token else {}
     start = time.monotonic()
@@ -505,8 +505,8 @@ def _short_error(exc: Exception) -> str:
 
 def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     """Can fitchat reach the Hub (or the mirror in ``HF_ENDPOINT``)?"""
-    from runner.catalog import display_endpoint, offline_var
-    from runner.errors import HubError
+    from fitchat.hub.catalog import display_endpoint, offline_var
+    from fitchat.errors import HubError
 
     offline_by = offline_var(env)
     given = display_endpoint(env["HF_ENDPOINT"]) if env.get("HF_ENDPOINT") else None
@@ -601,13 +601,13 @@ def run_doctor(
     sysctl: Callable[[str], str | None] = read_sysctl,
     cuda_homes: tuple[Path, ...] = CUDA_DEFAULT_HOMES,
 ) -> DoctorReport:
-    """Run every check. ``hw`` defaults to :func:`runner.hardware.detect_hardware`."""
+    """Run every check. ``hw`` defaults to :func:`fitchat.model.hardware.detect_hardware`."""
     if hw is None:
-        from runner.hardware import detect_hardware
+        from fitchat.model.hardware import detect_hardware
 
         hw = detect_hardware()
     env = dict(os.environ) if env is None else env
-    from runner.store import hf_cache_dir
+    from fitchat.hub.store import hf_cache_dir
 
     hub = check_hub(env, timeout_s)
     checks = (

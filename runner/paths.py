@@ -27,6 +27,11 @@ def config_dir() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config")
 
 
+def package_data(name: str) -> Path:
+    """A file shipped inside the package (``data/``): the catalog, the bundled text."""
+    return Path(__file__).resolve().parent / "data" / name
+
+
 # -- the path guard ---------------------------------------------------------------------------------
 # Names from outside (a Hub file name, an etag or commit from a mirror's headers, a snapshot link) become
 # paths in the Hugging Face cache. Every path fitchat creates, locks, links or unlinks there is checked
@@ -45,8 +50,8 @@ def inside(root: Path, path: Path, *, follow_last: bool = True) -> Path:
     a link that is about to be created or unlinked (the link itself must be inside ``root``; where an
     existing link points is irrelevant, because unlinking it never touches its target).
     """
-    from runner.errors import UnsafePath
-    from runner.format import quoted
+    from fitchat.errors import UnsafePath
+    from fitchat.format import quoted
 
     base = Path(os.path.realpath(root))
     full = Path(os.path.abspath(path))
@@ -65,8 +70,8 @@ def check_repo_filename(name: object) -> str:
     Refused: empty, absolute, ``.``/``..``/empty components, a backslash, a drive letter, NUL or any other
     control character, a component over 255 or a name over 1,024 characters.
     """
-    from runner.errors import UnsafePath
-    from runner.format import quoted
+    from fitchat.errors import UnsafePath
+    from fitchat.format import quoted
 
     def refuse(why: str) -> UnsafePath:
         return UnsafePath(f"refused the Hub file name {quoted(str(name))}: {why}")

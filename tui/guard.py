@@ -4,7 +4,7 @@ Textual ends the app on an exception raised in a message handler, an action or a
 offers no public hook to do otherwise. So fitchat's own handlers are wrapped where they are
 defined: classes that derive from :class:`Guarded` have their ``on_*``, ``_on_*``, ``action_*``
 and ``watch_*`` methods wrapped, and :func:`on` replaces ``textual.on`` for decorated handlers.
-The error is shown in one line (``tui.notify.error_message``) and its traceback appended to
+The error is shown in one line (``fitchat.tui.notify.error_message``) and its traceback appended to
 ``$XDG_CACHE_HOME/fitchat/tui-errors.log``, so nothing is lost.
 """
 
@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 from textual import on as textual_on
 
-from runner import paths
-from tui.notify import error_message
+from fitchat import paths
+from fitchat.tui.notify import error_message
 
 F = TypeVar("F", bound=Callable[..., Any])
 

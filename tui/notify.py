@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner.errors import FitchatError
+from fitchat.errors import FitchatError
 
 
 def error_message(exc: BaseException) -> str:

@@ -1,6 +1,6 @@
 """A tqdm-shaped class that forwards download progress to the UI instead of drawing it.
 
-huggingface_hub (through ``runner.download.pull``'s ``progress_class``) creates one bar per
+huggingface_hub (through ``fitchat.hub.download.pull``'s ``progress_class``) creates one bar per
 file and calls ``update(n)``; each call becomes a :class:`ProgressEvent` passed to a sink that
 must be thread-safe (``Widget.post_message`` is).
 """

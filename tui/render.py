@@ -18,7 +18,7 @@ from typing import Any
 from rich.text import Text
 from textual.content import Content
 
-from runner.format import human_bytes, printable
+from fitchat.format import human_bytes, printable
 
 #: Longest outside value shown in one line of a widget (a table cell, a title): enough to recognise it.
 NAME_CHARS = 120

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from runner.hardware import HardwareInfo
+    from fitchat.model.hardware import HardwareInfo
 
 T = TypeVar("T")
 #: The name (prefix) of the one thread that computes with llama.cpp.
@@ -41,7 +41,7 @@ class Services:
     n_threads: int | None = None
     #: Catalog entries the first-run suggestion picks from; None: the bundled curated list.
     first_model_candidates: list[Any] | None = None
-    #: How ``compare`` measures (runner.compare.CompareSettings); None: its defaults with ``n_threads``.
+    #: How ``compare`` measures (fitchat.compare.run.CompareSettings); None: its defaults with ``n_threads``.
     compare_settings: Any = None
     _history: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -75,40 +75,40 @@ class Services:
         """The injected hardware, or a fresh probe of this machine."""
         if self.hardware is not None:
             return self.hardware
-        from runner.hardware import detect_hardware
+        from fitchat.model.hardware import detect_hardware
 
         return detect_hardware()
 
     # ------------------------------------------------------------------ local models
 
     def local_models(self) -> list[Any]:
-        """Models on disk (runner.store.list_local)."""
-        from runner.store import list_local
+        """Models on disk (fitchat.hub.store.list_local)."""
+        from fitchat.hub.store import list_local
 
         return list(list_local())
 
     def import_file(self, path: str) -> Any:
         """Register a local .gguf (validated by runner)."""
-        from runner.store import import_file
+        from fitchat.hub.store import import_file
 
         return import_file(Path(path).expanduser())
 
     def remove(self, ref: str) -> list[Any]:
         """Delete a model from disk."""
-        from runner.store import remove
+        from fitchat.hub.store import remove
 
         return list(remove(ref))
 
     def local_plan(self, path: Path, hw: HardwareInfo, ctx: int) -> Any:
         """The fit of one local file at ``ctx``."""
-        from runner.gguf_spec import read_spec
-        from runner.plan import plan_model
+        from fitchat.model.gguf_spec import read_spec
+        from fitchat.model.plan import plan_model
 
         return plan_model(read_spec(path), hw, ctx)
 
     def default_ctx(self) -> int:
         """The context length plans start from."""
-        from runner.estimate import DEFAULT_CTX
+        from fitchat.model.estimate import DEFAULT_CTX
 
         return int(DEFAULT_CTX)
 
@@ -116,19 +116,19 @@ class Services:
 
     def curated(self) -> list[Any]:
         """The bundled catalog."""
-        from runner.catalog import curated
+        from fitchat.hub.catalog import curated
 
         return list(curated())
 
     def search(self, text: str, limit: int = 30) -> list[Any]:
         """Hub search for GGUF repos."""
-        from runner.catalog import search
+        from fitchat.hub.catalog import search
 
         return list(search(text, limit=limit, endpoint=self.endpoint, token=self.token))
 
     def hub_reachable(self) -> bool:
         """Whether the Hub (or HF_ENDPOINT) answers; False offline, never raises."""
-        from runner.catalog import hub_reachable
+        from fitchat.hub.catalog import hub_reachable
 
         try:
             return bool(hub_reachable(endpoint=self.endpoint, token=self.token))
@@ -137,13 +137,13 @@ class Services:
 
     def remote_plans(self, repo: str, hw: HardwareInfo, ctx: int) -> list[Any]:
         """Every GGUF variant of ``repo`` planned at ``ctx`` (headers read remotely)."""
-        from runner.plan import fit_remote_repo
+        from fitchat.model.plan import fit_remote_repo
 
         return list(fit_remote_repo(repo, hw, ctx, endpoint=self.endpoint, token=self.token))
 
     def recommend_first_model(self, hw: HardwareInfo, ctx: int) -> Any:
         """The catalog model to suggest when nothing is on disk (a Recommendation), or None."""
-        from runner.catalog import recommend_first_model
+        from fitchat.hub.catalog import recommend_first_model
 
         return recommend_first_model(
             hw, ctx, endpoint=self.endpoint, token=self.token, candidates=self.first_model_candidates
@@ -151,7 +151,7 @@ class Services:
 
     def replan(self, specs: list[Any], hw: HardwareInfo, ctx: int) -> list[Any]:
         """Plan already-read specs at another context (no network)."""
-        from runner.plan import plan_variants
+        from fitchat.model.plan import plan_variants
 
         return list(plan_variants(specs, hw, ctx))
 
@@ -166,7 +166,7 @@ class Services:
         notice: Callable[[str], None] | None = None,
     ) -> Any:
         """Download a variant (or ``starter``); returns the LocalModel."""
-        from runner.download import pull
+        from fitchat.hub.download import pull
 
         return pull(
             ref, quant=quant, ctx=ctx, progress_class=progress_class, cancel=cancel,
@@ -176,8 +176,8 @@ class Services:
     # ------------------------------------------------------------------ compare
 
     def compare_candidates(self, repo: str) -> list[Any]:
-        """The variants of ``repo`` on disk, as runner.compare candidates (headers read and validated)."""
-        from runner.compare import resolve_sources
+        """The variants of ``repo`` on disk, as fitchat.compare.run candidates (headers read and validated)."""
+        from fitchat.compare.run import resolve_sources
 
         return list(resolve_sources([repo]))
 
@@ -190,8 +190,8 @@ class Services:
         cancel: threading.Event,
     ) -> Any:
         """Compare the variants against the most precise one that fits (a CompareReport); cached results are reused."""
-        from runner.compare import CompareSettings
-        from runner.compare import compare as run_compare
+        from fitchat.compare.run import CompareSettings
+        from fitchat.compare.run import compare as run_compare
 
         settings = self.compare_settings or CompareSettings(n_threads=self.n_threads)
         hw = hw or self.detect_hardware()
@@ -201,7 +201,7 @@ class Services:
 
     def load_engine(self, path: Path, *, plan: Any, n_ctx: int | None, on_notice: Callable[[str], None]) -> Any:
         """Load a model into llama.cpp for chatting."""
-        from runner.engine import ChatEngine
+        from fitchat.llama.engine import ChatEngine
 
         return self.on_llama_thread(
             ChatEngine.load, path, plan=plan, n_ctx=n_ctx, n_threads=self.n_threads, on_notice=on_notice
@@ -227,7 +227,7 @@ class Services:
 
     def default_sampling(self) -> Any:
         """The engine's default sampling settings."""
-        from runner.engine import DEFAULT_SAMPLING
+        from fitchat.llama.engine import DEFAULT_SAMPLING
 
         return DEFAULT_SAMPLING
 
@@ -235,7 +235,7 @@ class Services:
         """The conversation store (opened once)."""
         with self._lock:
             if self._history is None:
-                from runner.history import History
+                from fitchat.chat.history import History
 
                 self._history = History(self.history_path)
             return self._history

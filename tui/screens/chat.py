@@ -17,18 +17,18 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header
 from textual.worker import get_current_worker
 
-from tui.coalesce import BusyPacer, Coalescer, ui_cpu_budget, usable_cores
-from tui.guard import Guarded, on
-from tui.notify import error_message
-from tui.render import rate
-from tui.screens.pick import PickScreen
-from tui.screens.settings import SettingsScreen
-from tui.widgets.chat_input import ChatInput
-from tui.widgets.chat_message import ChatMessage
-from tui.widgets.history_sidebar import HistorySidebar
-from tui.widgets.local_models import model_name
-from tui.widgets.message_log import MessageLog
-from tui.widgets.status_line import StatusLine
+from fitchat.tui.coalesce import BusyPacer, Coalescer, ui_cpu_budget, usable_cores
+from fitchat.tui.guard import Guarded, on
+from fitchat.tui.notify import error_message
+from fitchat.tui.render import rate
+from fitchat.tui.screens.pick import PickScreen
+from fitchat.tui.screens.settings import SettingsScreen
+from fitchat.tui.widgets.chat_input import ChatInput
+from fitchat.tui.widgets.chat_message import ChatMessage
+from fitchat.tui.widgets.history_sidebar import HistorySidebar
+from fitchat.tui.widgets.local_models import model_name
+from fitchat.tui.widgets.message_log import MessageLog
+from fitchat.tui.widgets.status_line import StatusLine
 
 #: The status line (tok/s, sparkline) is refreshed with a screen update of the reply at most this
 #: often, so that it costs no frame of its own (and by a timer after IDLE_SAMPLE_S without one).
@@ -37,7 +37,7 @@ SAMPLE_INTERVAL_S = 0.25
 #: update costs a layout of the screen, and the UI thread shares the GIL with llama.cpp's loop.
 COALESCE_S = 0.1
 #: Updates come further apart, up to this, while the UI thread uses more of a CPU than
-#: ``tui.coalesce.ui_cpu_budget`` allows (a slow machine, a long reply, every core decoding).
+#: ``fitchat.tui.coalesce.ui_cpu_budget`` allows (a slow machine, a long reply, every core decoding).
 COALESCE_MAX_S = 1.0
 #: The status line's timer refresh: no update came for longer than updates can be apart (a slow
 #: start, a stall).
@@ -60,7 +60,7 @@ def stats_dict(stats: Any) -> dict[str, Any] | None:
 def export_conversation(folder: Path, stem: str, text: str) -> Path:
     """Write ``text`` to ``folder/stem.md``, or ``stem-2.md``, ``stem-3.md`` … when taken: an export never
     replaces a file, and is written whole or not at all."""
-    from runner.history import write_export
+    from fitchat.chat.history import write_export
 
     for n in range(1, 1000):
         path = folder / (f"{stem}.md" if n == 1 else f"{stem}-{n}.md")

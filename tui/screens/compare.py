@@ -1,6 +1,6 @@
 """Compare the variants of one model on disk: quality against the most precise one, speed, probes.
 
-runner.compare does the measuring in a worker thread; this screen shows its progress (Cancel or
+fitchat.compare.run does the measuring in a worker thread; this screen shows its progress (Cancel or
 Esc stops it, keeping only finished variants in the cache), then a table and the verdict in words.
 """
 
@@ -17,11 +17,11 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from runner.errors import Cancelled
-from tui.guard import Guarded, on
-from tui.render import outside
-from tui.widgets.compare_progress import CompareProgress
-from tui.widgets.compare_table import CompareTable
+from fitchat.errors import Cancelled
+from fitchat.tui.guard import Guarded, on
+from fitchat.tui.render import outside
+from fitchat.tui.widgets.compare_progress import CompareProgress
+from fitchat.tui.widgets.compare_table import CompareTable
 
 TOO_FEW = "Compare needs two or more variants of one model on disk; {name} has {count}. Download another quant of it first."
 
@@ -32,7 +32,7 @@ class CompareScreen(Guarded, Screen[None]):
     BINDINGS = [Binding("escape", "back", "Cancel / Back")]
 
     class Advanced(Message):
-        """A runner.compare.Progress, posted from the worker thread."""
+        """A fitchat.compare.run.Progress, posted from the worker thread."""
 
         def __init__(self, progress: Any) -> None:
             self.progress = progress
@@ -70,7 +70,7 @@ class CompareScreen(Guarded, Screen[None]):
                 return
             report = services.compare(candidates, hw=self.app.hardware, cancel=cancel,
                                       progress=lambda p: self.post_message(self.Advanced(p)))
-            from runner.compare import verdict_lines
+            from fitchat.compare.run import verdict_lines
 
             lines = verdict_lines(report)
         except Exception as exc:  # noqa: BLE001 - Cancelled included: reported, never raised

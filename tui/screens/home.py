@@ -16,16 +16,16 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 
-from runner.errors import Cancelled, FitchatError
-from tui.app import PROBE_DELAY_S
-from tui.guard import Guarded, on
-from tui.screens.prompt import PromptScreen
-from tui.widgets.catalog_table import CatalogTable
-from tui.widgets.download_panel import DownloadPanel
-from tui.widgets.first_model import FirstModelCard
-from tui.widgets.hardware_panel import HardwarePanel
-from tui.widgets.local_models import LocalModels, model_name, model_ref
-from tui.widgets.offline_banner import OfflineBanner
+from fitchat.errors import Cancelled, FitchatError
+from fitchat.tui.app import PROBE_DELAY_S
+from fitchat.tui.guard import Guarded, on
+from fitchat.tui.screens.prompt import PromptScreen
+from fitchat.tui.widgets.catalog_table import CatalogTable
+from fitchat.tui.widgets.download_panel import DownloadPanel
+from fitchat.tui.widgets.first_model import FirstModelCard
+from fitchat.tui.widgets.hardware_panel import HardwarePanel
+from fitchat.tui.widgets.local_models import LocalModels, model_name, model_ref
+from fitchat.tui.widgets.offline_banner import OfflineBanner
 
 EMPTY_HINT = (
     "No models on disk yet. Press [b]s[/b] for the starter model (SmolLM2-135M, 94 MiB, "

@@ -12,15 +12,15 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from tui.guard import Guarded, on
-from tui.notify import error_message
-from tui.render import outside
-from tui.widgets.context_control import ContextControl
-from tui.widgets.download_panel import DownloadPanel
-from tui.widgets.fit_picture import FitPicture
-from tui.widgets.local_models import model_name
-from tui.widgets.offline_banner import OfflineBanner
-from tui.widgets.variants_table import VariantsTable
+from fitchat.tui.guard import Guarded, on
+from fitchat.tui.notify import error_message
+from fitchat.tui.render import outside
+from fitchat.tui.widgets.context_control import ContextControl
+from fitchat.tui.widgets.download_panel import DownloadPanel
+from fitchat.tui.widgets.fit_picture import FitPicture
+from fitchat.tui.widgets.local_models import model_name
+from fitchat.tui.widgets.offline_banner import OfflineBanner
+from fitchat.tui.widgets.variants_table import VariantsTable
 
 #: Longest reason or error shown under the table.
 REASON_CHARS = 400
@@ -195,7 +195,7 @@ class ModelScreen(Guarded, Screen[None]):
     def _download_ended(self, event: DownloadPanel.Ended) -> None:
         model, error = event.model, event.error
         if error is not None:
-            from runner.errors import Cancelled
+            from fitchat.errors import Cancelled
 
             if isinstance(error, Cancelled):
                 self.notify("Download cancelled; it resumes from where it stopped next time.", severity="warning")

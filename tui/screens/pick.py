@@ -11,8 +11,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from tui.guard import Guarded
-from tui.render import outside
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import outside
 
 
 class PickScreen(Guarded, ModalScreen[int | None]):

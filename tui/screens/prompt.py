@@ -8,7 +8,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
-from tui.guard import Guarded
+from fitchat.tui.guard import Guarded
 
 
 class PromptScreen(Guarded, ModalScreen[str | None]):

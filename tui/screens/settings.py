@@ -11,8 +11,8 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, TextArea
 
-from runner.format import printable
-from tui.guard import Guarded
+from fitchat.format import printable
+from fitchat.tui.guard import Guarded
 
 #: (field, label, type) for the numeric sampling settings.
 FIELDS: tuple[tuple[str, str, type], ...] = (

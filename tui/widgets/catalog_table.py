@@ -10,8 +10,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from tui.guard import Guarded
-from tui.render import outside_cell
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import outside_cell
 
 
 def repo_id(entry: Any) -> str:

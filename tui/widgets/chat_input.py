@@ -6,7 +6,7 @@ from textual import events
 from textual.message import Message
 from textual.widgets import TextArea
 
-from tui.guard import Guarded
+from fitchat.tui.guard import Guarded
 
 NEWLINE_KEYS = ("ctrl+j", "shift+enter", "alt+enter")
 

@@ -10,11 +10,11 @@ from textual.message import Message
 from textual.widgets import Label, Markdown
 from textual.widgets.markdown import MarkdownStream
 
-from runner.format import printable
-from tui.guard import Guarded
-from tui.render import outside
-from tui.sized import SizedByLayout
-from tui.widgets.reply_markdown import ReplyMarkdown
+from fitchat.format import printable
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import outside
+from fitchat.tui.sized import SizedByLayout
+from fitchat.tui.widgets.reply_markdown import ReplyMarkdown
 
 ROLE_LABELS = {"user": "You", "assistant": "Assistant", "system": "System"}
 

@@ -9,10 +9,10 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
-from tui.guard import Guarded
-from tui.render import outside
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import outside
 
-#: What each runner.compare stage means to a user.
+#: What each fitchat.compare.run stage means to a user.
 STAGES = {
     "reference": "scoring the text with the reference",
     "text": "scoring the text",
@@ -24,7 +24,7 @@ STAGES = {
 
 
 def progress_words(p: Any) -> str:
-    """``'1,024 of 8,192 tokens · Q4_K_M (file.gguf) · scoring the text'`` for a runner.compare.Progress."""
+    """``'1,024 of 8,192 tokens · Q4_K_M (file.gguf) · scoring the text'`` for a fitchat.compare.run.Progress."""
     words = f"{p.done:,} of {p.total:,} tokens"
     if p.variant:
         words += f" · {p.variant}"
@@ -46,7 +46,7 @@ class CompareProgress(Guarded, Vertical):
         yield Static("loading the variants…", id="compare-figures")
 
     def show(self, p: Any) -> None:
-        """Show a runner.compare.Progress."""
+        """Show a fitchat.compare.run.Progress."""
         self.query_one(ProgressBar).update(total=p.total or None, progress=p.done)
         self.query_one("#compare-figures", Static).update(outside(progress_words(p)))  # names a variant's file
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from textual.widgets import DataTable
 
-from runner.compare import variant_cells
+from fitchat.compare.run import variant_cells
 
-from tui.guard import Guarded
-from tui.render import outside_cell
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import outside_cell
 
 COLUMNS = (
     ("Variant", "variant"),
@@ -25,7 +25,7 @@ COLUMNS = (
 
 
 class CompareTable(Guarded, DataTable[Any]):
-    """A runner.compare.CompareReport as a table, the reference first."""
+    """A fitchat.compare.run.CompareReport as a table, the reference first."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)

@@ -8,7 +8,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from tui.guard import Guarded
+from fitchat.tui.guard import Guarded
 
 MIN_CTX = 512
 

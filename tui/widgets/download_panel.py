@@ -15,10 +15,10 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import Button, ProgressBar, Static
 
-from runner.format import human_bytes, human_duration
-from tui.guard import Guarded
-from tui.progress import ProgressEvent, relay_class
-from tui.render import outside
+from fitchat.format import human_bytes, human_duration
+from fitchat.tui.guard import Guarded
+from fitchat.tui.progress import ProgressEvent, relay_class
+from fitchat.tui.render import outside
 
 #: ``pull(progress_class, cancel)``: the download itself, run in the panel's worker thread.
 Pull = Callable[[type, threading.Event], Any]

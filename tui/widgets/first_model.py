@@ -9,9 +9,9 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import Static
 
-from runner.format import human_bytes
-from tui.guard import Guarded
-from tui.render import outside, verdict_content
+from fitchat.format import human_bytes
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import outside, verdict_content
 
 #: Longest reason shown on the card.
 REASON_CHARS = 400
@@ -69,7 +69,7 @@ class FirstModelCard(Guarded, Static, can_focus=True):
         self.set_classes("-searching")
 
     def show(self, recommendation: Any) -> None:
-        """Show ``recommendation`` (a runner.catalog.Recommendation), or hide the card when None."""
+        """Show ``recommendation`` (a fitchat.hub.catalog.Recommendation), or hide the card when None."""
         self.recommendation = recommendation
         if recommendation is None:
             self.set_classes("")

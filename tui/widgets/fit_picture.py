@@ -9,9 +9,9 @@ from textual.content import Content
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from runner.format import human_bytes
-from tui.guard import Guarded
-from tui.render import Segment, legend, outside, stacked_bar, verdict_content
+from fitchat.format import human_bytes
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import Segment, legend, outside, stacked_bar, verdict_content
 
 STYLES = {"weights": "$primary", "kv": "$accent", "compute": "$secondary", "overhead": "$foreground 50%"}
 LABEL_WIDTH = 7

@@ -6,10 +6,10 @@ from textual.content import Content
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from runner.format import human_bytes
-from runner.hardware import HardwareInfo
-from tui.guard import Guarded
-from tui.render import outside, usage_bar
+from fitchat.format import human_bytes
+from fitchat.model.hardware import HardwareInfo
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import outside, usage_bar
 
 LABEL_WIDTH = 10
 

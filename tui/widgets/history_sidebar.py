@@ -13,8 +13,8 @@ from textual.message import Message
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from tui.guard import Guarded
-from tui.render import outside
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import outside
 
 
 class HistorySidebar(Guarded, Vertical):
@@ -66,8 +66,7 @@ class HistorySidebar(Guarded, Vertical):
             mark = "● " if conv.id == current_id else ""
             title = conv.title or "(untitled)"
             prompt = Content.assemble((mark, "$accent"), outside(title, "bold" if conv.id == current_id else ""), "\n",
-                                      outside(conv.model.rsplit("/", 1)[-1], "$text-muted"),
-                                      (f" · {conv.message_count} msgs", "$text-muted"))
+                                      outside(f"{conv.model.rsplit('/', 1)[-1]} · {conv.message_count} msgs", "$text-muted"))
             options.add_option(Option(prompt, id=str(conv.id)))
         if self.conversations:
             options.highlighted = min(highlighted or 0, len(self.conversations) - 1)

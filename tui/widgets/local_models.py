@@ -10,9 +10,9 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from runner.format import human_bytes
-from tui.guard import Guarded
-from tui.render import muted_text, outside_cell, verdict_text
+from fitchat.format import human_bytes
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import muted_text, outside_cell, verdict_text
 
 
 def model_name(model: Any) -> str:
@@ -22,7 +22,7 @@ def model_name(model: Any) -> str:
 
 
 def model_ref(model: Any) -> str:
-    """The reference runner.store understands (``starter``, ``local/NAME``, ``repo:QUANT``)."""
+    """The reference fitchat.hub.store understands (``starter``, ``local/NAME``, ``repo:QUANT``)."""
     ref = getattr(model, "ref", None)
     if isinstance(ref, str) and ref:
         return ref

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from textual.containers import VerticalScroll
 
-from tui.guard import Guarded
-from tui.sized import SizedByLayout
+from fitchat.tui.guard import Guarded
+from fitchat.tui.sized import SizedByLayout
 
 
 class MessageLog(Guarded, SizedByLayout, VerticalScroll):

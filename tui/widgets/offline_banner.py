@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
-from tui.guard import Guarded
+from fitchat.tui.guard import Guarded
 
 OFFLINE_TEXT = "Offline: the Hugging Face Hub cannot be reached. Models on disk still work."
 

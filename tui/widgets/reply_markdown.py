@@ -10,8 +10,8 @@ from textual.widget import Widget
 from textual.widgets import Markdown
 from textual.widgets.markdown import MarkdownBlock, MarkdownFence
 
-from tui.guard import Guarded
-from tui.sized import SizedByLayout
+from fitchat.tui.guard import Guarded
+from fitchat.tui.sized import SizedByLayout
 
 #: The class of the message's last block when it is a paragraph (styled without a bottom margin).
 LAST_PARAGRAPH = "-last-paragraph"

@@ -10,8 +10,8 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Sparkline
 
-from tui.guard import Guarded
-from tui.render import usage_bar
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import usage_bar
 
 
 class StatusText(Guarded, Widget):

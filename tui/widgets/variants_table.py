@@ -10,8 +10,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from tui.guard import Guarded
-from tui.render import outside_cell, short_bytes, theme_color, verdict_text
+from fitchat.tui.guard import Guarded
+from fitchat.tui.render import outside_cell, short_bytes, theme_color, verdict_text
 
 COLUMNS = (("", "mark"), ("Quant", "quant"), ("Size", "size"), ("Fit", "fit"), ("Weights", "weights"),
            ("KV", "kv"), ("Compute", "compute"), ("Total", "total"))

@@ -1,0 +1,1 @@
+"""Conversations: a session held with a loaded engine, and the history they are saved to."""

@@ -1,0 +1,324 @@
+"""``fitchat fit SOURCE``: what each GGUF variant needs at a context, and whether it fits this machine.
+
+SOURCE is a local .gguf, a directory of them, a Hub repo id (every variant, from its header alone:
+no download), or ``repo:QUANT``. ``--gpu-mem`` / ``--ram`` plan for another machine; ``--measure``
+loads a local file with llama.cpp (in a child process) and prints its reported buffers beside the
+estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from fitchat.errors import FitchatError, HubError
+from fitchat.format import human_bytes, printable, quoted, table_lines
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+class BadOption(FitchatError):
+    """A command-line value fitchat cannot use."""
+
+    exit_code = 2
+
+
+def parse_size(text: str) -> int:
+    """``'8G'``, ``'8GiB'``, ``'8GB'``, ``'512M'``, ``'1.5g'`` or a byte count -> bytes (binary units)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise BadOption(f"cannot read {text!r} as a size; write it like 8G, 512M or 17179869184")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_ctx(text: str) -> int:
+    """``'8k'`` -> 8192, ``'4096'`` -> 4096."""
+    t = str(text).strip().lower()
+    try:
+        value = int(float(t[:-1]) * 1024) if t.endswith("k") else int(t)
+    except ValueError:
+        raise BadOption(f"cannot read {text!r} as a context length; write it like 4096 or 8k") from None
+    if value < 1 or value > 1 << 24:
+        raise BadOption(f"context {text!r} is out of range (1 to 16M tokens)")
+    return value
+
+
+def _arg(parse: Any) -> Any:
+    """An argparse ``type=`` that reports a bad value as a usage error (exit 2), not a traceback."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except BadOption as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="show what a model needs (weights, KV cache, compute buffer) and whether it fits",
+        description="Estimate the memory each GGUF variant needs at a context length and plan it for this "
+        "machine: full GPU, N of M layers on the GPU, CPU, or too big. SOURCE is a .gguf file, a directory, "
+        "a Hub repo id (headers only, no download) or repo:QUANT.",
+    )
+    p.add_argument("source", metavar="SOURCE", help="a .gguf file, a directory, org/name or org/name:QUANT")
+    p.add_argument("--ctx", type=_arg(parse_ctx), default=None, help="context length in tokens (default 4096; 8k works)")
+    p.add_argument("--gpu-mem", type=_arg(parse_size), default=None, metavar="BYTES",
+                   help="plan for a GPU with this much free memory (8G; 0 = no GPU) instead of this machine's")
+    p.add_argument("--ram", type=_arg(parse_size), default=None, metavar="BYTES", help="plan for this much available RAM (16G)")
+    p.add_argument("--margin", type=_arg(parse_size), default=None, metavar="BYTES",
+                   help="GPU memory to keep free per device (default: 10%% of the GPU, at least 512M, at most 1G)")
+    add_load_settings_arguments(p)
+    p.add_argument("--measure", nargs="?", const="auto", choices=("auto", "load", "dry"), default=None,
+                   help="also load a local file with llama.cpp and show its reported buffers beside the estimate "
+                   "(load: a real CPU load; dry: llama.cpp's no_alloc dry run; auto: load when it fits in RAM)")
+    p.add_argument("--json", action="store_true", help="print the machine-readable plan")
+    p.set_defaults(func=run)
+
+
+def add_load_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """The load-setting flags shared by ``fit`` and ``chat``, so a lever ``fit`` names can be used."""
+    p.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default=None, help="KV cache type (default f16)")
+    p.add_argument("--n-ubatch", type=int, default=None, metavar="N", help="micro-batch size (default 512)")
+    p.add_argument("--n-batch", type=int, default=None, metavar="N", help="batch size (default 512)")
+    p.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=None,
+                   help="flash attention (default on)")
+    swa = p.add_mutually_exclusive_group()
+    swa.add_argument("--swa-window", dest="swa_full", action="store_false", default=None,
+                     help="keep only the window for sliding-window layers (less memory, no prefix reuse)")
+    swa.add_argument("--swa-full", dest="swa_full", action="store_true", help="full-size SWA cache (default)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """LoadSettings from the command line, starting from the defaults fitchat chats with."""
+    import dataclasses
+
+    from fitchat.model.estimate import DEFAULT_SETTINGS
+
+    changes: dict[str, Any] = {}
+    if args.kv_type is not None:
+        changes.update(type_k=args.kv_type, type_v=args.kv_type)
+        if args.kv_type != "f16" and args.flash_attn is None:
+            changes["flash_attn"] = True
+    if args.flash_attn is not None:
+        changes["flash_attn"] = args.flash_attn
+    if args.n_ubatch is not None:
+        changes["n_ubatch"] = args.n_ubatch
+    if args.n_batch is not None:
+        changes["n_batch"] = args.n_batch
+    if args.swa_full is not None:
+        changes["swa_full"] = args.swa_full
+    return dataclasses.replace(DEFAULT_SETTINGS, **changes)
+
+
+def resolve_source(source: str) -> tuple[str, Any]:
+    """("local", [paths]) or ("remote", (repo, quant|None)) for a SOURCE argument.
+
+    A ``repo:QUANT`` already downloaded is read from disk; a bare repo id is read from the Hub
+    (every variant) so the table shows what could be downloaded.
+    """
+    from fitchat.errors import ModelNotFound
+    from fitchat.model.gguf_spec import find_models
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = find_models(path)
+        if not files:
+            raise ModelNotFound(f"no .gguf files in {path}")
+        return "local", files
+    if path.is_file():
+        return "local", [path]
+    if source.lower().endswith(".gguf") or source.startswith((".", "/", "~")):
+        raise ModelNotFound(f"no such file: {source}")
+    from fitchat.hub.store import parse_ref, resolve_model
+
+    repo, quant = parse_ref(source)
+    if quant is not None or repo.lower() == "starter" or repo.lower().startswith("local/"):
+        try:
+            return "local", [Path(resolve_model(source).path)]
+        except ModelNotFound:
+            if quant is None:
+                raise
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ModelNotFound(f"{source!r} is not a .gguf file, a directory or a Hub repo id (org/name[:QUANT])")
+    return "remote", (repo, quant)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fitchat.model.estimate import DEFAULT_CTX
+    from fitchat.model.gguf_spec import read_spec
+    from fitchat.model.hardware import detect_hardware
+    from fitchat.model.plan import fit_remote_repo, plan_hardware, plan_variants
+
+    ctx = args.ctx or DEFAULT_CTX
+    settings = settings_from_args(args)
+    kind, what = resolve_source(args.source)
+    hw = plan_hardware(detect_hardware(), gpu_mem=args.gpu_mem, ram=args.ram)
+    if kind == "local":
+        specs = [read_spec(p) for p in what]
+        plans = plan_variants(specs, hw, ctx, settings, args.margin)
+    else:
+        if args.measure:
+            raise BadOption("--measure needs a downloaded file; run 'fitchat pull' first, then 'fitchat fit PATH --measure'")
+        repo, quant = what
+        try:
+            plans = fit_remote_repo(repo, hw, ctx, settings=settings, margin_bytes=args.margin, quant=quant)
+        except HubError:
+            local = _downloaded(repo, quant)
+            if not local:
+                raise
+            print(f"fitchat: the Hub is out of reach; planning the {len(local)} downloaded variant(s) of {quoted(repo)}",
+                  file=sys.stderr)
+            plans = plan_variants([read_spec(p) for p in local], hw, ctx, settings, args.margin)
+
+    measurements: list[tuple[Any, Any, Any]] = []
+    if args.measure:
+        measurements = [_measure(plan, hw, args.measure) for plan in plans]
+
+    if args.json:
+        out = {
+            "context": ctx,
+            "hardware": hw.to_json(),
+            "settings": settings.to_json(),
+            "margin_bytes": plans[0].margin_bytes,
+            "variants": [p.to_json() for p in plans],
+        }
+        if measurements:
+            out["measurements"] = [
+                {"file": p.spec.file, "estimate": e.to_json(), "measured": m.to_json()} for p, e, m in measurements
+            ]
+        print(json.dumps(out, indent=2))
+        return 0
+    print(render(plans, hw, ctx, settings))
+    for plan, est, meas in measurements:
+        print()
+        print(render_measurement(plan, est, meas))
+    return 0
+
+
+def _downloaded(repo: str, quant: str | None) -> list[Path]:
+    from fitchat.hub.store import find_local
+
+    return [Path(m.path) for m in find_local(repo, quant)]
+
+
+def _measure(plan: Any, hw: Any, how: str) -> tuple[Any, Any, Any]:
+    """Measure one local plan; returns (plan, the estimate compared, the measurement)."""
+    from fitchat.model.estimate import estimate
+    from fitchat.model.measure import measure
+
+    isa = hw.cpu.isa or None
+    cpu_est = estimate(plan.spec, plan.context, plan.settings, gpu_layers=0, cpu_isa=isa)
+    if plan.gpu_layers and how != "load":
+        # Simulate the planned offload without allocating VRAM.
+        return plan, plan.estimate, measure(plan.spec.parts[0], plan.context, plan.settings, mode="dry_run",
+                                            gpu_layers=plan.gpu_layers)
+    mode = {"load": "load", "dry": "dry_run"}.get(how)
+    if mode is None:
+        mode = "load" if cpu_est.total_bytes <= plan.ram_budget_bytes else "dry_run"
+    return plan, cpu_est, measure(plan.spec.parts[0], plan.context, plan.settings, mode=mode)
+
+
+# --------------------------------------------------------------------------- text output
+
+
+def describe_hardware(hw: Any) -> str:
+    """One line: the GPU(s) or why none, and the RAM."""
+    if hw.backend == "cuda" and hw.gpus:
+        gpus = "; ".join(f"{g.name} {human_bytes(g.free_bytes)} free of {human_bytes(g.total_bytes)}" for g in hw.gpus)
+    elif hw.backend == "metal" and hw.metal is not None:
+        gpus = f"Metal {human_bytes(hw.metal.working_set_bytes)} working set"
+    else:
+        gpus = f"no GPU in use ({hw.gpu_reason or 'CPU build'})"
+    return f"Machine:  {gpus}; RAM {human_bytes(hw.ram.available_bytes)} available"
+
+
+def describe_settings(ctx: int, s: Any) -> str:
+    kv = s.type_k if s.type_k == s.type_v else f"{s.type_k}/{s.type_v}"
+    return (
+        f"Settings: context {ctx}, flash attention {'on' if s.flash_attn else 'off'}, KV cache {kv}, "
+        f"n_batch {s.n_batch}, n_ubatch {s.n_ubatch}, SWA cache {'full' if s.swa_full else 'window'}"
+    )
+
+
+def render(plans: list[Any], hw: Any, ctx: int, settings: Any) -> str:
+    """The readable table: one row per variant, then the recommendation, levers and notes."""
+    from fitchat.model.plan import same_model, verdict_label
+
+    mixed = any(not same_model(p.spec, plans[0].spec) for p in plans)
+    rows = [("", "FILE" if mixed else "QUANT", "SIZE", "WEIGHTS", "KV CACHE", "COMPUTE", "TOTAL", "GPU", "FITS")]
+    for p in plans:
+        e = p.estimate
+        rows.append((
+            "*" if p.recommended else "",
+            p.spec.file if mixed else p.spec.quant,
+            human_bytes(p.spec.size_bytes),
+            human_bytes(e.weights_bytes),
+            human_bytes(e.kv_bytes),
+            human_bytes(e.compute_bytes),
+            human_bytes(e.total_bytes),
+            human_bytes(e.gpu_bytes) if e.gpu_bytes else "-",
+            verdict_label(p),
+        ))
+    lines = [describe_hardware(hw), describe_settings(ctx, settings)]
+    if plans and plans[0].gpu_budget_bytes:
+        lines.append(f"Margin:   {human_bytes(plans[0].margin_bytes)} kept free per GPU")
+    lines.append("")
+    lines.extend(table_lines(rows, right=range(2, len(rows[0]) - 1)))
+    lines.append("")
+    best = next(p for p in plans if p.recommended)
+    lines.append(f"Recommended: {best.reason}")
+    for p in plans:
+        label = p.spec.file if mixed else p.spec.quant
+        if p.levers:
+            lines.append(f"  {label}: " + "; ".join(p.levers))
+        for note in p.estimate.notes:
+            lines.append(f"  {label}: note: {note}")
+    if len(plans) == 1:
+        lines.append(f"  {plans[0].spec.file}: {plans[0].spec.architecture}, {plans[0].spec.n_layers} blocks, "
+                     f"{plans[0].spec.vocab_size:,} tokens vocabulary, trained context {plans[0].spec.n_ctx_train:,}"
+                     + ("" if plans[0].spec.has_chat_template else "; no chat template in the file"))
+    # File names, architectures, GPU names and notes come from outside: nothing of them reaches the terminal raw.
+    return printable("\n".join(lines))
+
+
+def render_measurement(plan: Any, est: Any, meas: Any) -> str:
+    """Estimate and llama.cpp's reported buffers side by side."""
+    from fitchat.model.measure import accuracy_failures
+
+    how = "real CPU load" if meas.mode == "load" else (
+        f"llama.cpp dry run (no_alloc), {meas.gpu_layers} layers offloaded" if meas.gpu_layers else "llama.cpp dry run (no_alloc)")
+    lines = [f"{plan.spec.quant} measured by {how} at context {meas.context} in {meas.seconds:.1f} s:",
+             f"  {'':10} {'estimate':>12} {'llama.cpp':>12} {'diff':>11}"]
+
+    def row(name: str, e: int, m: int | None) -> None:
+        if m is None:
+            lines.append(f"  {name:10} {human_bytes(e):>12} {'(not sized)':>12}")
+        else:
+            d = (e - m) / 1024**2
+            lines.append(f"  {name:10} {human_bytes(e):>12} {human_bytes(m):>12} {d:>+8.2f} MiB")
+
+    row("weights", est.weights_bytes, meas.weights_bytes)
+    row("KV cache", est.kv_bytes, meas.kv_bytes)
+    row("compute", est.compute_bytes, meas.compute_bytes)
+    row("output", est.output_bytes, meas.output_bytes)
+    total_m = meas.total_bytes if meas.weights_bytes is not None else None
+    row("total", est.total_bytes, total_m)
+    if meas.mode == "dry_run" and meas.weights_bytes is None:
+        lines.append("  (a dry run allocates nothing, so llama.cpp does not size the weights; the file's tensors are exact)")
+    devices = sorted({b.device for b in meas.buffers})
+    if len(devices) > 1:
+        for dev in devices:
+            parts = ", ".join(f"{b.kind} {human_bytes(b.bytes)}" for b in meas.buffers if b.device == dev)
+            lines.append(f"  {dev}: {parts}")
+    failures = accuracy_failures(est, meas)
+    lines.append("  within tolerance" if not failures else "  outside tolerance: " + "; ".join(failures))
+    return printable("\n".join(lines))

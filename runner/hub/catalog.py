@@ -1,0 +1,713 @@
+"""What there is to download: the curated list, Hub search, and the GGUF variants of any repo.
+
+Everything that talks to the Hub goes through huggingface_hub, with the endpoint, token and offline flag
+read from the environment at call time (``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE``), so a mirror or
+offline mode set after start-up is honoured. Hub failures become one-line :class:`~fitchat.errors.HubError`\\ s.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fitchat.errors import FitchatError, GatedRepo, HubError, HubTimeout, ModelNotFound, OversizedResponse, UnsafePath
+from fitchat.format import printable, quoted
+from fitchat.paths import check_repo_filename, package_data
+from fitchat.model.quants import quant_bits, quant_from_filename, split_names, split_part
+
+if TYPE_CHECKING:
+    from fitchat.model.hardware import HardwareInfo
+    from fitchat.model.plan import Plan
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+class NotOnHub(HubError, ModelNotFound):
+    """The repo, revision or file does not exist on the Hub (or is private)."""
+
+
+class HubUnreachable(HubError):
+    """The Hub cannot be reached: no network, HF_HUB_OFFLINE, or a dead mirror."""
+
+
+class HubDeadline(HubTimeout, HubUnreachable):
+    """A Hub request ran past its deadline (a slow or stalled server); treated like an unreachable Hub."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One downloadable GGUF variant of a repo (a single file or a whole split set)."""
+
+    repo: str
+    file: str
+    files: tuple[str, ...]
+    quant: str
+    size_bytes: int
+    sha256: tuple[str | None, ...]
+    sizes: tuple[int, ...] = ()  # per part, as listed (empty when unknown)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repo": self.repo, "file": self.file, "files": list(self.files), "quant": self.quant,
+                "size_bytes": self.size_bytes, "sha256": list(self.sha256)}
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A curated model: a Hub repo with its published variant files."""
+
+    repo: str
+    name: str
+    family: str
+    params_b: float
+    context: int
+    license: str
+    gated: bool
+    default_quant: str
+    variants: tuple[tuple[str, str], ...]  # (quant, first file)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repo": self.repo, "name": self.name, "family": self.family, "params_b": self.params_b,
+                "context": self.context, "license": self.license, "gated": self.gated,
+                "default_quant": self.default_quant, "variants": dict(self.variants)}
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One Hub search result."""
+
+    repo: str
+    downloads: int
+    likes: int
+    gated: bool
+    curated: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repo": self.repo, "downloads": self.downloads, "likes": self.likes, "gated": self.gated,
+                "curated": self.curated}
+
+
+# -- environment ------------------------------------------------------------------------------------
+
+def hub_endpoint(endpoint: str | None = None) -> str:
+    """The Hub endpoint: ``endpoint``, else ``HF_ENDPOINT``, else huggingface.co.
+
+    Raises :class:`HubError` when the value is not an http(s) URL with a host, before huggingface_hub
+    (which reads ``HF_ENDPOINT`` when imported, and chokes on some bad values) is touched.
+    """
+    from urllib.parse import urlsplit
+
+    given = endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    text = given.strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.netloc) and bool(parts.hostname)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        name = "HF_ENDPOINT" if not endpoint else "the endpoint"
+        raise HubError(f"{name}={quoted(display_endpoint(given))} is not an http(s) URL; unset it or set it to your mirror, "
+                       "e.g. https://hf-mirror.example")
+    return text
+
+
+def hub_token(token: str | None = None) -> str | None:
+    """``token``, else ``HF_TOKEN``; None lets huggingface_hub use the stored login."""
+    return token or os.environ.get("HF_TOKEN") or None
+
+
+def offline_var(env: Mapping[str, str] | None = None) -> str | None:
+    """The variable that turns offline mode on (``HF_HUB_OFFLINE`` first, then ``TRANSFORMERS_OFFLINE``), or None.
+
+    ``env`` defaults to the process environment.
+    """
+    env = os.environ if env is None else env
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if (env.get(var) or "").strip().lower() in ("1", "true", "yes", "on"):
+            return var
+    return None
+
+
+def is_offline(env: Mapping[str, str] | None = None) -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value."""
+    return offline_var(env) is not None
+
+
+def require_online(endpoint: str | None = None) -> None:
+    """Raise :class:`HubUnreachable` when offline mode is on."""
+    if is_offline():
+        raise HubUnreachable(
+            f"the Hub ({hub_endpoint(endpoint)}) is not contacted because HF_HUB_OFFLINE is set; "
+            "unset it to search or download ('fitchat ls' shows what is already here)"
+        )
+
+
+def display_endpoint(url: str) -> str:
+    """``url`` as fitchat shows it: without user-info (``http://user:password@host`` -> ``http://host``).
+
+    The one way an endpoint or a Hub URL reaches a message, ``doctor`` or JSON; query strings (signed CDN
+    URLs) are dropped too, and control characters removed.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    from fitchat.format import printable
+
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = parts.port
+    except ValueError:
+        return printable(url.rpartition("@")[2], 200, one_line=True)
+    netloc = host + (f":{port}" if port is not None else "")
+    return printable(urlunsplit((parts.scheme, netloc, parts.path, "", "")), 200, one_line=True)
+
+
+def display_host(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, without user-info (for messages that name a server)."""
+    from urllib.parse import urlsplit
+
+    shown = display_endpoint(url)
+    try:
+        parts = urlsplit(shown)
+        return f"{parts.scheme}://{parts.netloc}" if parts.netloc else shown
+    except ValueError:
+        return shown
+
+
+@contextmanager
+def hub_errors(repo: str, filename: str | None = None, endpoint: str | None = None, *,
+               stall: bool = False, url: str | None = None) -> Iterator[None]:
+    """Translate huggingface_hub / network exceptions into one-line fitchat errors, under a deadline.
+
+    Every Hub call runs inside this block, so every one gets :func:`hub_deadline`: an overall deadline
+    (API calls, metadata), or with ``stall=True`` a stall deadline (streamed downloads). ``url`` names the
+    server the deadline message blames (default: the endpoint).
+    """
+    where = hub_endpoint(endpoint)  # a bad HF_ENDPOINT is reported before huggingface_hub is imported
+    shown = display_endpoint(where)
+    from huggingface_hub import errors as hf
+
+    http = _http_module()
+    what = f"{filename} in {repo}" if filename else repo
+    try:
+        with hub_deadline(url or where, what, stall=stall):
+            yield
+    except hf.GatedRepoError as exc:
+        raise GatedRepo(
+            f"{repo} is gated: accept its licence at {shown}/{repo} (logged in), then set HF_TOKEN to a token "
+            "of that account or run 'hf auth login'"
+            + (" (the token in use has not been granted access)" if _status(exc) == 403 else "")
+        ) from None
+    except hf.RevisionNotFoundError:
+        raise NotOnHub(f"revision not found for {repo} on {shown}") from None
+    except (hf.RemoteEntryNotFoundError, hf.EntryNotFoundError):
+        raise NotOnHub(f"{what} not found on {shown} ('fitchat pull {repo}' lists its variants)") from None
+    except hf.RepositoryNotFoundError:
+        raise NotOnHub(
+            f"{repo} not found on {shown}: check the name (org/name); if it is private, set HF_TOKEN"
+        ) from None
+    except (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError) as exc:
+        raise HubUnreachable(f"cannot reach the Hub at {shown} for {what} ({_first_line(exc)}); "
+                             "check your network or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model") from None
+    except (http.ConnectError, http.TimeoutException, http.NetworkError, http.RemoteProtocolError,
+            http.ProxyError) as exc:
+        raise HubUnreachable(
+            f"cannot reach the Hub at {shown} ({type(exc).__name__}: {_first_line(exc)}); check your network "
+            "or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model"
+        ) from None
+    except hf.HfHubHTTPError as exc:
+        status = _status(exc)
+        if status in (401, 403):
+            raise GatedRepo(f"the Hub refused access to {what} ({status}); set HF_TOKEN or run 'hf auth login'") from None
+        raise HubError(f"the Hub at {shown} answered {status or 'an error'} for {what}; try again later") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, FitchatError):
+            raise
+        # huggingface_hub parsing an answer that is not the Hub's (a listing of the wrong shape …)
+        raise HubError(f"{shown} sent an answer for {what} that is not the Hub's ({type(exc).__name__}); "
+                       "is HF_ENDPOINT a Hub mirror?") from None
+
+
+# -- deadlines ---------------------------------------------------------------------------------------
+# One mechanism for every Hub request: the deadline lives in a context variable set by
+# :func:`hub_deadline` (entered by :func:`hub_errors` and by the GGUF Range reads), and is enforced where
+# every byte passes: huggingface_hub's shared HTTP client gets a network backend whose connect, read and
+# write calls never wait past it. A per-read timeout alone does not bound a server that sends one byte
+# every 2 s; this does, including while response headers trickle in.
+
+#: Seconds a Hub request may take overall, and the stall window of a streamed download (overridable
+#: with ``FITCHAT_HUB_DEADLINE``, read by :func:`deadline_seconds` only).
+DEFAULT_DEADLINE_S = 60.0
+#: A streamed body must bring at least this much per stall window to count as progress.
+STALL_PROGRESS_BYTES = 64 << 10
+#: Most bytes one API answer (a listing, metadata) may bring; the largest real listings are a few MiB.
+MAX_API_RESPONSE_BYTES = 64 << 20
+
+_DEADLINE: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar("fitchat_hub_deadline", default=None)
+
+
+def deadline_seconds() -> float:
+    """The deadline of one Hub request (and a download's stall window): ``FITCHAT_HUB_DEADLINE`` or 60 s."""
+    try:
+        value = float(os.environ.get("FITCHAT_HUB_DEADLINE", "") or DEFAULT_DEADLINE_S)
+    except ValueError:
+        value = DEFAULT_DEADLINE_S
+    return value if 0 < value < 1e6 else DEFAULT_DEADLINE_S
+
+
+class _Deadline:
+    """When the current Hub request must be done by, which server it waits on, and what it is for.
+
+    Overall mode (API calls, metadata, Range reads): ``at`` never moves, and the bytes received are capped
+    at ``max_bytes``. Stall mode (a multi-GB download, where an overall cap would be wrong): ``at`` moves
+    forward each time :data:`STALL_PROGRESS_BYTES` more arrive, so a steady slow link goes on while a server
+    that trickles bytes or goes silent is stopped one window later.
+    """
+
+    def __init__(self, host: str, what: str, seconds: float, *, stall: bool, max_bytes: int | None) -> None:
+        self.host = host
+        self.what = what
+        self.seconds = seconds
+        self.stall = stall
+        self.max_bytes = max_bytes
+        self.at = time.monotonic() + seconds
+        self.received = 0
+        self._since_progress = 0
+
+    def left(self) -> float:
+        """Seconds left; raises :class:`HubDeadline` when none are."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.expired()
+        return left
+
+    def clamp(self, timeout: float | None) -> float:
+        left = self.left()
+        return left if timeout is None else min(timeout, left)
+
+    def got(self, n: int) -> None:
+        self.received += n
+        if self.max_bytes is not None and self.received > self.max_bytes:
+            raise OversizedResponse(f"{self.host} sent more than {self.max_bytes >> 20} MiB for {self.what}; "
+                                    "no real Hub answer is that large: is HF_ENDPOINT a Hub mirror?")
+        if self.stall:
+            self._since_progress += n
+            if self._since_progress >= STALL_PROGRESS_BYTES:
+                self._since_progress = 0
+                self.at = time.monotonic() + self.seconds
+
+    def expired(self) -> HubDeadline:
+        if self.stall:
+            return HubDeadline(f"{self.host} stalled: less than {STALL_PROGRESS_BYTES >> 10} KiB of {self.what} "
+                               f"came in {self.seconds:g} s; check your network or HF_ENDPOINT, then run it again")
+        return HubDeadline(f"{self.host} did not answer in time ({self.seconds:g} s) for {self.what}; "
+                           "check your network or HF_ENDPOINT, or try again later")
+
+
+@contextmanager
+def hub_deadline(url: str, what: str, *, stall: bool = False, seconds: float | None = None,
+                 max_bytes: int | None = None) -> Iterator[None]:
+    """Run the Hub requests of this block under one deadline (see :class:`_Deadline`); nested blocks never extend it.
+
+    ``url`` names the server in the message (shown without user-info). An overall block caps the bytes
+    received at :data:`MAX_API_RESPONSE_BYTES` unless ``max_bytes`` says otherwise; a stall block is capped
+    only by ``max_bytes`` (a download's writer bounds its body by the announced size). A stall block with a
+    cap is bounded overall too: at worst one window per :data:`STALL_PROGRESS_BYTES` of the cap.
+    """
+    _watch_hub_client()
+    outer = _DEADLINE.get()
+    budget = deadline_seconds() if seconds is None else seconds
+    cap = max_bytes if stall or max_bytes is not None else MAX_API_RESPONSE_BYTES
+    deadline = _Deadline(display_host(url), printable(what, 120, one_line=True), budget, stall=stall, max_bytes=cap)
+    if outer is not None and not outer.stall and outer.at < deadline.at:
+        deadline.at = outer.at  # an inner block never outlives the outer one
+    token = _DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _watch_hub_client() -> None:
+    """Put the deadline backend under every connection pool of huggingface_hub's shared client (idempotent).
+
+    Wrapping the client the library built (rather than building another) keeps its hooks, proxies and
+    any ``set_client_factory`` of the user's; a client recreated later (``close_session``, fork) is
+    wrapped on the next call.
+    """
+    from huggingface_hub.utils import get_session
+
+    client = get_session()
+    transports = [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is not None and not isinstance(backend, _DeadlineBackend):
+            pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+
+
+class _DeadlineBackend:
+    """An httpcore network backend that bounds connects, reads and writes by the current deadline."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> Any:
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            timeout = deadline.clamp(timeout)
+        return _DeadlineStream(_timed(lambda: self._inner.connect_tcp(host, port, timeout, **kwargs)))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            timeout = deadline.clamp(timeout)
+        return _DeadlineStream(_timed(lambda: self._inner.connect_unix_socket(path, timeout, **kwargs)))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _timed(call: Any) -> Any:
+    """Run one socket operation; a timeout that the deadline caused becomes :class:`HubDeadline`."""
+    try:
+        return call()
+    except Exception as exc:
+        deadline = _DEADLINE.get()
+        if deadline is not None and "Timeout" in type(exc).__name__ and time.monotonic() >= deadline.at - 0.01:
+            raise deadline.expired() from None
+        raise
+
+
+class _DeadlineStream:
+    """An httpcore network stream whose every read and write waits at most until the current deadline."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        deadline = _DEADLINE.get()
+        if deadline is None:
+            return self._inner.read(max_bytes, timeout)
+        data = _timed(lambda: self._inner.read(max_bytes, deadline.clamp(timeout)))
+        deadline.got(len(data))
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        deadline = _DEADLINE.get()
+        if deadline is None:
+            return self._inner.write(buffer, timeout)
+        return _timed(lambda: self._inner.write(buffer, deadline.clamp(timeout)))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            timeout = deadline.clamp(timeout)
+        return _DeadlineStream(_timed(lambda: self._inner.start_tls(ssl_context, server_hostname, timeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+def _http_module() -> Any:
+    """The HTTP client huggingface_hub uses (httpx2 in 2.x; httpx in earlier releases)."""
+    try:
+        import httpx2
+
+        return httpx2
+    except ImportError:
+        import httpx
+
+        return httpx
+
+
+def _status(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def quiet_hub() -> None:
+    """Stop huggingface_hub's own background request (its agent registry, fetched for the User-Agent).
+
+    fitchat only contacts the Hub for what the user asked; an explicit ``HF_HUB_DISABLE_TELEMETRY`` wins.
+    """
+    from huggingface_hub import constants
+
+    if not os.environ.get("HF_HUB_DISABLE_TELEMETRY", "").strip():
+        constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
+def _api(endpoint: str | None, token: str | None) -> Any:
+    where = hub_endpoint(endpoint)
+    from huggingface_hub import HfApi
+
+    quiet_hub()
+    return HfApi(endpoint=where, token=hub_token(token))
+
+
+def _probe(endpoint: str | None, timeout: float = 5.0) -> None:
+    """One API call without retries; raises the network error if the Hub does not answer."""
+    where = hub_endpoint(endpoint)
+    from huggingface_hub.utils import get_session
+
+    with hub_deadline(where, "a search", seconds=min(timeout, deadline_seconds())):
+        get_session().get(f"{where}/api/models", params={"limit": 1}, timeout=timeout)
+
+
+def hub_reachable(*, endpoint: str | None = None, token: str | None = None, timeout: float = 3.0) -> bool:
+    """Whether the Hub (or ``HF_ENDPOINT``) answers an API call within ``timeout``; False when offline."""
+    if is_offline():
+        return False
+    try:
+        where = hub_endpoint(endpoint)
+    except HubError:
+        return False
+    from huggingface_hub.utils import get_session
+
+    http = _http_module()
+    try:
+        with hub_deadline(where, "a reachability check", seconds=timeout):
+            r = get_session().get(f"{where}/api/models", params={"limit": 1, "filter": "gguf"}, timeout=timeout)
+    except (http.HTTPError, OSError, HubError):
+        return False
+    return r.status_code < 500
+
+
+# -- curated list -----------------------------------------------------------------------------------
+
+def curated() -> list[CatalogEntry]:
+    """The curated instruct models shipped with fitchat, smallest first."""
+    raw = json.loads(package_data("catalog.json").read_text(encoding="utf-8"))
+    entries = [
+        CatalogEntry(
+            repo=m["repo"], name=m["name"], family=m["family"], params_b=float(m["params_b"]),
+            context=int(m["context"]), license=m["license"], gated=bool(m.get("gated", False)),
+            default_quant=m.get("default_quant", "Q4_K_M"), variants=tuple(m["variants"].items()),
+        )
+        for m in raw["models"]
+    ]
+    return sorted(entries, key=lambda e: e.params_b)
+
+
+def curated_entry(repo: str) -> CatalogEntry | None:
+    """The curated entry for ``repo`` (case-insensitive), if any."""
+    for entry in curated():
+        if entry.repo.lower() == repo.lower():
+            return entry
+    return None
+
+
+# -- the first model to get --------------------------------------------------------------------------
+
+_TIERS = {"too_big": 0, "cpu": 1, "partial_gpu": 2, "full_gpu": 3}
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The catalog model suggested for this machine: its entry and the plan of its recommended variant."""
+
+    entry: CatalogEntry
+    plan: Plan
+
+
+def recommend_first_model(
+    hw: HardwareInfo,
+    ctx: int,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    candidates: list[CatalogEntry] | None = None,
+) -> Recommendation | None:
+    """The largest curated model whose recommended variant fits this machine at ``ctx``, or None.
+
+    A model fully on the GPU wins over one partly offloaded, which wins over one on the CPU; within
+    the best of those the largest model wins. Candidates (``curated()`` by default; gated repos only
+    with a token) are planned from their remote headers (:func:`fitchat.model.plan.fit_remote_repo`) from the
+    largest down, stopping at the first that reaches the best verdict this machine allows. A repo
+    whose smallest file cannot reach a better verdict than one already found (or cannot fit at all)
+    is passed over without reading its headers. Repos missing from the Hub, gated or unreadable are
+    skipped; :class:`HubUnreachable` is raised when the Hub cannot be reached (at once when offline).
+    """
+    from fitchat.model.plan import fit_remote_repo
+
+    require_online(endpoint)
+    entries = curated() if candidates is None else list(candidates)
+    entries = sorted((e for e in entries if not e.gated or hub_token(token)), key=lambda e: e.params_b, reverse=True)
+    gpu = sum(hw.gpu_budgets())
+    memory = hw.ram.available_bytes + (0 if hw.backend == "metal" else gpu)
+    best_possible = "full_gpu" if gpu else "cpu"
+    found: dict[str, Recommendation] = {}
+    for entry in entries:
+        try:
+            variants = list_variants(entry.repo, endpoint=endpoint, token=token)
+        except HubUnreachable:
+            raise
+        except FitchatError:
+            continue
+        smallest = min(v.size_bytes for v in variants)
+        if smallest > memory:
+            continue  # its weights alone exceed the machine
+        reach = "full_gpu" if gpu and smallest <= gpu else ("partial_gpu" if gpu else "cpu")
+        if any(_TIERS[v] >= _TIERS[reach] for v in found):
+            continue  # a larger model already does as well as this one could
+        try:
+            plans = fit_remote_repo(entry.repo, hw, ctx, endpoint=endpoint, token=token)
+        except HubUnreachable:
+            raise
+        except FitchatError:
+            continue
+        plan = next(p for p in plans if p.recommended)
+        if plan.verdict == "too_big":
+            continue
+        found.setdefault(plan.verdict, Recommendation(entry, plan))
+        if plan.verdict == best_possible:
+            break
+    if not found:
+        return None
+    return found[max(found, key=lambda v: _TIERS[v])]
+
+
+# -- Hub search -------------------------------------------------------------------------------------
+
+def search(text: str, limit: int = 20, *, endpoint: str | None = None, token: str | None = None) -> list[SearchHit]:
+    """GGUF repos on the Hub matching ``text``, most downloaded first."""
+    require_online(endpoint)
+    curated_repos = {e.repo.lower() for e in curated()}
+    api = _api(endpoint, token)
+    with hub_errors(f"search {text!r}", endpoint=endpoint):
+        # list_models retries a refused connection for ~20 s; one quick call first fails fast when offline.
+        _probe(endpoint)
+        models = list(api.list_models(search=text or None, filter="gguf", sort="downloads", limit=limit))
+        return [
+            SearchHit(repo=str(m.id), downloads=int(m.downloads or 0), likes=int(m.likes or 0), gated=bool(m.gated),
+                      curated=str(m.id).lower() in curated_repos)
+            for m in models
+        ]
+
+
+# -- variants of a repo -----------------------------------------------------------------------------
+
+def is_model_gguf(path: str) -> bool:
+    """A GGUF that is a language model (not a vision projector or an imatrix)."""
+    name = path.rsplit("/", 1)[-1].lower()
+    return name.endswith(".gguf") and not name.startswith("mmproj") and "imatrix" not in name
+
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def safe_sibling(sibling: Any) -> tuple[str, int, str | None]:
+    """``(name, size, lfs sha256)`` of a listed file, checked; raises :class:`UnsafePath` or :class:`HubError`.
+
+    The one place a listing's file becomes something fitchat may download: the name must be a plain
+    relative path (:func:`fitchat.paths.check_repo_filename`), the size a whole number of bytes, the LFS
+    sha256 64 hex digits (it names a blob in the cache).
+    """
+    name = check_repo_filename(getattr(sibling, "rfilename", None))
+    size = getattr(sibling, "size", None)
+    if size is None:
+        size = 0
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise HubError(f"the listing gives {quoted(name)} the size {quoted(str(size))}, not a number of bytes")
+    lfs = getattr(sibling, "lfs", None)
+    sha = getattr(lfs, "sha256", None) if lfs is not None else None
+    if sha is not None and not (isinstance(sha, str) and _SHA256_RE.match(sha)):
+        raise HubError(f"the listing gives {quoted(name)} the sha256 {quoted(str(sha))}, not 64 hex digits")
+    return name, size, sha
+
+
+def variants_from_siblings(repo: str, siblings: list[Any], refused: list[str] | None = None) -> list[Variant]:
+    """Group a repo's files (``RepoSibling``\\ s with size and lfs) into variants, smallest first.
+
+    Split sets become one variant (listed only when every part is there); vision projectors and imatrix
+    files are left out. Files that fail :func:`safe_sibling` (``../x``, absolute, NUL, 5,000 characters,
+    a size that is not a number …) are left out before anything is downloaded; their one-line reasons
+    go to ``refused`` when given.
+    """
+    checked: dict[str, tuple[int, str | None]] = {}
+    for s in siblings:
+        try:
+            name, size, sha = safe_sibling(s)
+        except (UnsafePath, HubError) as exc:
+            if refused is not None:
+                refused.append(str(exc))
+            continue
+        if is_model_gguf(name):
+            checked[name] = (size, sha)
+    variants: list[Variant] = []
+    seen_parts: set[str] = set()
+    for name in sorted(checked):
+        if name in seen_parts:
+            continue
+        folder, _, base = name.rpartition("/")
+        split = split_part(base)
+        if split:
+            if split[1] != 1:
+                continue
+            names = [f"{folder}/{n}" if folder else n for n in split_names(base, split[2])]
+            if not all(n in checked for n in names):
+                continue
+        else:
+            names = [name]
+        seen_parts.update(names)
+        parts = [checked[n] for n in names]
+        quant = quant_from_filename(name) or (split[0] if split else base).removesuffix(".gguf")
+        variants.append(
+            Variant(
+                repo=repo, file=name, files=tuple(names), quant=quant,
+                size_bytes=sum(size for size, _ in parts),
+                sha256=tuple(sha for _, sha in parts),
+                sizes=tuple(size for size, _ in parts),
+            )
+        )
+    variants.sort(key=lambda v: (v.size_bytes, quant_bits(v.quant) or 99.0, v.file))
+    return variants
+
+
+def list_variants(repo_id: str, *, endpoint: str | None = None, token: str | None = None,
+                  revision: str | None = None) -> list[Variant]:
+    """The GGUF variants of ``repo_id`` with exact sizes and LFS sha256, from ``model_info(files_metadata=True)``."""
+    require_online(endpoint)
+    api = _api(endpoint, token)
+    with hub_errors(repo_id, endpoint=endpoint):
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
+        refused: list[str] = []
+        variants = variants_from_siblings(repo_id, list(info.siblings or []), refused)
+    if not variants:
+        if refused:
+            raise UnsafePath(f"{repo_id} on {display_endpoint(hub_endpoint(endpoint))} lists no usable GGUF file: "
+                             f"{refused[0]}" + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""))
+        raise NotOnHub(f"{repo_id} has no GGUF files on {display_endpoint(hub_endpoint(endpoint))}; "
+                       "try 'fitchat search NAME' for a GGUF repo")
+    return variants
+
+
+def pick_variant(variants: list[Variant], quant: str) -> Variant:
+    """The variant named by ``quant`` (a quant like ``q4_k_m`` or a file name), case-insensitive."""
+    wanted = quant.strip().lower()
+    for v in variants:
+        if v.quant.lower() == wanted or v.file.lower() == wanted or v.file.rsplit("/", 1)[-1].lower() == wanted:
+            return v
+    for v in variants:  # "Q4_K_XL" also finds "UD-Q4_K_XL"
+        if v.quant.lower().removeprefix("ud-") == wanted.removeprefix("ud-"):
+            return v
+    repo = variants[0].repo if variants else "the repo"
+    have = ", ".join(v.quant for v in variants) or "none"
+    raise NotOnHub(f"{repo} has no {quant} variant; it has: {have}")

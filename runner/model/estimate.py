@@ -1,0 +1,381 @@
+"""How much memory llama.cpp will allocate for a model at a context length, and on which device.
+
+The figures mirror the buffers llama.cpp itself logs when it loads a model (``model buffer``,
+``KV buffer``, ``compute buffer``, ``output buffer``), so an estimate can be checked against a real
+load line by line (``fitchat.model.measure``, ``bench/estimate_accuracy.py``).
+
+Weights
+    Exact: the tensor sizes from the GGUF header. On the CPU, llama.cpp also keeps a repacked
+    copy of some quantized matrices for faster kernels (the ``CPU_REPACK`` buffer) while the
+    mapped file stays mapped; which types are repacked depends on the CPU (``_repacked``).
+
+KV cache
+    Exact: ``cells × Σ_layers (n_head_kv·key_length·bytes(type_k) + n_head_kv·value_length·bytes(type_v))``
+    with ``cells = pad(n_ctx, 256)``. Sliding-window layers keep
+    ``min(cells, pad(window + n_ubatch, 256))`` cells when ``swa_full`` is off.
+
+Compute buffer
+    ggml's graph allocator reuses memory between graph stages, so the buffer is the peak of
+    the largest stage, not a sum. With ``ub`` the micro-batch (n_ubatch, clamped by n_batch and
+    the context), ``n_kv`` the padded context, all tensors f32 (4 bytes):
+
+    - logits:    ``4·ub·(n_vocab + 3·n_embd)``   (the output projection for every token of a micro-batch)
+    - attention: ``4·ub·(n_head·n_kv + n_kv + 5·q + n_embd_k_gqa + n_embd_v_gqa)`` without flash
+      attention (the KQ scores, softmaxed in place, plus the mask), where ``q = max(n_embd, n_head·value_length)``;
+      ``4·ub·(n_kv/2 + 5·q + n_embd_k_gqa + n_embd_v_gqa)`` with flash attention (an f16 mask only);
+    - feed-forward: ``4·ub·(3·n_ff + 2·n_embd)``.
+
+    compute = max(logits, attention, feed-forward).
+
+    Calibrated against llama.cpp 0.3.36 (llama-cpp-python) CPU loads of SmolLM2-135M
+    (4 quants, 49k vocabulary) and gemma-3-270m (262k vocabulary, SWA) at ctx 100 to 32768,
+    n_ubatch 128 to 1024, flash attention on and off, f16/q8_0/q4_0 caches: every measured
+    compute buffer is within 4.3 MiB of this formula (most within 1.2 MiB; the rest is the
+    allocator's fragmentation). For example SmolLM2 at ctx 16384 without flash attention:
+    ``4·512·(9·16384 + 16384 + 5·576 + 192 + 192)`` = 326.38 MiB, measured 326.38 MiB.
+
+Output buffer and fixed overheads
+    ``n_vocab × 4`` bytes of logits on the host (the ``output buffer`` line) plus the graph
+    metadata llama.cpp keeps (a few hundred bytes per graph node).
+
+Split between GPU and CPU
+    As llama.cpp places tensors for ``n_gpu_layers = g`` of ``n_layers + 1``: the output layer
+    (output.weight, output_norm) goes first, then the last ``g - 1`` blocks; token_embd always stays
+    on the CPU (a tied-embedding model loads a second copy of it on the GPU for the output). A
+    layer's KV cache lives with the layer. The GPU compute buffer holds the logits stage whenever
+    the output layer is offloaded; with a partial offload the CPU keeps a compute buffer for its
+    layers and llama.cpp may copy a CPU weight to the GPU for large batches (op offload), so the
+    largest such matrix is added to the GPU side. The CPU/GPU split of the compute buffer is
+    modelled from llama.cpp's placement rules; this machine has no GPU to calibrate it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fitchat.errors import FitchatError
+from fitchat.model.gguf_spec import ModelSpec, TensorInfo
+
+MiB = 1024 * 1024
+
+#: The context fitchat plans for when none is given.
+DEFAULT_CTX = 4096
+
+#: llama.cpp pads the context (and the SWA cache) to a multiple of this many cells.
+KV_PAD = 256
+
+#: KV cache types: (ggml type id, bytes per block, elements per block).
+KV_TYPES: dict[str, tuple[int, int, int]] = {
+    "f16": (1, 2, 1),
+    "q8_0": (8, 34, 32),
+    "q4_0": (2, 18, 32),
+}
+
+#: ggml's per-node metadata for the compute graph (ggml_tensor_overhead + graph bookkeeping).
+_GRAPH_NODE_BYTES = 400
+_GRAPH_MIN_NODES = 1024
+
+
+class InvalidSettings(FitchatError):
+    """Load settings llama.cpp would refuse (say, a quantized V cache without flash attention)."""
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """The llama.cpp context settings an estimate assumes, and ``fitchat chat`` loads with."""
+
+    flash_attn: bool = True
+    swa_full: bool = True
+    n_batch: int = 512
+    n_ubatch: int = 512
+    type_k: str = "f16"
+    type_v: str = "f16"
+
+    def __post_init__(self) -> None:
+        for name in ("type_k", "type_v"):
+            if getattr(self, name) not in KV_TYPES:
+                raise InvalidSettings(f"unknown KV cache type {getattr(self, name)!r}; use one of {', '.join(KV_TYPES)}")
+        if self.n_batch < 1 or self.n_ubatch < 1:
+            raise InvalidSettings("n_batch and n_ubatch must be at least 1")
+        if self.type_v != "f16" and not self.flash_attn:
+            raise InvalidSettings(f"a {self.type_v} V cache needs flash attention; turn flash attention on or keep the V cache f16")
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``llama_cpp.Llama(...)`` that load with exactly these settings."""
+        return {
+            "flash_attn": self.flash_attn,
+            "swa_full": self.swa_full,
+            "n_batch": self.n_batch,
+            "n_ubatch": self.n_ubatch,
+            "type_k": KV_TYPES[self.type_k][0],
+            "type_v": KV_TYPES[self.type_v][0],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: What ``fitchat chat`` loads with by default. Flash attention on (llama.cpp's own default,
+#: "auto", enables it wherever the backend supports it; it shrinks the compute buffer at long
+#: contexts); a full-size SWA cache, llama-cpp-python's default, which keeps prefix reuse between
+#: chat turns working (a window-sized cache is offered as a memory lever instead).
+DEFAULT_SETTINGS = LoadSettings()
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes llama.cpp will allocate for one model at one context, and where."""
+
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    gpu_bytes: int
+    cpu_bytes: int
+    # --- detail ---------------------------------------------------------------------
+    context: int = 0  # the context asked for
+    n_ctx: int = 0  # llama.cpp's padded context
+    n_ubatch: int = 0  # the micro-batch llama.cpp will really use
+    gpu_layers: int = 0  # llama.cpp n_gpu_layers (of n_layers + 1)
+    repack_bytes: int = 0  # part of weights_bytes: the CPU's repacked copies
+    output_bytes: int = 0  # part of overhead_bytes: the logits output buffer
+    gpu_weights_bytes: int = 0
+    gpu_kv_bytes: int = 0
+    gpu_compute_bytes: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def pad(n: int, to: int = KV_PAD) -> int:
+    return (n + to - 1) // to * to
+
+
+def effective_batches(ctx: int, settings: LoadSettings) -> tuple[int, int]:
+    """(n_batch, n_ubatch) as llama-cpp-python and llama.cpp clamp them for ``ctx``."""
+    n_batch = min(ctx, settings.n_batch)  # llama-cpp-python: min(n_ctx, n_batch)
+    return n_batch, min(n_batch, settings.n_ubatch)
+
+
+def _kv_row_bytes(n_elements: int, type_name: str) -> int:
+    _, block_bytes, block = KV_TYPES[type_name]
+    return (n_elements + block - 1) // block * block_bytes
+
+
+def _layer_kv_dims(spec: ModelSpec, il: int) -> tuple[int, int]:
+    """(n_embd_k_gqa, n_embd_v_gqa) of layer ``il``."""
+    if spec.kv_lora_rank:
+        # MLA: llama.cpp caches the compressed latent plus the rope part.
+        return spec.kv_lora_rank + spec.rope_dim, spec.kv_lora_rank
+    kv_heads = spec.n_head_kv_layers[il] if il < len(spec.n_head_kv_layers) else spec.n_head_kv
+    return kv_heads * spec.key_length, kv_heads * spec.value_length
+
+
+def kv_cells(spec: ModelSpec, il: int, n_ctx: int, n_ubatch: int, settings: LoadSettings) -> int:
+    """KV cells layer ``il`` keeps at padded context ``n_ctx``."""
+    is_swa = il < len(spec.swa_layers) and spec.swa_layers[il]
+    if is_swa and not settings.swa_full and spec.sliding_window:
+        return min(n_ctx, pad(min(n_ctx, spec.sliding_window + n_ubatch)))
+    return n_ctx
+
+
+def kv_layer_bytes(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_SETTINGS) -> list[int]:
+    """KV cache bytes of every layer at context ``ctx``."""
+    n_ctx = pad(max(ctx, 1))
+    _, n_ubatch = effective_batches(ctx, settings)
+    out = []
+    for il in range(spec.n_layers):
+        k, v = _layer_kv_dims(spec, il)
+        cells = kv_cells(spec, il, n_ctx, n_ubatch, settings)
+        out.append(cells * (_kv_row_bytes(k, settings.type_k) + _kv_row_bytes(v, settings.type_v)))
+    return out
+
+
+def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_SETTINGS) -> dict[str, int]:
+    """The graph stages whose peak is the compute buffer (see the module docstring)."""
+    n_ctx = pad(max(ctx, 1))
+    _, ub = effective_batches(ctx, settings)
+    n_embd = spec.n_embd
+    q = max(n_embd, spec.n_head * spec.value_length)
+    k_gqa, v_gqa = _layer_kv_dims(spec, 0)
+    n_kv = n_ctx
+    if settings.flash_attn:
+        attention = 4 * ub * (n_kv // 2 + 5 * q + k_gqa + v_gqa)
+    else:
+        attention = 4 * ub * (spec.n_head * n_kv + n_kv + 5 * q + k_gqa + v_gqa)
+    n_ff = spec.n_ff
+    if spec.n_expert and spec.n_expert_used:
+        n_ff = max(n_ff if not spec.n_ff_expert else 0, spec.n_ff_expert * spec.n_expert_used)
+    return {
+        "logits": 4 * ub * (spec.vocab_size + 3 * n_embd),
+        "attention": attention,
+        "ffn": 4 * ub * (3 * n_ff + 2 * n_embd),
+    }
+
+
+#: Quantized types the CPU backend repacks, by instruction set (ggml-cpu/repack.cpp):
+#: type -> (rows must be a multiple of this, required ISA flags: any of these sets).
+_REPACK_X86: dict[str, int] = {"Q4_0": 8, "Q4_K": 8, "IQ4_NL": 8, "MXFP4": 8}
+_REPACK_X86_AVX512: dict[str, int] = {"Q2_K": 8}
+_REPACK_ARM: dict[str, int] = {"Q4_0": 4, "Q4_K": 8, "Q5_K": 8, "Q6_K": 8, "IQ4_NL": 4, "MXFP4": 4, "Q8_0": 4, "Q1_0": 4}
+
+
+def _repack_rules(isa: tuple[str, ...] | None) -> dict[str, int]:
+    if isa is None:
+        isa = ("AVX2",)  # unknown CPU: assume the common x86-64 case
+    flags = set(isa)
+    rules: dict[str, int] = {}
+    if "AVX2" in flags:
+        rules.update(_REPACK_X86)
+    if "AVX512" in flags:
+        rules.update(_REPACK_X86_AVX512)
+    if "NEON" in flags and flags & {"DOTPROD", "MATMUL_INT8", "SVE"}:
+        rules.update(_REPACK_ARM)
+    return rules
+
+
+def _repacked(t: TensorInfo, rules: dict[str, int]) -> bool:
+    """Whether llama.cpp's CPU backend keeps a repacked copy of this weight (matrix-multiply weights only)."""
+    if len(t.shape) not in (2, 3) or t.name.startswith("token_embd") or not t.name.endswith(".weight"):
+        return False
+    rows = rules.get(t.type_name)
+    return rows is not None and t.shape[1] % rows == 0
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(spec: ModelSpec, rules: tuple[tuple[str, int], ...]) -> dict[str, tuple[int, int, int]]:
+    """Per tensor group: (bytes, bytes the CPU repacks, largest matrix), computed once per spec."""
+    rule_map = dict(rules)
+    out: dict[str, list[int]] = {}
+    for t in spec.tensors:
+        parts = t.name.split(".")
+        group = f"blk.{parts[1]}" if parts[0] == "blk" and len(parts) > 1 else parts[0]
+        g = out.setdefault(group, [0, 0, 0])
+        g[0] += t.n_bytes
+        if _repacked(t, rule_map):
+            g[1] += t.n_bytes
+        if len(t.shape) >= 2:
+            g[2] = max(g[2], t.n_bytes)
+    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+
+
+def _on_gpu(group: str, n_layers: int, gpu_layers: int) -> bool:
+    """llama.cpp's placement for ``n_gpu_layers = gpu_layers``: output first, then the last blocks."""
+    if gpu_layers <= 0:
+        return False
+    first_gpu = max(n_layers + 1 - gpu_layers, 0)
+    if group in ("output", "output_norm"):
+        return True  # the output layer (index n_layers) is offloaded by any gpu_layers >= 1
+    if group.startswith("blk."):
+        return int(group[4:]) >= first_gpu
+    return False  # token_embd and other input tensors stay on the CPU
+
+
+# --------------------------------------------------------------------------- the estimate
+
+
+def estimate(
+    spec: ModelSpec,
+    ctx: int = DEFAULT_CTX,
+    settings: LoadSettings = DEFAULT_SETTINGS,
+    *,
+    gpu_layers: int = 0,
+    cpu_isa: tuple[str, ...] | None = None,
+) -> Estimate:
+    """What llama.cpp allocates for ``spec`` at ``ctx`` with ``gpu_layers`` offloaded (see module doc).
+
+    ``gpu_layers`` counts like llama.cpp's ``n_gpu_layers`` (``n_layers + 1`` = everything, the output
+    layer included); ``cpu_isa`` is ``HardwareInfo.cpu.isa`` (decides the CPU's repacked weights).
+    """
+    if ctx < 1:
+        raise InvalidSettings("the context must be at least 1 token")
+    n_layers = spec.n_layers
+    gpu_layers = max(0, min(gpu_layers, n_layers + 1))
+    first_gpu = n_layers + 1 - gpu_layers
+    rules = _repack_rules(cpu_isa)
+
+    gpu_w = cpu_w = repack = 0
+    largest_cpu_matrix = 0
+    for group, (n_bytes, group_repack, largest) in _layout(spec, tuple(sorted(rules.items()))).items():
+        if _on_gpu(group, n_layers, gpu_layers):
+            gpu_w += n_bytes
+        else:
+            cpu_w += n_bytes
+            repack += group_repack
+            if group != "token_embd":
+                largest_cpu_matrix = max(largest_cpu_matrix, largest)
+    if gpu_layers >= 1 and spec.tied_embeddings:
+        # The output projection reuses token_embd: llama.cpp loads a copy of it on the GPU.
+        gpu_w += spec.tensor_bytes.get("token_embd", 0)
+    cpu_w += repack
+
+    kv_layers = kv_layer_bytes(spec, ctx, settings)
+    gpu_kv = sum(b for il, b in enumerate(kv_layers) if il >= first_gpu)
+    cpu_kv = sum(kv_layers) - gpu_kv
+
+    stages = compute_stages(spec, ctx, settings)
+    _, ub = effective_batches(ctx, settings)
+    full = max(stages.values())
+    layers_only = max(stages["attention"], stages["ffn"])
+    inputs = 4 * ub * spec.n_embd  # the input embeddings, built on the CPU from token_embd
+    if gpu_layers == 0:
+        gpu_compute, cpu_compute = 0, full
+    elif gpu_layers >= n_layers + 1:
+        gpu_compute, cpu_compute = full, inputs
+    else:
+        gpu_compute = full + largest_cpu_matrix
+        cpu_compute = layers_only
+
+    output = spec.vocab_size * 4
+    n_nodes = max(_GRAPH_MIN_NODES, 8 * len(spec.tensors))
+    overhead = output + n_nodes * _GRAPH_NODE_BYTES
+
+    notes = []
+    if spec.architecture in _RECURRENT_ARCHS:
+        notes.append(f"{spec.architecture} keeps a recurrent state the estimate does not model; treat the KV figure as approximate")
+    if spec.kv_lora_rank:
+        notes.append("MLA attention: the KV figure follows llama.cpp's compressed cache and is approximate")
+    if spec.n_ctx_train and ctx > spec.n_ctx_train:
+        notes.append(f"context {ctx} exceeds the {spec.n_ctx_train} tokens the model was trained on")
+
+    weights = gpu_w + cpu_w
+    kv = gpu_kv + cpu_kv
+    compute = gpu_compute + cpu_compute
+    gpu_total = gpu_w + gpu_kv + gpu_compute
+    cpu_total = cpu_w + cpu_kv + cpu_compute + overhead
+    return Estimate(
+        weights_bytes=weights,
+        kv_bytes=kv,
+        compute_bytes=compute,
+        overhead_bytes=overhead,
+        total_bytes=gpu_total + cpu_total,
+        gpu_bytes=gpu_total,
+        cpu_bytes=cpu_total,
+        context=ctx,
+        n_ctx=pad(ctx),
+        n_ubatch=ub,
+        gpu_layers=gpu_layers,
+        repack_bytes=repack,
+        output_bytes=output,
+        gpu_weights_bytes=gpu_w,
+        gpu_kv_bytes=gpu_kv,
+        gpu_compute_bytes=gpu_compute,
+        notes=tuple(notes),
+    )
+
+
+#: Architectures with a recurrent state (Mamba/RWKV style, alone or hybrid) that llama.cpp keeps
+#: in an "RS buffer" this estimate does not model.
+_RECURRENT_ARCHS = frozenset(
+    {
+        "mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "jamba", "falcon-h1",
+        "granitehybrid", "nemotron_h", "lfm2", "lfm2moe", "qwen3next", "plamo2",
+    }
+)

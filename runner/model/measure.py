@@ -1,0 +1,307 @@
+"""Measured, not only estimated: what llama.cpp itself reports it allocates for a model.
+
+Two ways to ask, both in a child process so that an abort inside llama.cpp (a ``GGML_ASSERT``
+ends the whole process with SIGABRT) cannot take fitchat down:
+
+``load``
+    A real load on the CPU (``n_gpu_layers=0``) with the settings fitchat would chat with.
+    llama.cpp logs every buffer it allocates (``CPU_Mapped model buffer size = 92.10 MiB``,
+    ``CPU KV buffer size``, ``CPU compute buffer size``, ``CPU output buffer size``); the child
+    routes that log through ``llama_log_set`` and hands the lines back.
+``dry_run``
+    llama.cpp's ``no_alloc`` mode ("only load metadata and simulate memory allocations"), the
+    one its own ``--fit`` uses. It needs ``load_mode = LLAMA_LOAD_MODE_NONE`` (otherwise it
+    aborts) and it logs 0 MiB for the model and KV buffers, so only its compute and output
+    buffers are read from the buffer lines; the KV size comes from the ``llama_kv_cache: size =``
+    lines, which are computed from the tensors even when nothing is allocated. The weights are
+    not measured. A dry run can simulate a GPU offload (``gpu_layers``) without allocating VRAM.
+
+Every file is validated with ``read_spec`` before llama.cpp sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fitchat.errors import FitchatError, LoadFailed
+from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings
+
+MiB = 1024 * 1024
+
+_BUFFER_RE = re.compile(r"(?P<device>\S+)\s+(?P<kind>model|KV|compute|output|RS) buffer size =\s*(?P<mib>[\d.]+) MiB")
+_KV_SIZE_RE = re.compile(r"llama_kv_cache: size =\s*(?P<mib>[\d.]+) MiB")
+_RESULT_MARK = "FITCHAT-MEASURE "
+
+#: The accuracy the estimate promises against llama.cpp's own figures: each part within
+#: max(2 %, 16 MiB), the total within max(3 %, 32 MiB).
+PART_TOLERANCE = (0.02, 16 * MiB)
+TOTAL_TOLERANCE = (0.03, 32 * MiB)
+
+
+class MeasureFailed(LoadFailed):
+    """llama.cpp could not load the model to measure it (or died trying)."""
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One buffer line from llama.cpp's log."""
+
+    device: str  # CPU, CPU_Mapped, CPU_REPACK, CUDA0, CUDA_Host, Metal …
+    kind: str  # model, KV, compute, output, RS
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What llama.cpp reported for one load."""
+
+    mode: str  # "load" or "dry_run"
+    context: int
+    settings: LoadSettings
+    gpu_layers: int
+    weights_bytes: int | None  # None on a dry run: llama.cpp does not size the weights then
+    kv_bytes: int
+    compute_bytes: int
+    output_bytes: int
+    total_bytes: int  # what was measured, all devices (a dry run: without the weights)
+    seconds: float
+    buffers: tuple[Buffer, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "context": self.context,
+            "gpu_layers": self.gpu_layers,
+            "weights_bytes": self.weights_bytes,
+            "kv_bytes": self.kv_bytes,
+            "compute_bytes": self.compute_bytes,
+            "output_bytes": self.output_bytes,
+            "total_bytes": self.total_bytes,
+            "seconds": round(self.seconds, 3),
+            "buffers": [{"device": b.device, "kind": b.kind, "bytes": b.bytes} for b in self.buffers],
+        }
+
+
+def parse_buffer_log(text: str) -> list[Buffer]:
+    """Every ``… <DEVICE> <kind> buffer size = <N> MiB`` line of a llama.cpp log."""
+    return [
+        Buffer(m.group("device"), m.group("kind"), round(float(m.group("mib")) * MiB)) for m in _BUFFER_RE.finditer(text)
+    ]
+
+
+def measurement_from_log(
+    text: str, *, mode: str, context: int, settings: LoadSettings, gpu_layers: int = 0, seconds: float = 0.0
+) -> Measurement:
+    """Turn a captured llama.cpp load log into a Measurement."""
+    buffers = parse_buffer_log(text)
+    if not any(b.kind == "compute" for b in buffers):
+        raise MeasureFailed("llama.cpp's log has no compute buffer line; the model did not finish loading")
+    kv_sizes = [round(float(m.group("mib")) * MiB) for m in _KV_SIZE_RE.finditer(text)]
+
+    def total(kind: str) -> int:
+        return sum(b.bytes for b in buffers if b.kind == kind)
+
+    weights = total("model") if mode == "load" else None
+    kv = total("KV") + total("RS")
+    if mode == "dry_run" or (kv == 0 and kv_sizes):
+        kv = sum(kv_sizes) + total("RS")
+    compute, output = total("compute"), total("output")
+    return Measurement(
+        mode=mode,
+        context=context,
+        settings=settings,
+        gpu_layers=gpu_layers,
+        weights_bytes=weights,
+        kv_bytes=kv,
+        compute_bytes=compute,
+        output_bytes=output,
+        total_bytes=(weights or 0) + kv + compute + output,
+        seconds=seconds,
+        buffers=tuple(buffers),
+    )
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def within(estimated: int, measured: int, tolerance: tuple[float, int]) -> bool:
+    """``|estimated - measured| <= max(rel × measured, abs)``."""
+    rel, absolute = tolerance
+    return abs(estimated - measured) <= max(rel * measured, absolute)
+
+
+def accuracy_failures(est: Estimate, meas: Measurement) -> list[str]:
+    """The parts (weights, kv, compute, total) where the estimate misses the tolerance; empty when all pass."""
+    failures = []
+    parts = [("kv", est.kv_bytes, meas.kv_bytes), ("compute", est.compute_bytes, meas.compute_bytes)]
+    if meas.weights_bytes is not None:
+        parts.insert(0, ("weights", est.weights_bytes, meas.weights_bytes))
+        parts.append(("total", est.total_bytes, meas.total_bytes))
+    for name, e, m in parts:
+        tol = TOTAL_TOLERANCE if name == "total" else PART_TOLERANCE
+        if not within(e, m, tol):
+            failures.append(f"{name}: estimated {e / MiB:.2f} MiB, measured {m / MiB:.2f} MiB")
+    return failures
+
+
+# --------------------------------------------------------------------------- running llama.cpp
+
+
+def measure(
+    path: str | Path,
+    ctx: int = DEFAULT_CTX,
+    settings: LoadSettings = DEFAULT_SETTINGS,
+    *,
+    mode: str = "load",
+    gpu_layers: int = 0,
+    timeout: float = 600,
+) -> Measurement:
+    """Load ``path`` in a child process and return llama.cpp's reported buffers (see module doc)."""
+    return measure_many(path, [(ctx, settings)], mode=mode, gpu_layers=gpu_layers, timeout=timeout)[0]
+
+
+def measure_many(
+    path: str | Path,
+    jobs: list[tuple[int, LoadSettings]],
+    *,
+    mode: str = "load",
+    gpu_layers: int = 0,
+    timeout: float = 600,
+) -> list[Measurement]:
+    """Several contexts/settings of one model in one child process (one model load each)."""
+    from fitchat.model.gguf_spec import read_spec
+
+    if mode not in ("load", "dry_run"):
+        raise FitchatError(f"unknown measure mode {mode!r}; use load or dry_run")
+    if mode == "load" and gpu_layers:
+        raise FitchatError("a real measuring load runs on the CPU; use a dry run to simulate a GPU offload")
+    spec = read_spec(path)  # never hand an invalid file to llama.cpp
+    request = {
+        "path": str(Path(spec.parts[0])),
+        "mode": mode,
+        "gpu_layers": gpu_layers,
+        "jobs": [{"ctx": c, "kwargs": s.llama_kwargs()} for c, s in jobs],
+    }
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fitchat.model.measure", json.dumps(request)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise MeasureFailed(f"measuring {spec.file} took longer than {timeout:.0f} s; try --measure dry") from None
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = f"signal {-proc.returncode}"
+        raise MeasureFailed(f"llama.cpp aborted ({sig}) while measuring {spec.file}: {_last_line(proc.stderr)}")
+    payload = next((ln[len(_RESULT_MARK):] for ln in reversed(proc.stdout.splitlines()) if ln.startswith(_RESULT_MARK)), None)
+    if payload is None:
+        raise MeasureFailed(f"measuring {spec.file} failed (exit {proc.returncode}): {_last_line(proc.stderr)}")
+    results = json.loads(payload)
+    out = []
+    for (c, s), r in zip(jobs, results):
+        if "error" in r:
+            raise MeasureFailed(f"llama.cpp could not load {spec.file} at context {c}: {r['error']}")
+        out.append(measurement_from_log(r["log"], mode=mode, context=c, settings=s, gpu_layers=gpu_layers, seconds=r["seconds"]))
+    return out
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+# --------------------------------------------------------------------------- the child
+
+
+def _child(request: dict[str, Any]) -> list[dict[str, Any]]:
+    import ctypes
+
+    import llama_cpp
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+    path = request["path"]
+    results: list[dict[str, Any]] = []
+    for job in request["jobs"]:
+        lines.clear()
+        start = time.perf_counter()
+        try:
+            if request["mode"] == "load":
+                _real_load(llama_cpp, path, job["ctx"], job["kwargs"])
+            else:
+                _dry_run(llama_cpp, path, job["ctx"], job["kwargs"], request["gpu_layers"])
+        except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+            results.append({"error": f"{type(exc).__name__}: {exc}"})
+            continue
+        text = "".join(lines)
+        keep = "\n".join(ln for ln in text.splitlines() if "buffer size" in ln or "llama_kv_cache: size" in ln)
+        results.append({"log": keep, "seconds": time.perf_counter() - start})
+    return results
+
+
+def _real_load(llama_cpp: Any, path: str, ctx: int, kwargs: dict[str, Any]) -> None:
+    llm = llama_cpp.Llama(path, n_ctx=ctx, n_gpu_layers=0, verbose=False, **kwargs)
+    llm.close()
+
+
+def _dry_run(llama_cpp: Any, path: str, ctx: int, kwargs: dict[str, Any], gpu_layers: int) -> None:
+    mp = llama_cpp.llama_model_default_params()
+    mp.n_gpu_layers = gpu_layers
+    mp.no_alloc = True
+    mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # without it no_alloc aborts the process
+    model = llama_cpp.llama_model_load_from_file(path.encode(), mp)
+    if not model:
+        raise RuntimeError("llama_model_load_from_file failed")
+    try:
+        # The same clamping llama-cpp-python's Llama applies, so the figures match a real load.
+        n_batch = min(ctx, kwargs["n_batch"])
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx = ctx
+        cp.n_batch = n_batch
+        cp.n_ubatch = min(n_batch, kwargs["n_ubatch"])
+        cp.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if kwargs["flash_attn"] else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        cp.swa_full = kwargs["swa_full"]
+        cp.type_k = kwargs["type_k"]
+        cp.type_v = kwargs["type_v"]
+        context = llama_cpp.llama_init_from_model(model, cp)
+        if not context:
+            raise RuntimeError("llama_init_from_model failed")
+        llama_cpp.llama_free(context)
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    results = _child(json.loads(argv[0]))
+    sys.stdout.write("\n" + _RESULT_MARK + json.dumps(results) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

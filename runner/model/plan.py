@@ -1,0 +1,455 @@
+"""Verdicts per variant for a machine (full GPU / N of M layers / CPU / too big) and the recommendation.
+
+Safety margin (per GPU device): ``clamp(10 % of the device's memory, 512 MiB, 1 GiB)``.
+
+- Large GPUs (10 GiB and up) keep 1 GiB, the same as llama.cpp's own ``--fit``. The estimate
+  itself is within a few MiB of what llama.cpp logs (``bench/estimate_accuracy.py``), so that
+  gigabyte is for what llama.cpp does not log: the CUDA context and cuBLAS workspace, the
+  allocator's pools, and other programs' VRAM changing after fitchat looked.
+- Small GPUs keep less, because a flat 1 GiB is a quarter of a 4 GiB card and refuses models that
+  fit (the complaint users have about over-cautious tools). The floor of 512 MiB still covers
+  the CUDA context and cuBLAS workspace (Ollama reserves 457 MiB on CUDA for the same reason)
+  with room for the desktop's own use of the card.
+- RAM keeps ``clamp(5 % of total RAM, 512 MiB, 2 GiB)`` free for the operating system and the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fitchat.errors import FitchatError, InvalidModelFile
+from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings, estimate
+from fitchat.format import human_bytes
+from fitchat.model.gguf_spec import ModelSpec
+from fitchat.model.hardware import GpuInfo, HardwareInfo, MetalInfo, RamInfo
+
+MiB = 1024**2
+GiB = 1024**3
+
+VERDICTS = ("full_gpu", "partial_gpu", "cpu", "too_big")
+_RANK = {"too_big": 0, "cpu": 1, "partial_gpu": 2, "full_gpu": 3}
+
+#: The variants fitchat prefers, best quality first (the recommendation's first choice).
+PREFERRED_QUANTS = ("Q8_0", "Q5_K_M", "Q4_K_M")
+
+
+def default_gpu_margin(device_bytes: int) -> int:
+    """The safety margin kept free on a GPU of ``device_bytes`` (see the module docstring)."""
+    return min(GiB, max(512 * MiB, device_bytes // 10))
+
+
+def default_ram_margin(total_ram: int) -> int:
+    """RAM kept free for the system when a model runs on the CPU."""
+    return min(2 * GiB, max(512 * MiB, total_ram // 20))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one variant will load on one machine at one context."""
+
+    spec: ModelSpec
+    context: int
+    settings: LoadSettings
+    estimate: Estimate
+    verdict: str  # "full_gpu" | "partial_gpu" | "cpu" | "too_big"
+    gpu_layers: int  # llama.cpp n_gpu_layers (n_layers + 1 = everything, output included)
+    n_layers: int  # offloadable layers: blocks + the output layer
+    recommended: bool
+    reason: str
+    levers: tuple[str, ...] = ()
+    gpu_budget_bytes: int = 0  # usable GPU memory after the margin (0 without a GPU)
+    ram_budget_bytes: int = 0  # usable RAM after the margin
+    margin_bytes: int = 0
+    full_gpu_bytes: int = 0  # what a full offload would need on the GPU
+
+    def to_json(self) -> dict[str, Any]:
+        """One entry of ``fitchat fit --json``'s ``variants`` list."""
+        e = self.estimate
+        return {
+            "file": self.spec.file,
+            "quant": self.spec.quant,
+            "size_bytes": self.spec.size_bytes,
+            "n_layers": self.n_layers,
+            "weights_bytes": e.weights_bytes,
+            "kv_bytes": e.kv_bytes,
+            "compute_bytes": e.compute_bytes,
+            "total_bytes": e.total_bytes,
+            "gpu_layers": self.gpu_layers,
+            "verdict": self.verdict,
+            "recommended": self.recommended,
+            "reason": self.reason,
+            "overhead_bytes": e.overhead_bytes,
+            "gpu_bytes": e.gpu_bytes,
+            "cpu_bytes": e.cpu_bytes,
+            "levers": list(self.levers),
+            "architecture": self.spec.architecture,
+            "path_or_url": self.spec.path_or_url,
+            "notes": list(e.notes),
+        }
+
+
+# --------------------------------------------------------------------------- hardware for planning
+
+
+def plan_hardware(hw: HardwareInfo, *, gpu_mem: int | None = None, ram: int | None = None) -> HardwareInfo:
+    """``hw`` with its GPU memory and/or RAM replaced, to plan for another machine.
+
+    ``gpu_mem=0`` plans for a CPU-only machine; a positive value plans for one GPU (or, on Apple
+    Silicon, a Metal working set) of that many free bytes.
+    """
+    out = hw
+    if ram is not None:
+        if ram <= 0:
+            raise FitchatError("--ram must be a positive size, like 16G")
+        out = dataclasses.replace(out, ram=RamInfo(total_bytes=ram, available_bytes=ram))
+    if gpu_mem is not None:
+        if gpu_mem < 0:
+            raise FitchatError("--gpu-mem must be a size, like 8G (0 plans for a machine without a GPU)")
+        if gpu_mem == 0:
+            out = dataclasses.replace(out, backend="cpu", gpus=(), metal=None, gpu_reason="planning without a GPU")
+        elif out.backend == "metal" and out.metal is not None:
+            out = dataclasses.replace(out, metal=MetalInfo(out.metal.unified_memory_bytes, gpu_mem, "--gpu-mem"))
+        else:
+            gpu = GpuInfo(
+                index=0,
+                name="planned GPU (--gpu-mem)",
+                total_bytes=gpu_mem,
+                free_bytes=gpu_mem,
+                driver_version="n/a",
+                compute_capability="n/a",
+            )
+            out = dataclasses.replace(out, backend="cuda", gpus=(gpu,), gpu_reason=None)
+    return out
+
+
+def _gpu_devices(hw: HardwareInfo) -> list[tuple[int, int]]:
+    """(free, total) per GPU device fitchat offloads to."""
+    if hw.backend == "cuda":
+        return [(g.free_bytes, g.total_bytes) for g in hw.gpus]
+    if hw.backend == "metal" and hw.metal is not None:
+        return [(hw.metal.working_set_bytes, hw.metal.working_set_bytes)]
+    return []
+
+
+# --------------------------------------------------------------------------- planning one variant
+
+
+@dataclass(frozen=True)
+class _Budget:
+    gpu: int | None  # usable bytes over all devices (None: no GPU)
+    n_devices: int
+    ram: int
+    margin: int
+    unified: bool  # Metal: GPU and CPU share the RAM
+
+
+def _budget(hw: HardwareInfo, margin_bytes: int | None) -> _Budget:
+    devices = _gpu_devices(hw)
+    ram = max(0, hw.ram.available_bytes - default_ram_margin(hw.ram.total_bytes))
+    if not devices:
+        return _Budget(None, 0, ram, 0, False)
+    margins = [margin_bytes if margin_bytes is not None else default_gpu_margin(total) for _, total in devices]
+    usable = sum(max(0, free - m) for (free, _), m in zip(devices, margins))
+    return _Budget(usable, len(devices), ram, max(margins), hw.backend == "metal")
+
+
+def _fits(e: Estimate, b: _Budget) -> bool:
+    if b.gpu is None:
+        return e.total_bytes <= b.ram
+    # With several GPUs each device holds its own compute buffer.
+    gpu_need = e.gpu_bytes + (b.n_devices - 1) * e.gpu_compute_bytes
+    ram_need = e.total_bytes if b.unified else e.cpu_bytes
+    return gpu_need <= b.gpu and ram_need <= b.ram
+
+
+def _solve(
+    spec: ModelSpec, hw: HardwareInfo, ctx: int, settings: LoadSettings, b: _Budget
+) -> tuple[str, int, Estimate, Estimate | None]:
+    """(verdict, gpu_layers, estimate at those layers, full-offload estimate or None)."""
+    isa = hw.cpu.isa or None
+    n_off = spec.n_layers + 1
+    full = None
+    if b.gpu is not None:
+        full = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa)
+        if _fits(full, b):
+            return "full_gpu", n_off, full, full
+        # The largest gpu_layers whose GPU share fits: GPU bytes grow with the layers offloaded.
+        lo, hi, best = 1, n_off - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            e = estimate(spec, ctx, settings, gpu_layers=mid, cpu_isa=isa)
+            gpu_need = e.gpu_bytes + (b.n_devices - 1) * e.gpu_compute_bytes
+            if gpu_need <= b.gpu:
+                best, lo = (mid, e), mid + 1
+            else:
+                hi = mid - 1
+        if best is not None and _fits(best[1], b):
+            return "partial_gpu", best[0], best[1], full
+    cpu = estimate(spec, ctx, settings, gpu_layers=0, cpu_isa=isa)
+    if cpu.total_bytes <= b.ram:
+        return "cpu", 0, cpu, full
+    return "too_big", 0, cpu, full
+
+
+def plan_model(
+    spec: ModelSpec,
+    hw: HardwareInfo,
+    ctx: int = DEFAULT_CTX,
+    settings: LoadSettings = DEFAULT_SETTINGS,
+    margin_bytes: int | None = None,
+) -> Plan:
+    """The verdict for one variant on ``hw`` at ``ctx``, with its reason and the levers that would help."""
+    b = _budget(hw, margin_bytes)
+    verdict, gpu_layers, est, full = _solve(spec, hw, ctx, settings, b)
+    n_off = spec.n_layers + 1
+    plan = Plan(
+        spec=spec,
+        context=ctx,
+        settings=settings,
+        estimate=est,
+        verdict=verdict,
+        gpu_layers=gpu_layers,
+        n_layers=n_off,
+        recommended=False,
+        reason="",
+        gpu_budget_bytes=b.gpu or 0,
+        ram_budget_bytes=b.ram,
+        margin_bytes=b.margin,
+        full_gpu_bytes=full.gpu_bytes if full else 0,
+    )
+    plan = dataclasses.replace(plan, reason=explain(plan, hw))
+    if verdict != "full_gpu":
+        plan = dataclasses.replace(plan, levers=tuple(_levers(plan, hw, b)))
+    return plan
+
+
+# --------------------------------------------------------------------------- words
+
+
+def ctx_label(ctx: int) -> str:
+    """``8192 -> '8k'``, ``1000 -> '1000'``."""
+    return f"{ctx // 1024}k" if ctx >= 1024 and ctx % 1024 == 0 else str(ctx)
+
+
+def verdict_label(plan: Plan) -> str:
+    """Short words for tables: 'full GPU', '20/31 layers', 'CPU', 'too big'."""
+    if plan.verdict == "full_gpu":
+        return "full GPU"
+    if plan.verdict == "partial_gpu":
+        return f"{plan.gpu_layers}/{plan.n_layers} layers"
+    return {"cpu": "CPU", "too_big": "too big"}[plan.verdict]
+
+
+def explain(plan: Plan, hw: HardwareInfo) -> str:
+    """Why this verdict, in one clause."""
+    e, c = plan.estimate, ctx_label(plan.context)
+    if plan.verdict == "full_gpu":
+        spare = plan.gpu_budget_bytes - e.gpu_bytes
+        return f"all {plan.n_layers} layers on GPU at {c} context, {human_bytes(max(spare, 0))} to spare"
+    if plan.verdict == "partial_gpu":
+        return (
+            f"{plan.gpu_layers} of {plan.n_layers} layers on GPU at {c} context, the rest on the CPU "
+            f"(all layers would need {human_bytes(plan.full_gpu_bytes)} of GPU memory, {human_bytes(plan.gpu_budget_bytes)} usable)"
+        )
+    where = "no usable GPU" if plan.gpu_budget_bytes == 0 and hw.backend == "cpu" else "too big for the GPU"
+    if plan.verdict == "cpu":
+        return f"runs on the CPU at {c} context ({where}): needs {human_bytes(e.total_bytes)} of {human_bytes(plan.ram_budget_bytes)} usable RAM"
+    return f"needs {human_bytes(e.total_bytes)} at {c} context but only {human_bytes(plan.ram_budget_bytes)} of RAM is usable ({where})"
+
+
+def _better(verdict: str, than: Plan) -> bool:
+    return _RANK[verdict] > _RANK[than.verdict]
+
+
+def _levers(plan: Plan, hw: HardwareInfo, b: _Budget) -> list[str]:
+    """Settings that would move this variant to a better verdict (shorter context, q8_0 KV, …)."""
+    spec, s, ctx = plan.spec, plan.settings, plan.context
+    out: list[str] = []
+
+    def outcome(settings: LoadSettings, c: int) -> tuple[str, int, Estimate]:
+        v, g, e, _ = _solve(spec, hw, c, settings, b)
+        return v, g, e
+
+    def words(v: str, g: int) -> str:
+        return "fits fully on the GPU" if v == "full_gpu" else (
+            f"puts {g} of {plan.n_layers} layers on the GPU" if v == "partial_gpu" else "fits in RAM on the CPU"
+        )
+
+    candidates: list[tuple[str, LoadSettings]] = []
+    if s.type_k != "q8_0" or s.type_v != "q8_0":
+        candidates.append(("a q8_0 KV cache (--kv-type q8_0)", dataclasses.replace(s, type_k="q8_0", type_v="q8_0", flash_attn=True)))
+    if s.n_ubatch > 256:
+        candidates.append(("n_ubatch 256 (--n-ubatch 256)", dataclasses.replace(s, n_ubatch=256)))
+    if spec.sliding_window and any(spec.swa_layers) and s.swa_full:
+        candidates.append(("a window-sized SWA cache (--swa-window)", dataclasses.replace(s, swa_full=False)))
+    if not s.flash_attn:
+        candidates.append(("flash attention (--flash-attn)", dataclasses.replace(s, flash_attn=True)))
+    for label, alt in candidates:
+        v, g, e = outcome(alt, ctx)
+        if _better(v, plan):
+            saved = plan.estimate.total_bytes - e.total_bytes
+            out.append(f"{label} {words(v, g)}" + (f", saving {human_bytes(saved)}" if saved > 0 else ""))
+    c, floor = ctx // 2, min(2048, ctx // 2)
+    while c >= max(floor, 256):
+        v, g, _ = outcome(s, c)
+        if _better(v, plan):
+            out.append(f"a {ctx_label(c)} context (--ctx {c}) {words(v, g)}")
+            break
+        c //= 2
+    return out
+
+
+# --------------------------------------------------------------------------- the recommendation
+
+
+def same_model(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether two specs are variants (quants) of one model: same architecture and shapes."""
+    return (a.architecture, a.n_layers, a.n_embd, a.vocab_size, a.n_head) == (b.architecture, b.n_layers, b.n_embd, b.vocab_size, b.n_head)
+
+
+#: Remote headers read at once by :func:`fit_remote_repo`.
+REMOTE_HEADER_WORKERS = 4
+
+
+def choose(plans: Sequence[Plan]) -> int:
+    """Index of the recommended plan.
+
+    The largest of Q8_0, Q5_K_M and Q4_K_M that fits fully on the GPU; failing that, the best
+    partial offload (the largest share of layers, then the larger file); failing that, the largest
+    preferred variant that fits in RAM (any variant if none of those does); when nothing fits, the
+    smallest variant.
+    """
+    idx = range(len(plans))
+    full_pref = [i for i in idx if plans[i].verdict == "full_gpu" and plans[i].spec.quant in PREFERRED_QUANTS]
+    if full_pref:
+        return max(full_pref, key=lambda i: plans[i].spec.size_bytes)
+    on_gpu = [i for i in idx if plans[i].verdict in ("full_gpu", "partial_gpu")]
+    if on_gpu:
+        return max(
+            on_gpu,
+            key=lambda i: (
+                plans[i].gpu_layers / plans[i].n_layers,
+                plans[i].spec.quant in PREFERRED_QUANTS,
+                plans[i].spec.size_bytes,
+            ),
+        )
+    cpu_pref = [i for i in idx if plans[i].verdict == "cpu" and plans[i].spec.quant in PREFERRED_QUANTS]
+    if cpu_pref:
+        return max(cpu_pref, key=lambda i: plans[i].spec.size_bytes)
+    cpu_any = [i for i in idx if plans[i].verdict == "cpu"]
+    if cpu_any:
+        return max(cpu_any, key=lambda i: plans[i].spec.size_bytes)
+    return min(idx, key=lambda i: plans[i].estimate.total_bytes)
+
+
+def _recommendation(plans: Sequence[Plan], i: int, hw: HardwareInfo, margin_bytes: int | None) -> str:
+    chosen = plans[i]
+    q = chosen.spec.quant
+    if chosen.verdict == "too_big":
+        return f"{q}: nothing fits; this is the smallest, and it {explain(chosen, hw)}"
+    text = f"{q}: {explain(chosen, hw)}"
+    # The next better-quality preferred variant that did not make it, and what it would need.
+    larger = sorted(
+        (
+            p
+            for p in plans
+            if p.spec.size_bytes > chosen.spec.size_bytes and p.spec.quant in PREFERRED_QUANTS and same_model(p.spec, chosen.spec)
+        ),
+        key=lambda p: p.spec.size_bytes,
+    )
+    if larger:
+        nxt = larger[0]
+        if chosen.verdict in ("full_gpu", "partial_gpu") and nxt.full_gpu_bytes:
+            text += f"; {nxt.spec.quant} would need {human_bytes(nxt.full_gpu_bytes)} on the GPU"
+        elif chosen.verdict == "cpu" and nxt.verdict == "too_big":
+            text += f"; {nxt.spec.quant} would need {human_bytes(nxt.estimate.total_bytes)}"
+        trade = _tradeoff(nxt, hw, margin_bytes)
+        if trade:
+            text += f" ({trade})"
+    return text
+
+
+def _tradeoff(p: Plan, hw: HardwareInfo, margin_bytes: int | None) -> str | None:
+    """'Q8_0 fits fully at 4k context but not at 8k', when a shorter context would lift ``p``."""
+    if p.verdict == "full_gpu":
+        return None
+    b = _budget(hw, margin_bytes)
+    c = p.context // 2
+    while c >= 2048:
+        v, g, _, _ = _solve(p.spec, hw, c, p.settings, b)
+        if _RANK[v] > _RANK[p.verdict]:
+            how = "fits fully" if v == "full_gpu" else ("fits partly on the GPU" if v == "partial_gpu" else "fits in RAM")
+            return f"{p.spec.quant} {how} at {ctx_label(c)} context but not at {ctx_label(p.context)}"
+        c //= 2
+    return None
+
+
+def plan_variants(
+    specs: Iterable[ModelSpec],
+    hw: HardwareInfo,
+    ctx: int = DEFAULT_CTX,
+    settings: LoadSettings = DEFAULT_SETTINGS,
+    margin_bytes: int | None = None,
+) -> list[Plan]:
+    """Plan every variant, largest file first; exactly one comes back with ``recommended=True``."""
+    specs = sorted(specs, key=lambda s: s.size_bytes, reverse=True)
+    if not specs:
+        raise FitchatError("no GGUF variants to plan")
+    plans = [plan_model(s, hw, ctx, settings, margin_bytes) for s in specs]
+    i = choose(plans)
+    plans[i] = dataclasses.replace(plans[i], recommended=True, reason=_recommendation(plans, i, hw, margin_bytes))
+    return plans
+
+
+def fit_remote_repo(
+    repo_id: str,
+    hw: HardwareInfo,
+    ctx: int = DEFAULT_CTX,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    settings: LoadSettings = DEFAULT_SETTINGS,
+    margin_bytes: int | None = None,
+    quant: str | None = None,
+    max_workers: int = REMOTE_HEADER_WORKERS,
+) -> list[Plan]:
+    """Plan every GGUF variant of a Hub repo from its headers alone (HTTP Range reads, no download).
+
+    ``quant`` keeps only that variant. Up to ``max_workers`` headers are read at once: each is a
+    few round trips and, for a large vocabulary, several MiB. Variants whose header is malformed
+    are left out; if none remain, the first error (in the repo's order) is raised.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fitchat.hub.catalog import list_variants, pick_variant
+    from fitchat.model.gguf_spec import read_remote_spec
+
+    variants = list_variants(repo_id, endpoint=endpoint, token=token)
+    if quant is not None:
+        variants = [pick_variant(variants, quant)]
+
+    def read(file: str) -> ModelSpec | InvalidModelFile:
+        try:
+            return read_remote_spec(repo_id, file, endpoint=endpoint, token=token)
+        except InvalidModelFile as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(variants))),
+                            thread_name_prefix="fitchat-header") as pool:
+        results = list(pool.map(read, [v.file for v in variants]))
+    specs: list[ModelSpec] = []
+    first_error: FitchatError | None = None
+    for v, spec in zip(variants, results):
+        if isinstance(spec, InvalidModelFile):
+            first_error = first_error or spec
+            continue
+        if v.quant and v.quant.lower() != "unknown" and v.quant != spec.quant:
+            # The Hub's name for the variant (say UD-Q4_K_XL) is what 'fitchat pull repo:QUANT' takes.
+            spec = dataclasses.replace(spec, quant=v.quant)
+        specs.append(spec)
+    if not specs:
+        raise first_error or FitchatError(f"no readable GGUF variants in {repo_id}")
+    return plan_variants(specs, hw, ctx, settings, margin_bytes)
