@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from runner.errors import FitchatError, GatedRepo, HubError, HubTimeout, ModelNotFound, OversizedResponse, UnsafePath
+from runner.errors import (FitchatError, GatedRepo, HubError, HubTimeout, ModelNotFound, OversizedResponse, UnsafePath,
+                           first_line)
 from runner.format import printable, quoted
 from runner.paths import check_repo_filename
 from runner.quants import quant_bits, quant_from_filename, split_names, split_part
@@ -217,12 +218,12 @@ def hub_errors(repo: str, filename: str | None = None, endpoint: str | None = No
             f"{repo} not found on {shown}: check the name (org/name); if it is private, set HF_TOKEN"
         ) from None
     except (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError) as exc:
-        raise HubUnreachable(f"cannot reach the Hub at {shown} for {what} ({_first_line(exc)}); "
+        raise HubUnreachable(f"cannot reach the Hub at {shown} for {what} ({first_line(exc, 200)}); "
                              "check your network or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model") from None
     except (http.ConnectError, http.TimeoutException, http.NetworkError, http.RemoteProtocolError,
             http.ProxyError) as exc:
         raise HubUnreachable(
-            f"cannot reach the Hub at {shown} ({type(exc).__name__}: {_first_line(exc)}); check your network "
+            f"cannot reach the Hub at {shown} ({first_line(exc, 200, typed=True)}); check your network "
             "or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model"
         ) from None
     except hf.HfHubHTTPError as exc:
@@ -437,11 +438,6 @@ def _http_module() -> Any:
 def _status(exc: Exception) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def quiet_hub() -> None:

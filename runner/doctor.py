@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.errors import first_line
 from runner.format import human_bytes
 from runner.hardware import HardwareInfo, read_sysctl
 
@@ -494,13 +495,8 @@ def _get(url: str, timeout_s: float, token: str | None = None) -> tuple[int | No
         status = resp.status_code
         resp.close()
     except Exception as exc:  # connection refused, DNS, timeout, TLS …
-        return None, _short_error(exc), time.monotonic() - start
+        return None, first_line(exc, typed=True), time.monotonic() - start
     return status, None, time.monotonic() - start
-
-
-def _short_error(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:

@@ -401,8 +401,9 @@ def _parse(path: str | os.PathLike[str], label: str, total_size: int | None = No
 
 
 def _reader_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+    from runner.errors import first_line
+
+    return first_line(exc, 200)
 
 
 # --------------------------------------------------------------------------- building the spec
