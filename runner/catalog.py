@@ -22,7 +22,7 @@ from runner.errors import (FitchatError, GatedRepo, HubError, HubTimeout, ModelN
                            first_line)
 from runner.format import printable, quoted
 from runner.paths import check_repo_filename
-from runner.quants import quant_bits, quant_from_filename, split_names, split_part
+from runner.quants import is_model_gguf, quant_bits, quant_from_filename, split_part, split_sets
 
 if TYPE_CHECKING:
     from runner.hardware import HardwareInfo
@@ -601,12 +601,6 @@ def search(text: str, limit: int = 20, *, endpoint: str | None = None, token: st
 
 # -- variants of a repo -----------------------------------------------------------------------------
 
-def is_model_gguf(path: str) -> bool:
-    """A GGUF that is a language model (not a vision projector or an imatrix)."""
-    name = path.rsplit("/", 1)[-1].lower()
-    return name.endswith(".gguf") and not name.startswith("mmproj") and "imatrix" not in name
-
-
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -649,26 +643,15 @@ def variants_from_siblings(repo: str, siblings: list[Any], refused: list[str] | 
         if is_model_gguf(name):
             checked[name] = (size, sha)
     variants: list[Variant] = []
-    seen_parts: set[str] = set()
-    for name in sorted(checked):
-        if name in seen_parts:
-            continue
-        folder, _, base = name.rpartition("/")
+    for names in split_sets(checked):
+        name = names[0]
+        base = name.rpartition("/")[2]
         split = split_part(base)
-        if split:
-            if split[1] != 1:
-                continue
-            names = [f"{folder}/{n}" if folder else n for n in split_names(base, split[2])]
-            if not all(n in checked for n in names):
-                continue
-        else:
-            names = [name]
-        seen_parts.update(names)
         parts = [checked[n] for n in names]
         quant = quant_from_filename(name) or (split[0] if split else base).removesuffix(".gguf")
         variants.append(
             Variant(
-                repo=repo, file=name, files=tuple(names), quant=quant,
+                repo=repo, file=name, files=names, quant=quant,
                 size_bytes=sum(size for size, _ in parts),
                 sha256=tuple(sha for _, sha in parts),
                 sizes=tuple(size for size, _ in parts),

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from runner import paths, probes
 from runner.errors import Cancelled, FitchatError, LoadFailed, ModelNotFound
 from runner.format import human_bytes
+from runner.quants import is_model_gguf, split_part
 
 if TYPE_CHECKING:
     import numpy as np
@@ -287,8 +288,6 @@ def _candidate_for_path(path: Path, *, sha256: str | None = None, repo: str | No
 
 
 def _is_first_part(name: str) -> bool:
-    from runner.quants import split_part
-
     split = split_part(name)
     return split is None or split[1] == 1
 
@@ -301,7 +300,7 @@ def resolve_sources(sources: Sequence[str]) -> list[Candidate]:
         if p.is_file():
             found.append(_candidate_for_path(p))
         elif p.is_dir():
-            files = sorted(f for f in p.glob("*.gguf") if _is_first_part(f.name) and "mmproj" not in f.name.lower())
+            files = sorted(f for f in p.glob("*.gguf") if _is_first_part(f.name) and is_model_gguf(f.name))
             if not files:
                 raise ModelNotFound(f"no GGUF files in {p}; point compare at a folder of .gguf variants")
             found.extend(_candidate_for_path(f) for f in files)

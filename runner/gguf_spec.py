@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import FitchatError, GatedRepo, HubError, InvalidModelFile, ModelNotFound
+from runner.quants import is_model_gguf
 
 #: ``name-00001-of-00003.gguf``: llama.cpp's split naming.
 SPLIT_RE = re.compile(r"^(?P<base>.*)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$", re.IGNORECASE)
@@ -688,8 +689,8 @@ def find_models(directory: str | Path) -> list[Path]:
         m = SPLIT_RE.match(p.name)
         if m and int(m.group("part")) != 1:
             continue
-        if p.name.startswith("mmproj"):
-            continue  # vision projectors are not chat models
+        if not is_model_gguf(p.name):
+            continue  # vision projectors and imatrix files are not chat models
         found.append(p)
     return found
 
