@@ -513,9 +513,6 @@ def curated_entry(repo: str) -> CatalogEntry | None:
 
 # -- the first model to get --------------------------------------------------------------------------
 
-_TIERS = {"too_big": 0, "cpu": 1, "partial_gpu": 2, "full_gpu": 3}
-
-
 @dataclass(frozen=True)
 class Recommendation:
     """The catalog model suggested for this machine: its entry and the plan of its recommended variant."""
@@ -542,7 +539,7 @@ def recommend_first_model(
     is passed over without reading its headers. Repos missing from the Hub, gated or unreadable are
     skipped; :class:`HubUnreachable` is raised when the Hub cannot be reached (at once when offline).
     """
-    from runner.plan import fit_remote_repo
+    from runner.plan import VERDICT_RANK, fit_remote_repo
 
     require_online(endpoint)
     entries = curated() if candidates is None else list(candidates)
@@ -562,7 +559,7 @@ def recommend_first_model(
         if smallest > memory:
             continue  # its weights alone exceed the machine
         reach = "full_gpu" if gpu and smallest <= gpu else ("partial_gpu" if gpu else "cpu")
-        if any(_TIERS[v] >= _TIERS[reach] for v in found):
+        if any(VERDICT_RANK[v] >= VERDICT_RANK[reach] for v in found):
             continue  # a larger model already does as well as this one could
         try:
             plans = fit_remote_repo(entry.repo, hw, ctx, endpoint=endpoint, token=token)
@@ -578,7 +575,7 @@ def recommend_first_model(
             break
     if not found:
         return None
-    return found[max(found, key=lambda v: _TIERS[v])]
+    return found[max(found, key=lambda v: VERDICT_RANK[v])]
 
 
 # -- Hub search -------------------------------------------------------------------------------------

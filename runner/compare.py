@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from runner import paths, probes
 from runner.errors import Cancelled, FitchatError, LoadFailed, ModelNotFound
 from runner.format import human_bytes
+from runner.plan import verdict_label
 from runner.quants import is_model_gguf, split_part
 
 if TYPE_CHECKING:
@@ -365,13 +366,6 @@ def plan_candidates(candidates: Sequence[Candidate], hw: HardwareInfo | None, ct
 
         hw = detect_hardware()
     return {c.path: _plan_for(c, hw, ctx) for c in candidates}
-
-
-def fit_label(plan: Any) -> str:
-    if plan is None:
-        return "?"
-    return {"full_gpu": "GPU", "cpu": "CPU", "too_big": "too big"}.get(
-        plan.verdict, f"{plan.gpu_layers}/{plan.n_layers} GPU")
 
 
 def gpu_layers_for(plan: Any) -> int:
@@ -1084,7 +1078,7 @@ def _result(c: Candidate, sha: str, is_ref: bool, m: _Measured, plan: Any) -> Va
         ppl=m.sums.ppl, mean_kld=m.sums.mean_kld, top1_agreement=m.sums.top1, tokens_scored=m.sums.count,
         arithmetic_correct=m.arithmetic[0], arithmetic_total=m.arithmetic[1],
         needle_found=m.needle[0], needle_total=m.needle[1], decode_tokens_per_s=m.tok_s, answers=m.answers,
-        fit=getattr(plan, "verdict", None), fit_label=fit_label(plan),
+        fit=getattr(plan, "verdict", None), fit_label=verdict_label(plan),
     )
 
 
@@ -1138,11 +1132,11 @@ def compare(
         plan = plans.get(c.path)
         cached = _load_result(_result_key(shas[c.path], ref_sha, text_sha, settings))
         if cached is not None:
-            results[c.path] = replace(cached, cached=True, fit=getattr(plan, "verdict", None), fit_label=fit_label(plan),
+            results[c.path] = replace(cached, cached=True, fit=getattr(plan, "verdict", None), fit_label=verdict_label(plan),
                                       path=str(c.path), file=c.file)
         elif plan is not None and plan.verdict == "too_big" and c is not reference:
             results[c.path] = VariantResult(file=c.file, path=str(c.path), quant=c.quant, size_bytes=c.size_bytes,
-                                            sha256=shas[c.path], is_reference=False, fit="too_big", fit_label="too big",
+                                            sha256=shas[c.path], is_reference=False, fit="too_big", fit_label=verdict_label(plan),
                                             skipped=f"does not fit this machine at context {settings.ctx}")
         else:
             todo.append(c)
