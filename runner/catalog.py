@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import (FitchatError, GatedRepo, HubError, HubTimeout, ModelNotFound, OversizedResponse, UnsafePath,
@@ -120,9 +121,67 @@ def hub_endpoint(endpoint: str | None = None) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class HubToken:
+    """The token fitchat sends to the Hub, and where it came from (the source may be shown; the value never is)."""
+
+    value: str
+    source: str  # "the token given", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN" or the token file's path
+
+    def __repr__(self) -> str:
+        return f"HubToken(source={self.source!r})"
+
+
+def token_file(env: Mapping[str, str] | None = None) -> Path:
+    """The file ``hf auth login`` writes the token to: ``HF_TOKEN_PATH``, else ``$HF_HOME/token``.
+
+    Resolved as huggingface_hub resolves it (``HF_HOME`` defaults to ``$XDG_CACHE_HOME/huggingface``, then
+    ``~/.cache/huggingface``), but from ``env`` at call time: the library fixes the path when imported.
+    """
+    env = os.environ if env is None else env
+
+    def expand(value: str) -> Path:
+        return Path(os.path.expanduser(os.path.expandvars(value)))
+
+    if env.get("HF_TOKEN_PATH"):
+        return expand(env["HF_TOKEN_PATH"])
+    if env.get("HF_HOME"):
+        return expand(env["HF_HOME"]) / "token"
+    xdg = env.get("XDG_CACHE_HOME")
+    return (expand(xdg) if xdg else Path.home() / ".cache") / "huggingface" / "token"
+
+
+def find_token(token: str | None = None, env: Mapping[str, str] | None = None) -> HubToken | None:
+    """The Hub token, by huggingface_hub's ``get_token`` rule: ``token`` if given, else ``HF_TOKEN`` (or the older
+    ``HUGGING_FACE_HUB_TOKEN``), else the token file of ``hf auth login`` (:func:`token_file`); None without one.
+
+    The one place fitchat finds the token, so what ``doctor`` reports is what searches, recommendations, header
+    reads and downloads send, and a user logged in with ``hf auth login`` (what the README says to run) is
+    offered gated models. ``env`` defaults to the process environment, read at call time.
+    """
+    if token and token.strip():
+        return HubToken(token.strip(), "the token given")
+    env = os.environ if env is None else env
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        value = (env.get(var) or "").strip()
+        if value:
+            return HubToken(value, var)
+    path = token_file(env)
+    try:
+        if not path.is_file():  # a folder or a FIFO there is no login (and opening a FIFO would wait)
+            return None
+        with open(path, "rb") as fh:
+            raw = fh.read(64 << 10).decode("utf-8", errors="replace")  # a token is ~40 bytes
+    except OSError:
+        return None
+    value = raw.replace("\r", "").replace("\n", "").strip()  # as huggingface_hub cleans it
+    return HubToken(value, str(path)) if value else None
+
+
 def hub_token(token: str | None = None) -> str | None:
-    """``token``, else ``HF_TOKEN``; None lets huggingface_hub use the stored login."""
-    return token or os.environ.get("HF_TOKEN") or None
+    """The token to send (:func:`find_token`): ``token``, else ``HF_TOKEN``, else the ``hf auth login`` file."""
+    found = find_token(token)
+    return found.value if found else None
 
 
 def offline_var(env: Mapping[str, str] | None = None) -> str | None:
