@@ -518,32 +518,62 @@ def _api(endpoint: str | None, token: str | None) -> Any:
     return HfApi(endpoint=where, token=hub_token(token))
 
 
-def _probe(endpoint: str | None, timeout: float = 5.0) -> None:
-    """One API call without retries; raises the network error if the Hub does not answer."""
+#: Seconds the reachability check waits for the Hub's answer.
+PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class HubAnswer:
+    """What one reachability check found: the HTTP status, or the failure, and how long it took."""
+
+    status: int | None  # None: no answer (refused, DNS, TLS, timeout …)
+    failure: BaseException | None
+    seconds: float
+
+    @property
+    def reachable(self) -> bool:
+        """The Hub answered the model API without an error status (a 404 is a server, but not a Hub)."""
+        return self.status is not None and self.status < 400
+
+    @property
+    def error(self) -> str | None:
+        """The failure in one line (``ConnectError: …``), or None."""
+        return None if self.failure is None else first_line(self.failure, 200, typed=True)
+
+
+def probe_hub(endpoint: str | None = None, *, timeout: float = PROBE_TIMEOUT_S) -> HubAnswer:
+    """Ask the Hub (or ``HF_ENDPOINT``) for one model, once, without retries: the one reachability check.
+
+    ``doctor``, the TUI's online/offline state (:func:`hub_reachable`) and the fast check before a search all
+    use it. Network failures are returned, not raised; a bad ``HF_ENDPOINT`` raises :class:`HubError`. Offline
+    mode is the caller's to check first.
+    """
     where = hub_endpoint(endpoint)
     from huggingface_hub.utils import get_session
 
-    with hub_deadline(where, "a search", seconds=min(timeout, deadline_seconds())):
-        get_session().get(f"{where}/api/models", params={"limit": 1}, timeout=timeout)
+    start = time.monotonic()
+    try:
+        # A second past the request's own timeout, so a silent server shows as that timeout; a trickling one is cut too.
+        with hub_deadline(where, "a reachability check", seconds=timeout + 1):
+            response = get_session().get(f"{where}/api/models?limit=1", timeout=timeout)
+            status = response.status_code
+            response.close()
+    except Exception as exc:  # connection refused, DNS, timeout, TLS, the deadline …
+        return HubAnswer(None, exc, time.monotonic() - start)
+    return HubAnswer(status, None, time.monotonic() - start)
 
 
 def hub_reachable(*, endpoint: str | None = None, token: str | None = None, timeout: float = 3.0) -> bool:
-    """Whether the Hub (or ``HF_ENDPOINT``) answers an API call within ``timeout``; False when offline."""
+    """Whether the Hub (or ``HF_ENDPOINT``) answers :func:`probe_hub` within ``timeout``; False when offline.
+
+    ``token`` is accepted for symmetry with the other Hub calls; the check itself needs none.
+    """
     if is_offline():
         return False
     try:
-        where = hub_endpoint(endpoint)
+        return probe_hub(endpoint, timeout=timeout).reachable
     except HubError:
         return False
-    from huggingface_hub.utils import get_session
-
-    http = _http_module()
-    try:
-        with hub_deadline(where, "a reachability check", seconds=timeout):
-            r = get_session().get(f"{where}/api/models", params={"limit": 1, "filter": "gguf"}, timeout=timeout)
-    except (http.HTTPError, OSError, HubError):
-        return False
-    return r.status_code < 500
 
 
 # -- curated list -----------------------------------------------------------------------------------
@@ -646,7 +676,9 @@ def search(text: str, limit: int = 20, *, endpoint: str | None = None, token: st
     api = _api(endpoint, token)
     with hub_errors(f"search {text!r}", endpoint=endpoint):
         # list_models retries a refused connection for ~20 s; one quick call first fails fast when offline.
-        _probe(endpoint)
+        answer = probe_hub(endpoint, timeout=min(PROBE_TIMEOUT_S, deadline_seconds()))
+        if answer.failure is not None:
+            raise answer.failure  # told as any other request's failure is, by hub_errors
         models = list(api.list_models(search=text or None, filter="gguf", sort="downloads", limit=limit))
         return [
             SearchHit(repo=str(m.id), downloads=int(m.downloads or 0), likes=int(m.likes or 0), gated=bool(m.gated),

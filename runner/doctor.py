@@ -468,7 +468,7 @@ def _get(url: str, timeout_s: float, token: str | None = None) -> tuple[int | No
 
 def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     """Can fitchat reach the Hub (or the mirror in ``HF_ENDPOINT``)?"""
-    from runner.catalog import display_endpoint, offline_var
+    from runner.catalog import display_endpoint, offline_var, probe_hub
     from runner.errors import HubError
 
     offline_by = offline_var(env)
@@ -490,7 +490,8 @@ def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> C
             f"{offline_by} is set: fitchat uses only downloaded models and does not contact {endpoint}",
             fix=None, details=details,
         )
-    status, error, seconds = _get(f"{url}/api/models?limit=1", timeout_s)
+    answer = probe_hub(url, timeout=timeout_s)
+    status, error, seconds = answer.status, answer.error, answer.seconds
     details.update({"http_status": status, "error": error, "seconds": round(seconds, 3)})
     offline_fix = (
         "to work without it: export HF_HUB_OFFLINE=1 and use downloaded models, "
@@ -506,7 +507,7 @@ def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> C
             f"a mirror can be set with HF_ENDPOINT=https://mirror.example; {offline_fix}",
             details=details,
         )
-    if status >= 400:
+    if not answer.reachable:
         details["reachable"] = False
         return Check(
             "hub", "Hugging Face Hub", WARN,
