@@ -178,10 +178,25 @@ def find_token(token: str | None = None, env: Mapping[str, str] | None = None) -
     return HubToken(value, str(path)) if value else None
 
 
+#: What a token can hold: visible ASCII (anything else cannot be sent in an HTTP header).
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+
+
 def hub_token(token: str | None = None) -> str | None:
-    """The token to send (:func:`find_token`): ``token``, else ``HF_TOKEN``, else the ``hf auth login`` file."""
+    """The token to send (:func:`find_token`): ``token``, else ``HF_TOKEN``, else the ``hf auth login`` file.
+
+    Raises :class:`HubError` for a value no token has (a damaged token file), which the HTTP client would
+    otherwise refuse with an encoding error that reads like a broken server.
+    """
     found = find_token(token)
-    return found.value if found else None
+    if found is None:
+        return None
+    if not _TOKEN_RE.fullmatch(found.value):
+        from_file = found.source not in ("the token given", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+        where = quoted(found.source, 200) if from_file else found.source
+        raise HubError(f"the Hub token from {where} has characters no token has; run 'hf auth login' again, or set "
+                       "HF_TOKEN to a read token from https://huggingface.co/settings/tokens")
+    return found.value
 
 
 def offline_var(env: Mapping[str, str] | None = None) -> str | None:

@@ -39,10 +39,12 @@ def link(src: Path, dst: Path) -> Path:
 # --------------------------------------------------------------------------- the Hub token
 
 
-def test_a_token_file_login_is_sent_and_offered_gated_models(hub: LocalHub, smollm2_variants: dict[str, Path]) -> None:
+def test_a_token_file_login_is_sent_and_offered_gated_models(hub: LocalHub, smollm2_variants: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """``hf auth login`` writes $HF_HOME/token and sets no variable: that user is offered a gated model, its
     requests carry the token, and ``doctor`` names the same token."""
-    assert "HF_TOKEN" not in os.environ
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
     token_file = Path(os.environ["HF_HOME"]) / "token"
     token_file.parent.mkdir(parents=True, exist_ok=True)
     token_file.write_text(FILE_TOKEN + "\n")
@@ -78,6 +80,17 @@ def test_the_token_rule_order(tmp_path: Path) -> None:
     assert catalog.find_token(env={**env, "HF_TOKEN": "hf_env"}).source == "HF_TOKEN"
     assert catalog.find_token("hf_given", env={**env, "HF_TOKEN": "hf_env"}).value == "hf_given"
     assert catalog.find_token(env={"HF_TOKEN_PATH": str(token_file)}).value == "hf_file"
+
+
+def test_a_damaged_token_file_is_one_clear_line(hub: LocalHub, capsys: pytest.CaptureFixture[str]) -> None:
+    token_file = Path(os.environ["HF_HOME"]) / "token"
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_bytes(b"hf_bad\x1b[2J\xe9token\n")
+    assert main(["search", "smol"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "Traceback" not in err
+    assert err.startswith(f"fitchat: error: the Hub token from '{token_file}' has characters no token has")
+    assert doctor.check_token(dict(os.environ)).details["source"] == str(token_file)  # doctor still says where
 
 
 # --------------------------------------------------------------------------- verdict words
