@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fitchat.errors import first_line
 from fitchat.format import human_bytes
 from fitchat.model.hardware import HardwareInfo, read_sysctl
 
@@ -384,14 +385,6 @@ def check_metal(hw: HardwareInfo, sysctl: Callable[[str], str | None] = read_sys
 # --------------------------------------------------------------------------- disk
 
 
-def hf_home(env: Mapping[str, str]) -> Path:
-    """``HF_HOME``, as huggingface_hub resolves it (where the token file lives)."""
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser()
-    xdg = env.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface"
-
-
 def _existing_parent(path: Path) -> Path:
     p = path.absolute()
     while not p.exists() and p != p.parent:
@@ -449,35 +442,11 @@ def hub_endpoint(env: Mapping[str, str] | None = None) -> str:
 
     Raises :class:`~fitchat.errors.HubError` for an ``HF_ENDPOINT`` that is not a usable URL.
     """
-    from fitchat.hub.catalog import DEFAULT_ENDPOINT, hub_endpoint as catalog_endpoint
+    from fitchat.hub.catalog import DEFAULT_ENDPOINT
+    from fitchat.hub.catalog import hub_endpoint as catalog_endpoint
 
     env = os.environ if env is None else env
     return catalog_endpoint(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
-
-
-@dataclass(frozen=True)
-class TokenSource:
-    """Where a token was found (never the token)."""
-
-    source: str  # "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN" or the token file's path
-    looks_valid: bool
-
-
-def find_token(env: Mapping[str, str] | None = None) -> tuple[TokenSource | None, str | None]:
-    """The token huggingface_hub would send, and where it came from (environment first, then the token file)."""
-    env = os.environ if env is None else env
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        value = (env.get(var) or "").strip()
-        if value:
-            return TokenSource(var, value.startswith("hf_")), value
-    path = Path(env["HF_TOKEN_PATH"]).expanduser() if env.get("HF_TOKEN_PATH") else hf_home(env) / "token"
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError:
-        return None, None
-    if not value:
-        return None, None
-    return TokenSource(str(path), value.startswith("hf_")), value
 
 
 def _get(url: str, timeout_s: float, token: str | None = None) -> tuple[int | None, str | None, float]:
@@ -494,19 +463,14 @@ def _get(url: str, timeout_s: float, token: str | None = None) -> tuple[int | No
         status = resp.status_code
         resp.close()
     except Exception as exc:  # connection refused, DNS, timeout, TLS …
-        return None, _short_error(exc), time.monotonic() - start
+        return None, first_line(exc, typed=True), time.monotonic() - start
     return status, None, time.monotonic() - start
-
-
-def _short_error(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     """Can fitchat reach the Hub (or the mirror in ``HF_ENDPOINT``)?"""
-    from fitchat.hub.catalog import display_endpoint, offline_var
     from fitchat.errors import HubError
+    from fitchat.hub.catalog import display_endpoint, offline_var, probe_hub
 
     offline_by = offline_var(env)
     given = display_endpoint(env["HF_ENDPOINT"]) if env.get("HF_ENDPOINT") else None
@@ -527,7 +491,8 @@ def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> C
             f"{offline_by} is set: fitchat uses only downloaded models and does not contact {endpoint}",
             fix=None, details=details,
         )
-    status, error, seconds = _get(f"{url}/api/models?limit=1", timeout_s)
+    answer = probe_hub(url, timeout=timeout_s)
+    status, error, seconds = answer.status, answer.error, answer.seconds
     details.update({"http_status": status, "error": error, "seconds": round(seconds, 3)})
     offline_fix = (
         "to work without it: export HF_HUB_OFFLINE=1 and use downloaded models, "
@@ -543,7 +508,7 @@ def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> C
             f"a mirror can be set with HF_ENDPOINT=https://mirror.example; {offline_fix}",
             details=details,
         )
-    if status >= 400:
+    if not answer.reachable:
         details["reachable"] = False
         return Check(
             "hub", "Hugging Face Hub", WARN,
@@ -557,25 +522,27 @@ def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> C
 
 def check_token(env: Mapping[str, str], hub: Check | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     """Is there an HF token (needed for gated repos), and does the Hub accept it? Never shows it."""
-    source, token = find_token(env)
+    from fitchat.hub.catalog import find_token
+
+    found = find_token(env=env)
     login = "run 'hf auth login' (or export HF_TOKEN=hf_...) with a read token from https://huggingface.co/settings/tokens"
-    if source is None or token is None:
+    if found is None:
         return Check(
             "token", "HF token", INFO,
             "no token: public models download fine; gated ones (Llama, Gemma, some Mistral) need one",
             fix=f"for gated models: accept the licence on the model's page, then {login}",
             details={"present": False, "source": None},
         )
-    details: dict[str, Any] = {"present": True, "source": source.source, "verified": None}
-    where = f"found in {source.source} (not shown)"
-    if not source.looks_valid:
+    details: dict[str, Any] = {"present": True, "source": found.source, "verified": None}
+    where = f"found in {found.source} (not shown)"
+    if not found.value.startswith("hf_"):
         return Check(
             "token", "HF token", WARN, f"a token is {where} but it does not start with 'hf_': the Hub will refuse it",
             fix=f"replace it: {login}", details=details,
         )
     if hub is None or not hub.details.get("reachable"):
         return Check("token", "HF token", OK, f"token {where}; not verified (the Hub is not reachable)", details=details)
-    status, error, _ = _get(f"{hub_endpoint(env)}/api/whoami-v2", timeout_s, token=token)
+    status, error, _ = _get(f"{hub_endpoint(env)}/api/whoami-v2", timeout_s, token=found.value)
     if status == 401:
         details["verified"] = False
         return Check(

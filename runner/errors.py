@@ -62,3 +62,28 @@ class RegistryError(FitchatError):
 class HistoryError(FitchatError):
     """The chat history database cannot be read or written (full disk, read-only, locked, damaged, newer
     schema, unknown conversation); the message says which and what to do."""
+
+
+#: Longest first line of an error fitchat shows: enough for any message of its own, not enough to flood.
+FIRST_LINE_CHARS = 500
+
+
+def first_line(exc: BaseException, limit: int = FIRST_LINE_CHARS, *, typed: bool = False) -> str:
+    """The first line of ``exc``'s message, printable and at most ``limit`` characters; its type's name if it has none.
+
+    The one way an exception becomes part of a one-line message (a Hub error, a doctor check, a notification, an
+    unreadable GGUF): a message from a library or a server may run over many lines or carry escape sequences.
+    ``typed`` puts the type's name first (``ConnectError: …``), for exceptions whose message alone says little.
+    """
+    from fitchat.format import printable
+
+    name = type(exc).__name__
+    try:
+        text = str(exc).strip()[: limit * 4 + 64]  # a huge message is cut before it is split
+    except Exception:  # noqa: BLE001 - a message that cannot be made is no message
+        text = ""
+    lines = text.splitlines()
+    line = printable(lines[0], limit, one_line=True).strip() if lines else ""
+    if not line:
+        return name
+    return printable(f"{name}: {line}", limit, one_line=True) if typed else line

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import socket
 import threading
@@ -837,7 +836,6 @@ def unreachable_endpoint() -> Iterator[str]:
 def _serve_main(argv: list[str] | None = None) -> int:
     """``python -m tests.hubserver --repo org/name FILE...``: serve files until interrupted (for manual runs and benches)."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(description="Serve GGUF files as a local Hub (127.0.0.1) with its CDN (localhost).")
     parser.add_argument("--repo", required=True, help="repo id to publish the files under")

@@ -10,8 +10,6 @@ pip's cache) and build the bundle.
 
 from __future__ import annotations
 
-from tests import REPO_ROOT
-
 import json
 import os
 import shutil
@@ -28,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import fitchat
+from tests import REPO_ROOT
 
 ROOT = REPO_ROOT
 INSTALL_SH = ROOT / "packaging" / "install.sh"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fitchat.model.hardware import CpuInfo, GpuInfo, HardwareInfo, LlamaBuild, RamInfo, BackendDevice
+from fitchat.model.hardware import BackendDevice, CpuInfo, GpuInfo, HardwareInfo, LlamaBuild, RamInfo
 
 GiB = 1024**3
 

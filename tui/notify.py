@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from fitchat.errors import FitchatError
+from fitchat.errors import FitchatError, first_line
 
 
 def error_message(exc: BaseException) -> str:
-    """``FitchatError`` text as is; anything else with its type, never a traceback."""
-    if isinstance(exc, FitchatError):
-        return str(exc) or type(exc).__name__
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``FitchatError`` text as is; anything else with its type, never a traceback (:func:`fitchat.errors.first_line`)."""
+    return first_line(exc, typed=not isinstance(exc, FitchatError))

@@ -19,6 +19,7 @@ from rich.text import Text
 from textual.content import Content
 
 from fitchat.format import human_bytes, printable
+from fitchat.model.plan import verdict_label  # the CLI's words, re-exported for the widgets
 
 #: Longest outside value shown in one line of a widget (a table cell, a title): enough to recognise it.
 NAME_CHARS = 120
@@ -41,27 +42,13 @@ FULL = "█"
 FREE = "░"
 MARGIN = "╱"
 
-#: Verdict -> (theme variable, short label).
+#: Verdict -> theme variable (the words are fitchat.model.plan's :func:`~fitchat.model.plan.verdict_label`).
 VERDICT_STYLES: dict[str, str] = {
     "full_gpu": "$success",
     "partial_gpu": "$warning",
     "cpu": "$secondary",
     "too_big": "$error",
 }
-
-
-def verdict_label(plan: Any) -> str:
-    """``full GPU``, ``GPU 12/30 layers``, ``CPU`` or ``too big`` for a Plan."""
-    verdict = getattr(plan, "verdict", "")
-    if verdict == "full_gpu":
-        return "full GPU"
-    if verdict == "partial_gpu":
-        return f"GPU {plan.gpu_layers}/{plan.n_layers} layers"
-    if verdict == "cpu":
-        return "CPU"
-    if verdict == "too_big":
-        return "too big"
-    return verdict or "?"
 
 
 def verdict_content(plan: Any) -> Content:

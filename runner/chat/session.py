@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from fitchat.llama.engine import ChatEngine, ChatStats, SamplingSettings
-from fitchat.errors import HistoryError
 from fitchat.chat.history import Conversation, History
+from fitchat.errors import HistoryError
+from fitchat.llama.engine import ChatEngine, ChatStats, SamplingSettings
 
 _T = TypeVar("_T")
 

@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _open_history(args: argparse.Namespace) -> History | None:
     """The history for a REPL; one that cannot be opened costs the saving, not the chat (unless resuming)."""
-    from fitchat.errors import HistoryError
     from fitchat.chat.history import History
+    from fitchat.errors import HistoryError
 
     try:
         return History()
@@ -204,9 +204,8 @@ def _resolve(ref: str) -> _Model:
 
 
 def _load(model: _Model, args: argparse.Namespace) -> Any:
-    from fitchat.llama.engine import ChatEngine
     from fitchat.errors import LoadFailed
-
+    from fitchat.llama.engine import ChatEngine
     from fitchat.model.estimate import DEFAULT_CTX
     from fitchat.model.gguf_spec import read_spec
     from fitchat.model.hardware import detect_hardware
@@ -224,8 +223,8 @@ def _load(model: _Model, args: argparse.Namespace) -> Any:
 
 
 def _session(engine: Any, history: Any, model: _Model, args: argparse.Namespace) -> Any:
-    from fitchat.llama.engine import SamplingSettings
     from fitchat.chat.session import ChatSession
+    from fitchat.llama.engine import SamplingSettings
 
     overrides = {
         "temperature": args.temp, "top_p": args.top_p, "top_k": args.top_k, "repeat_penalty": args.repeat_penalty,
@@ -457,8 +456,8 @@ class Repl:
             self.reply(lambda t=text: self.session.send(t))
 
     def reply(self, factory: Any) -> None:
-        from fitchat.llama.engine import RenderCancelled
         from fitchat.errors import FitchatError
+        from fitchat.llama.engine import RenderCancelled
 
         try:
             text, interrupted = stream_to(factory, self.session.engine, self.out)

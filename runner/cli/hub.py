@@ -82,8 +82,8 @@ def run_search(args: argparse.Namespace) -> int:
 def run_pull(args: argparse.Namespace) -> int:
     import threading
 
-    from fitchat.hub import download
     from fitchat.errors import Cancelled
+    from fitchat.hub import download
 
     def notice(msg: str) -> None:
         print(printable(msg), file=sys.stderr)

@@ -53,6 +53,8 @@ from fitchat import paths
 from fitchat.compare import probes
 from fitchat.errors import Cancelled, FitchatError, LoadFailed, ModelNotFound
 from fitchat.format import human_bytes
+from fitchat.model.plan import verdict_label
+from fitchat.model.quants import is_model_gguf, split_part
 
 if TYPE_CHECKING:
     import numpy as np
@@ -288,8 +290,6 @@ def _candidate_for_path(path: Path, *, sha256: str | None = None, repo: str | No
 
 
 def _is_first_part(name: str) -> bool:
-    from fitchat.model.quants import split_part
-
     split = split_part(name)
     return split is None or split[1] == 1
 
@@ -302,7 +302,7 @@ def resolve_sources(sources: Sequence[str]) -> list[Candidate]:
         if p.is_file():
             found.append(_candidate_for_path(p))
         elif p.is_dir():
-            files = sorted(f for f in p.glob("*.gguf") if _is_first_part(f.name) and "mmproj" not in f.name.lower())
+            files = sorted(f for f in p.glob("*.gguf") if _is_first_part(f.name) and is_model_gguf(f.name))
             if not files:
                 raise ModelNotFound(f"no GGUF files in {p}; point compare at a folder of .gguf variants")
             found.extend(_candidate_for_path(f) for f in files)
@@ -367,13 +367,6 @@ def plan_candidates(candidates: Sequence[Candidate], hw: HardwareInfo | None, ct
 
         hw = detect_hardware()
     return {c.path: _plan_for(c, hw, ctx) for c in candidates}
-
-
-def fit_label(plan: Any) -> str:
-    if plan is None:
-        return "?"
-    return {"full_gpu": "GPU", "cpu": "CPU", "too_big": "too big"}.get(
-        plan.verdict, f"{plan.gpu_layers}/{plan.n_layers} GPU")
 
 
 def gpu_layers_for(plan: Any) -> int:
@@ -1086,7 +1079,7 @@ def _result(c: Candidate, sha: str, is_ref: bool, m: _Measured, plan: Any) -> Va
         ppl=m.sums.ppl, mean_kld=m.sums.mean_kld, top1_agreement=m.sums.top1, tokens_scored=m.sums.count,
         arithmetic_correct=m.arithmetic[0], arithmetic_total=m.arithmetic[1],
         needle_found=m.needle[0], needle_total=m.needle[1], decode_tokens_per_s=m.tok_s, answers=m.answers,
-        fit=getattr(plan, "verdict", None), fit_label=fit_label(plan),
+        fit=getattr(plan, "verdict", None), fit_label=verdict_label(plan),
     )
 
 
@@ -1140,11 +1133,11 @@ def compare(
         plan = plans.get(c.path)
         cached = _load_result(_result_key(shas[c.path], ref_sha, text_sha, settings))
         if cached is not None:
-            results[c.path] = replace(cached, cached=True, fit=getattr(plan, "verdict", None), fit_label=fit_label(plan),
+            results[c.path] = replace(cached, cached=True, fit=getattr(plan, "verdict", None), fit_label=verdict_label(plan),
                                       path=str(c.path), file=c.file)
         elif plan is not None and plan.verdict == "too_big" and c is not reference:
             results[c.path] = VariantResult(file=c.file, path=str(c.path), quant=c.quant, size_bytes=c.size_bytes,
-                                            sha256=shas[c.path], is_reference=False, fit="too_big", fit_label="too big",
+                                            sha256=shas[c.path], is_reference=False, fit="too_big", fit_label=verdict_label(plan),
                                             skipped=f"does not fit this machine at context {settings.ctx}")
         else:
             todo.append(c)

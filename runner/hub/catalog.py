@@ -15,12 +15,13 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fitchat.errors import FitchatError, GatedRepo, HubError, HubTimeout, ModelNotFound, OversizedResponse, UnsafePath
+from fitchat.errors import FitchatError, GatedRepo, HubError, HubTimeout, ModelNotFound, OversizedResponse, UnsafePath, first_line
 from fitchat.format import printable, quoted
+from fitchat.model.quants import is_model_gguf, quant_bits, quant_from_filename, split_part, split_sets
 from fitchat.paths import check_repo_filename, package_data
-from fitchat.model.quants import quant_bits, quant_from_filename, split_names, split_part
 
 if TYPE_CHECKING:
     from fitchat.model.hardware import HardwareInfo
@@ -118,9 +119,82 @@ def hub_endpoint(endpoint: str | None = None) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class HubToken:
+    """The token fitchat sends to the Hub, and where it came from (the source may be shown; the value never is)."""
+
+    value: str
+    source: str  # "the token given", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN" or the token file's path
+
+    def __repr__(self) -> str:
+        return f"HubToken(source={self.source!r})"
+
+
+def token_file(env: Mapping[str, str] | None = None) -> Path:
+    """The file ``hf auth login`` writes the token to: ``HF_TOKEN_PATH``, else ``$HF_HOME/token``.
+
+    Resolved as huggingface_hub resolves it (``HF_HOME`` defaults to ``$XDG_CACHE_HOME/huggingface``, then
+    ``~/.cache/huggingface``), but from ``env`` at call time: the library fixes the path when imported.
+    """
+    env = os.environ if env is None else env
+
+    def expand(value: str) -> Path:
+        return Path(os.path.expanduser(os.path.expandvars(value)))
+
+    if env.get("HF_TOKEN_PATH"):
+        return expand(env["HF_TOKEN_PATH"])
+    if env.get("HF_HOME"):
+        return expand(env["HF_HOME"]) / "token"
+    xdg = env.get("XDG_CACHE_HOME")
+    return (expand(xdg) if xdg else Path.home() / ".cache") / "huggingface" / "token"
+
+
+def find_token(token: str | None = None, env: Mapping[str, str] | None = None) -> HubToken | None:
+    """The Hub token, by huggingface_hub's ``get_token`` rule: ``token`` if given, else ``HF_TOKEN`` (or the older
+    ``HUGGING_FACE_HUB_TOKEN``), else the token file of ``hf auth login`` (:func:`token_file`); None without one.
+
+    The one place fitchat finds the token, so what ``doctor`` reports is what searches, recommendations, header
+    reads and downloads send, and a user logged in with ``hf auth login`` (what the README says to run) is
+    offered gated models. ``env`` defaults to the process environment, read at call time.
+    """
+    if token and token.strip():
+        return HubToken(token.strip(), "the token given")
+    env = os.environ if env is None else env
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        value = (env.get(var) or "").strip()
+        if value:
+            return HubToken(value, var)
+    path = token_file(env)
+    try:
+        if not path.is_file():  # a folder or a FIFO there is no login (and opening a FIFO would wait)
+            return None
+        with open(path, "rb") as fh:
+            raw = fh.read(64 << 10).decode("utf-8", errors="replace")  # a token is ~40 bytes
+    except OSError:
+        return None
+    value = raw.replace("\r", "").replace("\n", "").strip()  # as huggingface_hub cleans it
+    return HubToken(value, str(path)) if value else None
+
+
+#: What a token can hold: visible ASCII (anything else cannot be sent in an HTTP header).
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+
+
 def hub_token(token: str | None = None) -> str | None:
-    """``token``, else ``HF_TOKEN``; None lets huggingface_hub use the stored login."""
-    return token or os.environ.get("HF_TOKEN") or None
+    """The token to send (:func:`find_token`): ``token``, else ``HF_TOKEN``, else the ``hf auth login`` file.
+
+    Raises :class:`HubError` for a value no token has (a damaged token file), which the HTTP client would
+    otherwise refuse with an encoding error that reads like a broken server.
+    """
+    found = find_token(token)
+    if found is None:
+        return None
+    if not _TOKEN_RE.fullmatch(found.value):
+        from_file = found.source not in ("the token given", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+        where = quoted(found.source, 200) if from_file else found.source
+        raise HubError(f"the Hub token from {where} has characters no token has; run 'hf auth login' again, or set "
+                       "HF_TOKEN to a read token from https://huggingface.co/settings/tokens")
+    return found.value
 
 
 def offline_var(env: Mapping[str, str] | None = None) -> str | None:
@@ -216,12 +290,12 @@ def hub_errors(repo: str, filename: str | None = None, endpoint: str | None = No
             f"{repo} not found on {shown}: check the name (org/name); if it is private, set HF_TOKEN"
         ) from None
     except (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError) as exc:
-        raise HubUnreachable(f"cannot reach the Hub at {shown} for {what} ({_first_line(exc)}); "
+        raise HubUnreachable(f"cannot reach the Hub at {shown} for {what} ({first_line(exc, 200)}); "
                              "check your network or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model") from None
     except (http.ConnectError, http.TimeoutException, http.NetworkError, http.RemoteProtocolError,
             http.ProxyError) as exc:
         raise HubUnreachable(
-            f"cannot reach the Hub at {shown} ({type(exc).__name__}: {_first_line(exc)}); check your network "
+            f"cannot reach the Hub at {shown} ({first_line(exc, 200, typed=True)}); check your network "
             "or HF_ENDPOINT, or run 'fitchat pull starter' for the offline model"
         ) from None
     except hf.HfHubHTTPError as exc:
@@ -438,11 +512,6 @@ def _status(exc: Exception) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def quiet_hub() -> None:
     """Stop huggingface_hub's own background request (its agent registry, fetched for the User-Agent).
 
@@ -462,32 +531,62 @@ def _api(endpoint: str | None, token: str | None) -> Any:
     return HfApi(endpoint=where, token=hub_token(token))
 
 
-def _probe(endpoint: str | None, timeout: float = 5.0) -> None:
-    """One API call without retries; raises the network error if the Hub does not answer."""
+#: Seconds the reachability check waits for the Hub's answer.
+PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class HubAnswer:
+    """What one reachability check found: the HTTP status, or the failure, and how long it took."""
+
+    status: int | None  # None: no answer (refused, DNS, TLS, timeout …)
+    failure: BaseException | None
+    seconds: float
+
+    @property
+    def reachable(self) -> bool:
+        """The Hub answered the model API without an error status (a 404 is a server, but not a Hub)."""
+        return self.status is not None and self.status < 400
+
+    @property
+    def error(self) -> str | None:
+        """The failure in one line (``ConnectError: …``), or None."""
+        return None if self.failure is None else first_line(self.failure, 200, typed=True)
+
+
+def probe_hub(endpoint: str | None = None, *, timeout: float = PROBE_TIMEOUT_S) -> HubAnswer:
+    """Ask the Hub (or ``HF_ENDPOINT``) for one model, once, without retries: the one reachability check.
+
+    ``doctor``, the TUI's online/offline state (:func:`hub_reachable`) and the fast check before a search all
+    use it. Network failures are returned, not raised; a bad ``HF_ENDPOINT`` raises :class:`HubError`. Offline
+    mode is the caller's to check first.
+    """
     where = hub_endpoint(endpoint)
     from huggingface_hub.utils import get_session
 
-    with hub_deadline(where, "a search", seconds=min(timeout, deadline_seconds())):
-        get_session().get(f"{where}/api/models", params={"limit": 1}, timeout=timeout)
+    start = time.monotonic()
+    try:
+        # A second past the request's own timeout, so a silent server shows as that timeout; a trickling one is cut too.
+        with hub_deadline(where, "a reachability check", seconds=timeout + 1):
+            response = get_session().get(f"{where}/api/models?limit=1", timeout=timeout)
+            status = response.status_code
+            response.close()
+    except Exception as exc:  # connection refused, DNS, timeout, TLS, the deadline …
+        return HubAnswer(None, exc, time.monotonic() - start)
+    return HubAnswer(status, None, time.monotonic() - start)
 
 
 def hub_reachable(*, endpoint: str | None = None, token: str | None = None, timeout: float = 3.0) -> bool:
-    """Whether the Hub (or ``HF_ENDPOINT``) answers an API call within ``timeout``; False when offline."""
+    """Whether the Hub (or ``HF_ENDPOINT``) answers :func:`probe_hub` within ``timeout``; False when offline.
+
+    ``token`` is accepted for symmetry with the other Hub calls; the check itself needs none.
+    """
     if is_offline():
         return False
     try:
-        where = hub_endpoint(endpoint)
+        return probe_hub(endpoint, timeout=timeout).reachable
     except HubError:
         return False
-    from huggingface_hub.utils import get_session
-
-    http = _http_module()
-    try:
-        with hub_deadline(where, "a reachability check", seconds=timeout):
-            r = get_session().get(f"{where}/api/models", params={"limit": 1, "filter": "gguf"}, timeout=timeout)
-    except (http.HTTPError, OSError, HubError):
-        return False
-    return r.status_code < 500
 
 
 # -- curated list -----------------------------------------------------------------------------------
@@ -516,9 +615,6 @@ def curated_entry(repo: str) -> CatalogEntry | None:
 
 # -- the first model to get --------------------------------------------------------------------------
 
-_TIERS = {"too_big": 0, "cpu": 1, "partial_gpu": 2, "full_gpu": 3}
-
-
 @dataclass(frozen=True)
 class Recommendation:
     """The catalog model suggested for this machine: its entry and the plan of its recommended variant."""
@@ -545,7 +641,7 @@ def recommend_first_model(
     is passed over without reading its headers. Repos missing from the Hub, gated or unreadable are
     skipped; :class:`HubUnreachable` is raised when the Hub cannot be reached (at once when offline).
     """
-    from fitchat.model.plan import fit_remote_repo
+    from fitchat.model.plan import VERDICT_RANK, fit_remote_repo
 
     require_online(endpoint)
     entries = curated() if candidates is None else list(candidates)
@@ -565,7 +661,7 @@ def recommend_first_model(
         if smallest > memory:
             continue  # its weights alone exceed the machine
         reach = "full_gpu" if gpu and smallest <= gpu else ("partial_gpu" if gpu else "cpu")
-        if any(_TIERS[v] >= _TIERS[reach] for v in found):
+        if any(VERDICT_RANK[v] >= VERDICT_RANK[reach] for v in found):
             continue  # a larger model already does as well as this one could
         try:
             plans = fit_remote_repo(entry.repo, hw, ctx, endpoint=endpoint, token=token)
@@ -581,7 +677,7 @@ def recommend_first_model(
             break
     if not found:
         return None
-    return found[max(found, key=lambda v: _TIERS[v])]
+    return found[max(found, key=lambda v: VERDICT_RANK[v])]
 
 
 # -- Hub search -------------------------------------------------------------------------------------
@@ -593,7 +689,9 @@ def search(text: str, limit: int = 20, *, endpoint: str | None = None, token: st
     api = _api(endpoint, token)
     with hub_errors(f"search {text!r}", endpoint=endpoint):
         # list_models retries a refused connection for ~20 s; one quick call first fails fast when offline.
-        _probe(endpoint)
+        answer = probe_hub(endpoint, timeout=min(PROBE_TIMEOUT_S, deadline_seconds()))
+        if answer.failure is not None:
+            raise answer.failure  # told as any other request's failure is, by hub_errors
         models = list(api.list_models(search=text or None, filter="gguf", sort="downloads", limit=limit))
         return [
             SearchHit(repo=str(m.id), downloads=int(m.downloads or 0), likes=int(m.likes or 0), gated=bool(m.gated),
@@ -603,12 +701,6 @@ def search(text: str, limit: int = 20, *, endpoint: str | None = None, token: st
 
 
 # -- variants of a repo -----------------------------------------------------------------------------
-
-def is_model_gguf(path: str) -> bool:
-    """A GGUF that is a language model (not a vision projector or an imatrix)."""
-    name = path.rsplit("/", 1)[-1].lower()
-    return name.endswith(".gguf") and not name.startswith("mmproj") and "imatrix" not in name
-
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -652,26 +744,15 @@ def variants_from_siblings(repo: str, siblings: list[Any], refused: list[str] | 
         if is_model_gguf(name):
             checked[name] = (size, sha)
     variants: list[Variant] = []
-    seen_parts: set[str] = set()
-    for name in sorted(checked):
-        if name in seen_parts:
-            continue
-        folder, _, base = name.rpartition("/")
+    for names in split_sets(checked):
+        name = names[0]
+        base = name.rpartition("/")[2]
         split = split_part(base)
-        if split:
-            if split[1] != 1:
-                continue
-            names = [f"{folder}/{n}" if folder else n for n in split_names(base, split[2])]
-            if not all(n in checked for n in names):
-                continue
-        else:
-            names = [name]
-        seen_parts.update(names)
         parts = [checked[n] for n in names]
         quant = quant_from_filename(name) or (split[0] if split else base).removesuffix(".gguf")
         variants.append(
             Variant(
-                repo=repo, file=name, files=tuple(names), quant=quant,
+                repo=repo, file=name, files=names, quant=quant,
                 size_bytes=sum(size for size, _ in parts),
                 sha256=tuple(sha for _, sha in parts),
                 sizes=tuple(size for size, _ in parts),

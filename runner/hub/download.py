@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fitchat.errors import Cancelled, ChecksumMismatch, FitchatError, HubError, NotEnoughDisk, OversizedResponse, UnsafePath
+from fitchat.format import human_bytes, printable, quoted
 from fitchat.hub.catalog import (
     HubUnreachable,
     NotOnHub,
@@ -43,11 +45,9 @@ from fitchat.hub.catalog import (
     quiet_hub,
     require_online,
 )
-from fitchat.errors import Cancelled, ChecksumMismatch, FitchatError, HubError, NotEnoughDisk, OversizedResponse, UnsafePath
-from fitchat.format import human_bytes, printable, quoted
-from fitchat.paths import check_repo_filename, inside
 from fitchat.hub.starter import sha256_file
 from fitchat.hub.store import STARTER_REF, LocalModel, find_local, hf_cache_dir, parse_ref, repo_cache_dir, starter_path
+from fitchat.paths import check_repo_filename, inside
 
 DEFAULT_CTX = 4096
 # Progress and cancel are checked once per chunk; huggingface_hub's default chunk is 10 MiB.

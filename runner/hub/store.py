@@ -22,8 +22,8 @@ from typing import Any
 from fitchat import paths
 from fitchat.errors import ModelNotFound, RegistryError, UnsafePath
 from fitchat.format import printable
-from fitchat.model.quants import quant_from_filename, split_names, split_part
 from fitchat.hub.starter import STARTER
+from fitchat.model.quants import is_model_gguf, quant_from_filename, split_names, split_part, split_sets
 
 STARTER_REF = "starter"
 LOCAL_PREFIX = "local/"
@@ -107,7 +107,7 @@ def _starter_model() -> LocalModel | None:
 
 def _cached_models(cache_dir: Path | None = None) -> list[LocalModel]:
     """GGUF models in the HF cache, one per (repo, file); split sets only when complete."""
-    from fitchat.hub.catalog import hub_endpoint, is_model_gguf
+    from fitchat.hub.catalog import hub_endpoint
 
     hub_endpoint()  # importing huggingface_hub with some malformed HF_ENDPOINT values fails: say so first
     from huggingface_hub import scan_cache_dir
@@ -133,22 +133,13 @@ def _cached_models(cache_dir: Path | None = None) -> list[LocalModel]:
                 if is_model_gguf(rel) and rel not in files and f.blob_path.exists() and \
                         Path(os.path.realpath(f.blob_path)).is_relative_to(repo_root):
                     files[rel] = f
-        for rel in sorted(files):
-            folder, _, base = rel.rpartition("/")
-            split = split_part(base)
-            if split:
-                if split[1] != 1:
-                    continue
-                names = [f"{folder}/{n}" if folder else n for n in split_names(base, split[2])]
-                if not all(n in files for n in names):
-                    continue
-            else:
-                names = [rel]
+        for names in split_sets(files):
+            rel = names[0]
             first = files[rel]
             blob = first.blob_path.name
             models.append(
                 LocalModel(
-                    repo=repo.repo_id, file=rel, quant=quant_from_filename(rel) or Path(base).stem,
+                    repo=repo.repo_id, file=rel, quant=quant_from_filename(rel) or Path(rel).stem,
                     size_bytes=sum(files[n].size_on_disk for n in names), path=Path(first.file_path),
                     sha256=blob if _SHA256.match(blob) else None, source="hub",
                 )

@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fitchat.llama import threads as thread_policy
 from fitchat.errors import FitchatError, LoadFailed
 from fitchat.format import printable
+from fitchat.llama import threads as thread_policy
 
 if TYPE_CHECKING:
     from fitchat.chat_template import BoundedChatFormatter

@@ -38,8 +38,10 @@ from fitchat.errors import (
     HubError,
     InvalidModelFile,
     ModelNotFound,
+    first_line,
 )
 from fitchat.format import printable, quoted
+from fitchat.model.quants import is_model_gguf
 
 #: ``name-00001-of-00003.gguf``: llama.cpp's split naming.
 SPLIT_RE = re.compile(r"^(?P<base>.*)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$", re.IGNORECASE)
@@ -723,8 +725,7 @@ def _parse(
 
 def _reader_error(exc: BaseException) -> str:
     """The first line of an exception's text, made printable and short (it may quote bytes from the file)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return printable(text, 120, one_line=True)
+    return first_line(exc, 120)
 
 
 # --------------------------------------------------------------------------- building the spec
@@ -1019,8 +1020,8 @@ def find_models(directory: str | Path) -> list[Path]:
         m = SPLIT_RE.match(p.name)
         if m and int(m.group("part")) != 1:
             continue
-        if p.name.startswith("mmproj"):
-            continue  # vision projectors are not chat models
+        if not is_model_gguf(p.name):
+            continue  # vision projectors and imatrix files are not chat models
         found.append(p)
     return found
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fitchat.errors import FitchatError, InvalidModelFile
-from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings, estimate
 from fitchat.format import human_bytes
+from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings, estimate
 from fitchat.model.gguf_spec import ModelSpec
 from fitchat.model.hardware import GpuInfo, HardwareInfo, MetalInfo, RamInfo
 
@@ -30,7 +30,12 @@ MiB = 1024**2
 GiB = 1024**3
 
 VERDICTS = ("full_gpu", "partial_gpu", "cpu", "too_big")
-_RANK = {"too_big": 0, "cpu": 1, "partial_gpu": 2, "full_gpu": 3}
+#: How good each verdict is, higher is better: the one order the recommendation, the levers and the
+#: first-model suggestion rank by.
+VERDICT_RANK: dict[str, int] = {"too_big": 0, "cpu": 1, "partial_gpu": 2, "full_gpu": 3}
+#: The word for each verdict wherever one is shown (``fit``'s table, ``compare``, the TUI); a partial offload
+#: adds its layer count (:func:`verdict_label`).
+VERDICT_WORDS: dict[str, str] = {"full_gpu": "full GPU", "partial_gpu": "GPU", "cpu": "CPU", "too_big": "too big"}
 
 #: The variants fitchat prefers, best quality first (the recommendation's first choice).
 PREFERRED_QUANTS = ("Q8_0", "Q5_K_M", "Q4_K_M")
@@ -234,13 +239,13 @@ def ctx_label(ctx: int) -> str:
     return f"{ctx // 1024}k" if ctx >= 1024 and ctx % 1024 == 0 else str(ctx)
 
 
-def verdict_label(plan: Plan) -> str:
-    """Short words for tables: 'full GPU', '20/31 layers', 'CPU', 'too big'."""
-    if plan.verdict == "full_gpu":
-        return "full GPU"
-    if plan.verdict == "partial_gpu":
-        return f"{plan.gpu_layers}/{plan.n_layers} layers"
-    return {"cpu": "CPU", "too_big": "too big"}[plan.verdict]
+def verdict_label(plan: Plan | None) -> str:
+    """The verdict in words, the same in the CLI, ``compare`` and the TUI: 'full GPU', 'GPU 20/31 layers',
+    'CPU', 'too big'; '?' without a plan."""
+    verdict = getattr(plan, "verdict", None)
+    if verdict == "partial_gpu":
+        return f"{VERDICT_WORDS[verdict]} {plan.gpu_layers}/{plan.n_layers} layers"  # type: ignore[union-attr]
+    return VERDICT_WORDS.get(verdict or "", verdict or "?")
 
 
 def explain(plan: Plan, hw: HardwareInfo) -> str:
@@ -261,7 +266,7 @@ def explain(plan: Plan, hw: HardwareInfo) -> str:
 
 
 def _better(verdict: str, than: Plan) -> bool:
-    return _RANK[verdict] > _RANK[than.verdict]
+    return VERDICT_RANK[verdict] > VERDICT_RANK[than.verdict]
 
 
 def _levers(plan: Plan, hw: HardwareInfo, b: _Budget) -> list[str]:
@@ -380,7 +385,7 @@ def _tradeoff(p: Plan, hw: HardwareInfo, margin_bytes: int | None) -> str | None
     c = p.context // 2
     while c >= 2048:
         v, g, _, _ = _solve(p.spec, hw, c, p.settings, b)
-        if _RANK[v] > _RANK[p.verdict]:
+        if VERDICT_RANK[v] > VERDICT_RANK[p.verdict]:
             how = "fits fully" if v == "full_gpu" else ("fits partly on the GPU" if v == "partial_gpu" else "fits in RAM")
             return f"{p.spec.quant} {how} at {ctx_label(c)} context but not at {ctx_label(p.context)}"
         c //= 2

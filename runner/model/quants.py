@@ -1,12 +1,14 @@
-"""Quant names and split sets, recognised from GGUF file names.
+"""Quant names, split sets and which files are models, recognised from GGUF file names.
 
 ``quant_from_filename("Llama-3.2-1B-Instruct-Q4_K_M.gguf") == "Q4_K_M"``;
-``split_part("m-Q8_0-00002-of-00003.gguf") == ("m-Q8_0.gguf", 2, 3)``.
+``split_part("m-Q8_0-00002-of-00003.gguf") == ("m-Q8_0.gguf", 2, 3)``;
+``is_model_gguf("mmproj-model-f16.gguf") is False``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 # Longest forms first inside each family, so Q4_K_M wins over Q4_K and IQ2_XXS over IQ2_XS.
 _QUANT = re.compile(
@@ -53,6 +55,39 @@ def split_names(first: str, total: int) -> list[str]:
     if not m:
         return [first]
     return [f"{m['base']}-{i:05d}-of-{total:05d}{m['ext']}" for i in range(1, total + 1)]
+
+
+def is_model_gguf(path: str) -> bool:
+    """A GGUF file that is a language model, by its name: not a vision projector (``mmproj*``) nor an imatrix.
+
+    The one filter for every listing of models: a Hub repo's files, the HF cache, a folder given to
+    ``fit`` or ``compare``. ``path`` may have folders; only the file name counts.
+    """
+    name = path.rsplit("/", 1)[-1].lower()
+    return name.endswith(".gguf") and not name.startswith("mmproj") and "imatrix" not in name
+
+
+def split_sets(paths: Iterable[str]) -> list[tuple[str, ...]]:
+    """The models among ``paths`` (``/``-separated, relative to one root), each as the files to fetch or load.
+
+    A plain file is a set of one; a split set (``X-00001-of-00003.gguf`` …) is one entry of all its parts,
+    first part first, listed only when every part is among ``paths``. Parts other than the first never
+    start an entry. Sorted by first file. Callers filter with :func:`is_model_gguf` first.
+    """
+    present = set(paths)
+    sets: list[tuple[str, ...]] = []
+    for name in sorted(present):
+        folder, _, base = name.rpartition("/")
+        split = split_part(base)
+        if split is None:
+            sets.append((name,))
+            continue
+        if split[1] != 1:
+            continue
+        names = tuple(f"{folder}/{n}" if folder else n for n in split_names(base, split[2]))
+        if all(n in present for n in names):
+            sets.append(names)
+    return sets
 
 
 def quant_from_filename(name: str) -> str | None:

@@ -21,15 +21,15 @@ import pytest
 from gguf import GGUFReader
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from fitchat.chat_template import BoundedChatFormatter, TemplateLimitExceeded
-from fitchat.cli.main import main
-from fitchat.cli.chat import Repl
-from fitchat.llama.engine import ChatEngine, ChatTemplateError, SamplingSettings
 from fitchat.chat.history import History
 from fitchat.chat.session import ChatSession
+from fitchat.chat_template import BoundedChatFormatter, TemplateLimitExceeded
+from fitchat.cli.chat import Repl
+from fitchat.cli.main import main
+from fitchat.llama.engine import ChatEngine, ChatTemplateError, SamplingSettings
 from tests import REPO_ROOT
-from tests.gguf_factory import kv_str
 from tests.cli.test_chat import REPL_ARGS, Terminal
+from tests.gguf_factory import kv_str
 
 ROOT = REPO_ROOT
 FAST = ["--threads", "1", "--temp", "0", "--seed", "1", "--ctx", "1024"]

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from fitchat.cli.main import main
-from fitchat.cli.chat import JSON_STATS, Repl
-from fitchat.llama.engine import ChatEngine, SamplingSettings
 from fitchat.chat.history import History
 from fitchat.chat.session import ChatSession
+from fitchat.cli.chat import JSON_STATS, Repl
+from fitchat.cli.main import main
+from fitchat.llama.engine import ChatEngine, SamplingSettings
 
 FAST = ["--threads", "1", "--temp", "0", "--seed", "1"]
 
@@ -319,8 +319,8 @@ def test_load_setting_levers_from_fit_reach_the_chat_load(smollm2: Path) -> None
     """`fitchat fit` names levers (a q8_0 KV cache, a window-sized SWA cache); `chat` takes the same flags."""
     import llama_cpp
 
-    from fitchat.cli.main import build_parser
     from fitchat.cli.chat import _load, _resolve
+    from fitchat.cli.main import build_parser
 
     args = build_parser().parse_args(["chat", str(smollm2), "--kv-type", "q8_0", "--swa-window", "--n-ubatch", "256",
                                       "--ctx", "1024", "--threads", "1"])

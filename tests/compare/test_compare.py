@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fitchat.compare import run as C
 from fitchat.cli.main import main
+from fitchat.compare import run as C
 from fitchat.errors import Cancelled
 from tests.models import place_in_hf_cache
 

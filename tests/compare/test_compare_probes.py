@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from fitchat.compare import run as C
 from fitchat.compare import probes as P
+from fitchat.compare import run as C
 
 # -- arithmetic -----------------------------------------------------------------------------------
 

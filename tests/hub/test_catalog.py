@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from fitchat.cli.main import main
 from fitchat.hub import catalog
 from fitchat.hub.catalog import HubUnreachable, NotOnHub
-from fitchat.cli.main import main
 from fitchat.model.quants import quant_from_filename, split_names, split_part
 from tests.hubserver import LocalHub
 

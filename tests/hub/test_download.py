@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from fitchat.cli.main import main
+from fitchat.errors import Cancelled, GatedRepo, HubError, NotEnoughDisk
 from fitchat.hub import download, store
 from fitchat.hub.catalog import HubUnreachable, NotOnHub
-from fitchat.cli.main import main
-from fitchat.errors import Cancelled, ChecksumMismatch, GatedRepo, HubError, NotEnoughDisk
 from tests import REPO_ROOT
 from tests.hubserver import LocalHub
 

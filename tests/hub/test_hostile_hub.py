@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from fitchat.hub import catalog, download, store
 from fitchat import paths
 from fitchat.cli.main import main
 from fitchat.errors import UnsafePath
+from fitchat.hub import catalog, download, store
 from tests import REPO_ROOT
 from tests.hubserver import LocalHub
 

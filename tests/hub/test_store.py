@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fitchat.hub import download, store
 from fitchat.cli.main import main
 from fitchat.errors import InvalidModelFile, ModelNotFound
+from fitchat.hub import download, store
 from fitchat.hub.starter import STARTER
 from tests.hubserver import LocalHub
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from fitchat.errors import InvalidModelFile, LoadFailed
 from fitchat.llama import engine as eng
 from fitchat.llama import threads as tp
 from fitchat.llama.engine import ChatEngine, ContextOverflow, EngineBusy, EngineClosed, SamplingSettings
-from fitchat.errors import InvalidModelFile, LoadFailed
 
 GREEDY = SamplingSettings(temperature=0.0, seed=42, max_tokens=48)
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

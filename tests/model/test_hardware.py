@@ -14,8 +14,8 @@ import pytest
 from fitchat.model.hardware import (
     CUDA_REBUILD,
     METAL_REBUILD,
-    GiB,
     BackendDevice,
+    GiB,
     LlamaBuild,
     detect_hardware,
     parse_isa,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fitchat.model import gguf_spec
 from fitchat.errors import InvalidModelFile
+from fitchat.model import gguf_spec
 from fitchat.model.gguf_spec import (
     MAX_ARRAY_DEPTH,
     MAX_HEADER_BYTES,

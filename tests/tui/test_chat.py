@@ -6,9 +6,8 @@ import dataclasses
 import gc
 from pathlib import Path
 
-from fitchat.llama.engine import SamplingSettings
 from fitchat.chat.history import History
-from tests.tui_support import cpu_machine, link_starter, screen_text, wait_for
+from fitchat.llama.engine import SamplingSettings
 from fitchat.tui.app import FitchatApp
 from fitchat.tui.screens.chat import ChatScreen
 from fitchat.tui.screens.pick import PickScreen
@@ -17,6 +16,7 @@ from fitchat.tui.services import Services
 from fitchat.tui.widgets.chat_message import ChatMessage
 from fitchat.tui.widgets.history_sidebar import HistorySidebar
 from fitchat.tui.widgets.local_models import LocalModels
+from tests.tui_support import cpu_machine, link_starter, screen_text, wait_for
 
 GREEDY = SamplingSettings(temperature=0.0, seed=1, max_tokens=24)
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from fitchat.compare import run as C
 from fitchat.hub.store import import_file
-from tests.models import place_in_hf_cache
-from tests.tui_support import cpu_machine, screen_text, wait_for
 from fitchat.tui.app import FitchatApp
 from fitchat.tui.screens.compare import CompareScreen
 from fitchat.tui.screens.home import HomeScreen
 from fitchat.tui.services import Services
 from fitchat.tui.widgets.compare_table import CompareTable
 from fitchat.tui.widgets.local_models import LocalModels
+from tests.models import place_in_hf_cache
+from tests.tui_support import cpu_machine, screen_text, wait_for
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 QUICK = C.CompareSettings(ctx=128, budget=800, n_threads=2,

@@ -14,14 +14,14 @@ from textual.widgets import Static
 
 from fitchat.hub.starter import STARTER
 from fitchat.hub.store import list_local
-from tests.hubserver import GEMMA3_REPO, SMOLLM2_REPO, LocalHub, smollm2_files
-from tests.hub.test_recommend import CANDIDATES, GEMMA_FILE, cpu_with_ram, model_needs
-from tests.tui_support import cpu_machine, screen_text, wait_for
 from fitchat.tui.app import FitchatApp
 from fitchat.tui.services import Services
 from fitchat.tui.widgets.download_panel import DownloadPanel
 from fitchat.tui.widgets.first_model import FirstModelCard
 from fitchat.tui.widgets.local_models import LocalModels
+from tests.hub.test_recommend import CANDIDATES, GEMMA_FILE, cpu_with_ram, model_needs
+from tests.hubserver import GEMMA3_REPO, SMOLLM2_REPO, LocalHub, smollm2_files
+from tests.tui_support import cpu_machine, screen_text, wait_for
 
 
 def make_app(hardware, endpoint: str) -> FitchatApp:

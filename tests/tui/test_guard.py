@@ -14,9 +14,9 @@ from textual.widgets import Input
 
 import fitchat.tui
 from fitchat import paths
+from fitchat.tui.guard import HANDLER_PREFIXES, LOG_NAME, Guarded, on
 from tests.tui.test_chat import ask, make_app, open_chat
 from tests.tui_support import link_starter, wait_for
-from fitchat.tui.guard import HANDLER_PREFIXES, LOG_NAME, Guarded, on
 
 
 def error_notes(app: App) -> list[str]:

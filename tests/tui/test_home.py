@@ -11,8 +11,6 @@ from pathlib import Path
 from textual.widgets import ProgressBar
 
 from fitchat.hub.store import list_local
-from tests.hubserver import SMOLLM2_REPO, smollm2_files
-from tests.tui_support import cpu_machine, cuda_machine, mismatched_machine, screen_text, wait_for
 from fitchat.tui.app import FitchatApp
 from fitchat.tui.screens.chat import ChatScreen
 from fitchat.tui.screens.model import ModelScreen
@@ -23,6 +21,8 @@ from fitchat.tui.widgets.context_control import ContextControl, context_steps
 from fitchat.tui.widgets.download_panel import DownloadPanel
 from fitchat.tui.widgets.local_models import LocalModels
 from fitchat.tui.widgets.variants_table import VariantsTable
+from tests.hubserver import SMOLLM2_REPO, smollm2_files
+from tests.tui_support import cpu_machine, cuda_machine, mismatched_machine, screen_text, wait_for
 
 
 def make_app(hardware, endpoint: str) -> FitchatApp:

@@ -18,12 +18,9 @@ from pathlib import Path
 import pytest
 from textual.app import App, ComposeResult
 
-from fitchat.hub import store
 from fitchat.cli.main import ERROR_CHARS, main
+from fitchat.hub import store
 from fitchat.model.hardware import GpuInfo, HardwareInfo
-from tests import REPO_ROOT
-from tests.hubserver import SMOLLM2_REPO, smollm2_files
-from tests.tui_support import cpu_machine, cuda_machine, screen_text, wait_for
 from fitchat.tui.app import FitchatApp
 from fitchat.tui.guard import report
 from fitchat.tui.screens.model import ModelScreen
@@ -34,6 +31,9 @@ from fitchat.tui.widgets.history_sidebar import HistorySidebar
 from fitchat.tui.widgets.local_models import LocalModels
 from fitchat.tui.widgets.message_log import MessageLog
 from fitchat.tui.widgets.variants_table import VariantsTable
+from tests import REPO_ROOT
+from tests.hubserver import SMOLLM2_REPO, smollm2_files
+from tests.tui_support import cpu_machine, cuda_machine, screen_text, wait_for
 
 #: What no screen, line or notification may hold: C0 controls (ESC, BEL …) but newline, DEL, C1, separators.
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")

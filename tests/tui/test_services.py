@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fitchat.llama.engine import SamplingSettings
-from tests.tui_support import cpu_machine
 from fitchat.tui.services import LLAMA_NICENESS, LLAMA_THREAD, Services
+from tests.tui_support import cpu_machine
 
 GREEDY = SamplingSettings(temperature=0.0, seed=1, max_tokens=8)
 HELLO = [{"role": "user", "content": "Hello"}]

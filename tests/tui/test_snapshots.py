@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from fitchat.chat.history import History
-from tests.hubserver import SMOLLM2_REPO, smollm2_files
-from tests.tui_support import cpu_machine, cuda_machine, link_starter, mismatched_machine, wait_for
 from fitchat.tui.app import FitchatApp
 from fitchat.tui.screens.chat import ChatScreen
 from fitchat.tui.services import Services
 from fitchat.tui.widgets.local_models import LocalModels
+from tests.hubserver import SMOLLM2_REPO, smollm2_files
+from tests.tui_support import cpu_machine, cuda_machine, link_starter, mismatched_machine, wait_for
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 

@@ -7,8 +7,6 @@ opens the model, types a question and reads the streamed answer off the screen w
 
 from __future__ import annotations
 
-from tests import REPO_ROOT
-
 import os
 import re
 import shutil
@@ -19,6 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from tests import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 

@@ -7,7 +7,6 @@ from typing import Any
 from textual.widgets import DataTable
 
 from fitchat.compare.run import variant_cells
-
 from fitchat.tui.guard import Guarded
 from fitchat.tui.render import outside_cell
 
