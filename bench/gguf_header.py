@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fitchat.model.gguf_spec import read_remote_spec, read_spec
+from fitchat.hub.remote import REMOTE_HEADER_WORKERS, fit_remote_repo, read_remote_spec
+from fitchat.model.gguf_spec import read_spec
 from fitchat.model.hardware import detect_hardware
-from fitchat.model.plan import REMOTE_HEADER_WORKERS, fit_remote_repo
 from tests import gguf_factory, models
 from tests.hubserver import LocalHub
 

@@ -137,7 +137,7 @@ class Services:
 
     def remote_plans(self, repo: str, hw: HardwareInfo, ctx: int) -> list[Any]:
         """Every GGUF variant of ``repo`` planned at ``ctx`` (headers read remotely)."""
-        from fitchat.model.plan import fit_remote_repo
+        from fitchat.hub.remote import fit_remote_repo
 
         return list(fit_remote_repo(repo, hw, ctx, endpoint=self.endpoint, token=self.token))
 

@@ -153,10 +153,11 @@ def resolve_source(source: str) -> tuple[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fitchat.hub.remote import fit_remote_repo
     from fitchat.model.estimate import DEFAULT_CTX
     from fitchat.model.gguf_spec import read_spec
     from fitchat.model.hardware import detect_hardware
-    from fitchat.model.plan import fit_remote_repo, plan_hardware, plan_variants
+    from fitchat.model.plan import plan_hardware, plan_variants
 
     ctx = args.ctx or DEFAULT_CTX
     settings = settings_from_args(args)

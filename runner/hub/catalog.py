@@ -635,13 +635,14 @@ def recommend_first_model(
 
     A model fully on the GPU wins over one partly offloaded, which wins over one on the CPU; within
     the best of those the largest model wins. Candidates (``curated()`` by default; gated repos only
-    with a token) are planned from their remote headers (:func:`fitchat.model.plan.fit_remote_repo`) from the
+    with a token) are planned from their remote headers (:func:`fitchat.hub.remote.fit_remote_repo`) from the
     largest down, stopping at the first that reaches the best verdict this machine allows. A repo
     whose smallest file cannot reach a better verdict than one already found (or cannot fit at all)
     is passed over without reading its headers. Repos missing from the Hub, gated or unreadable are
     skipped; :class:`HubUnreachable` is raised when the Hub cannot be reached (at once when offline).
     """
-    from fitchat.model.plan import VERDICT_RANK, fit_remote_repo
+    from fitchat.hub.remote import fit_remote_repo
+    from fitchat.model.plan import VERDICT_RANK
 
     require_online(endpoint)
     entries = curated() if candidates is None else list(candidates)

@@ -72,7 +72,7 @@ def pull(
     """Download ``ref`` (``org/name[:QUANT]`` or ``starter``) and return the local model.
 
     Without a quant, the variant the fit estimate recommends for this machine at ``ctx`` is chosen
-    (``fitchat.model.plan.fit_remote_repo``). Already-downloaded variants return at once.
+    (``fitchat.hub.remote.fit_remote_repo``). Already-downloaded variants return at once.
     """
     if ref.strip().lower() == STARTER_REF:
         return pull_starter(progress_class=progress_class, cancel=cancel)
@@ -103,9 +103,9 @@ def pull(
 
 def recommended_variant(repo: str, variants: list[Variant], ctx: int, *, endpoint: str | None = None,
                         token: str | None = None, notice: Notice | None = None) -> Variant:
-    """The variant ``fitchat.model.plan.fit_remote_repo`` recommends for this machine at ``ctx``."""
+    """The variant ``fitchat.hub.remote.fit_remote_repo`` recommends for this machine at ``ctx``."""
+    from fitchat.hub.remote import fit_remote_repo
     from fitchat.model.hardware import detect_hardware
-    from fitchat.model.plan import fit_remote_repo
 
     plans = fit_remote_repo(repo, detect_hardware(), ctx, endpoint=hub_endpoint(endpoint), token=hub_token(token))
     best = next((p for p in plans if p.recommended), None)

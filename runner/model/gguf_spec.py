@@ -15,7 +15,7 @@ Every header, local or remote, goes through one bounded reader:
 - metadata that becomes a size, a loop bound or an index (block count, head counts, split numbers …)
   is range-checked before use; values quoted in messages are cut to about 80 characters.
 
-Files on the Hub are read from their first bytes only (``read_remote_spec``): the scan runs on what
+Files on the Hub are read from their first bytes only (``read_spec_by_ranges``, fed by fitchat.hub.remote): the scan runs on what
 has arrived and, where it stops, says which bytes it needs next and where the header probably ends;
 Range requests fetch that, never past the header bound, and gguf parses the header once.
 """
@@ -27,15 +27,12 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fitchat.errors import (
-    FitchatError,
-    GatedRepo,
-    HubError,
     InvalidModelFile,
     ModelNotFound,
     first_line,
@@ -1026,7 +1023,10 @@ def find_models(directory: str | Path) -> list[Path]:
     return found
 
 
-# --------------------------------------------------------------------------- files on the Hub
+# --------------------------------------------------------------------------- headers read by ranges
+# The header reader for a file that is not on disk: its bytes come from a ``RangeReader`` (HTTP Range
+# requests, in fitchat.hub.remote), and the header scan says how many to ask for. No I/O is chosen here.
+
 
 #: First Range request; a 50k-vocabulary header (about 1.8 MiB) fits in one.
 REMOTE_FIRST_BYTES = 2 * 1024 * 1024
@@ -1039,94 +1039,60 @@ REMOTE_MAX_HEADER = MAX_HEADER_BYTES
 _REMOTE_SLACK = 64 * 1024
 
 
-def read_remote_spec(
-    repo_id: str,
-    filename: str,
-    *,
-    revision: str | None = None,
-    endpoint: str | None = None,
-    token: str | bool | None = None,
-) -> ModelSpec:
-    """Read a GGUF header on the Hub with HTTP Range requests sized by the header scan; parse it once.
+#: Bytes ``start..end`` (inclusive) of one file.
+RangeReader = Callable[[int, int], bytes]
+#: Opens part ``i`` (named ``name``) of a set: its size in bytes and a reader of its bytes.
+PartOpener = Callable[[int, str], "tuple[int, RangeReader]"]
 
-    Only the header is fetched (no tensor data); a split set's parts are all read.
-    ``ModelSpec.bytes_read`` says how many bytes came over the network.
-    """
-    from huggingface_hub import hf_hub_url
 
-    from fitchat.hub.catalog import hub_endpoint, hub_token, require_online
-
-    endpoint = hub_endpoint(endpoint)
-    token = hub_token(token) if token is None or isinstance(token, str) else token
-    require_online(endpoint)
+def split_set_names(filename: str) -> list[str]:
+    """Every part's name of the split set ``filename`` belongs to (``[filename]`` when it is not split)."""
     folder, _, base = filename.rpartition("/")
     m = SPLIT_RE.match(base)
-    if m:
-        total = int(m.group("total"))
-        if total < 1 or total > MAX_SPLIT_PARTS:
-            raise InvalidModelFile(f"{printable(filename, 200, one_line=True)}: implausible split count {total}")
-        prefix = f"{folder}/" if folder else ""
-        names = [f"{prefix}{m.group('base')}-{i:05d}-of-{total:05d}.gguf" for i in range(1, total + 1)]
-    else:
-        names = [filename]
+    if not m:
+        return [filename]
+    total = int(m.group("total"))
+    if total < 1 or total > MAX_SPLIT_PARTS:
+        raise InvalidModelFile(f"{printable(filename, 200, one_line=True)}: implausible split count {total}")
+    prefix = f"{folder}/" if folder else ""
+    return [f"{prefix}{m.group('base')}-{i:05d}-of-{total:05d}.gguf" for i in range(1, total + 1)]
+
+
+def read_spec_by_ranges(location: str, names: list[str], open_part: PartOpener, label: str) -> ModelSpec:
+    """A GGUF (or split set) read by byte ranges: requests sized by the header scan, one parse of the header.
+
+    ``location`` is what the spec calls its ``path_or_url``; ``label`` names it in messages.
+    ``ModelSpec.bytes_read`` says how many bytes were asked for.
+    """
     parsed: list[_Part] = []
     size = 0
     read = 0
     budget = _SetBudget()
     for i, name in enumerate(names):
-        url = hf_hub_url(repo_id, name, revision=revision, endpoint=endpoint)
+        part_label = printable(name, 200, one_line=True)
+        part_size, reader = open_part(i, name)
         # Only the first part of a split set carries the model's metadata; the others start small.
         first_bytes = REMOTE_FIRST_BYTES if i == 0 else REMOTE_FIRST_BYTES_LATER_PARTS
-        part, part_size, n_read = _read_remote_part(
-            url, repo_id, name, endpoint=endpoint, token=token, budget=budget, first_bytes=first_bytes
-        )
+        part, n_read = _read_part_by_ranges(reader, part_size, label if i == 0 else part_label, budget, first_bytes)
         if len(names) > 1:
-            _check_split_part(part, i, len(names), printable(name, 200, one_line=True))
+            _check_split_part(part, i, len(names), part_label)
         parsed.append(part)
         size += part_size
         read += n_read
         if read > 2 * MAX_HEADER_BYTES:
             raise InvalidModelFile(
-                f"{printable(f'{repo_id}/{filename}', 200, one_line=True)}: the split set's headers run past "
-                f"{2 * MAX_HEADER_BYTES // MiB} MiB together; not a model fitchat can inspect"
+                f"{label}: the split set's headers run past {2 * MAX_HEADER_BYTES // MiB} MiB together; "
+                "not a model fitchat can inspect"
             )
-    first_url = hf_hub_url(repo_id, names[0], revision=revision, endpoint=endpoint)
-    label = printable(f"{repo_id}/{names[0]}", 200, one_line=True)
-    return _build_spec(first_url, names[0].rsplit("/", 1)[-1], parsed, tuple(names), size, label, read)
+    return _build_spec(location, names[0].rsplit("/", 1)[-1], parsed, tuple(names), size, label, read)
 
 
-def _read_remote_part(
-    url: str,
-    repo_id: str,
-    filename: str,
-    *,
-    endpoint: str | None,
-    token: str | bool | None,
-    budget: _SetBudget | None = None,
-    first_bytes: int = REMOTE_FIRST_BYTES,
-) -> tuple[_Part, int, int]:
-    """One file's header: Range requests sized by the header scan, then one parse of exactly those bytes."""
-    from huggingface_hub import get_hf_file_metadata
-    from huggingface_hub.utils import build_hf_headers
-
-    from fitchat.hub.catalog import hub_errors
-
-    with hub_errors(repo_id, filename, endpoint):
-        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
-    label = printable(f"{repo_id}/{filename}", 200, one_line=True)
-    if not meta.size:
-        raise HubError(f"the Hub did not report a size for {label}; try again later")
-    from urllib.parse import urljoin
-
-    location = urljoin(url, meta.location) if meta.location else url  # mirrors may answer a relative Location
-    headers = build_hf_headers(token=token)
-    headers["Accept-Encoding"] = "identity"
-    if not _same_origin(url, location):
-        # A signed CDN URL: the token must not leave the Hub (huggingface_hub does the same).
-        headers.pop("authorization", None)
-        headers.pop("Authorization", None)
-    size = int(meta.size)
-    buf = bytearray(_range_get(location, headers, 0, min(first_bytes, size) - 1, label))
+def _read_part_by_ranges(reader: RangeReader, size: int, label: str, budget: _SetBudget,
+                         first_bytes: int) -> tuple[_Part, int]:
+    """One file's header: ranges sized by the header scan, then one parse of exactly those bytes."""
+    if size <= 0:
+        raise InvalidModelFile(f"{label} is empty")
+    buf = bytearray(reader(0, min(first_bytes, size) - 1))
     _check_magic(bytes(buf[:8]), label)
     scan = _HeaderScan(size, budget)
     while True:
@@ -1137,7 +1103,7 @@ def _read_remote_part(
             # The scan stopped at a unit past the bytes at hand; ask for that unit and what the scan
             # expects to follow, never past the header bound (the scan refuses a header beyond it).
             want = min(size, MAX_HEADER_BYTES, max(exc.end, scan.expected_end(), 2 * len(buf)) + _REMOTE_SLACK)
-            buf += _range_get(location, headers, len(buf), want - 1, label)
+            buf += reader(len(buf), want - 1)
         except _Truncated:
             raise InvalidModelFile(f"{label} is truncated or malformed: its header runs past the end of the file") from None
         except _Malformed as exc:
@@ -1146,77 +1112,4 @@ def _read_remote_part(
         head_path = os.path.join(tmp, "head.gguf")
         with open(head_path, "wb") as fh:
             fh.write(buf[:header_end])
-        return _parse(head_path, label, total_size=size, scan=scan), size, len(buf)
-
-
-def _same_origin(a: str, b: str) -> bool:
-    from urllib.parse import urlparse
-
-    pa, pb = urlparse(a), urlparse(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
-
-
-def _range_get(url: str, headers: dict[str, str], start: int, end: int, label: str) -> bytes:
-    """Bytes ``start..end`` (inclusive). Stops reading at the requested length even if the server ignores Range.
-
-    Runs under the Hub deadline (:func:`fitchat.hub.catalog.hub_deadline`) in stall mode with the bytes capped
-    near the range: a header of several MiB over a slow link goes on while bytes come, a server that
-    trickles or goes silent is cut off one window later with a one-line error naming it, and the whole
-    read stays bounded because the range is.
-    """
-    from huggingface_hub.utils import get_session
-
-    from fitchat.hub.catalog import hub_deadline
-
-    want = end - start + 1
-    h = dict(headers)
-    h["Range"] = f"bytes={start}-{end}"
-    session = get_session()
-    chunks: list[bytes] = []
-    got = 0
-    try:
-        with hub_deadline(url, f"the header of {label}", stall=True, max_bytes=want + start + (1 << 20)):
-            if hasattr(session, "stream"):  # httpx (huggingface_hub >= 1.0)
-                with session.stream("GET", url, headers=h, follow_redirects=True, timeout=30) as resp:
-                    _check_status(resp.status_code, label)
-                    skip = 0 if resp.status_code == 206 else start
-                    for chunk in resp.iter_bytes():
-                        if skip:
-                            drop = min(skip, len(chunk))
-                            chunk, skip = chunk[drop:], skip - drop
-                        chunks.append(chunk)
-                        got += len(chunk)
-                        if got >= want:
-                            break
-            else:  # requests (older huggingface_hub)
-                with session.get(url, headers=h, stream=True, timeout=30) as resp:
-                    _check_status(resp.status_code, label)
-                    skip = 0 if resp.status_code == 206 else start
-                    for chunk in resp.iter_content(1 << 16):
-                        if skip:
-                            drop = min(skip, len(chunk))
-                            chunk, skip = chunk[drop:], skip - drop
-                        chunks.append(chunk)
-                        got += len(chunk)
-                        if got >= want:
-                            break
-    except FitchatError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise HubError(f"could not read the header of {label}: {_reader_error(exc)}; check your connection or HF_ENDPOINT") from None
-    data = b"".join(chunks)[:want]
-    if len(data) < want:
-        raise HubError(f"the server sent {len(data):,} of {want:,} header bytes of {label}; try again")
-    return data
-
-
-def _check_status(status: int, label: str) -> None:
-    if status in (200, 206):
-        return
-    if status in (401, 403):
-        raise GatedRepo(f"{label} needs access: accept its licence on the Hub and set HF_TOKEN (HTTP {status})")
-    if status == 404:
-        raise ModelNotFound(f"{label} was not found on the Hub (HTTP 404)")
-    if status == 416:
-        raise InvalidModelFile(f"{label}: the server refused the byte range (HTTP 416); the file may be empty")
-    raise HubError(f"the Hub answered HTTP {status} for {label}; try again later")
+        return _parse(head_path, label, total_size=size, scan=scan), len(buf)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fitchat.errors import FitchatError, InvalidModelFile
+from fitchat.errors import FitchatError
 from fitchat.format import human_bytes
 from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings, estimate
 from fitchat.model.gguf_spec import ModelSpec
@@ -315,10 +315,6 @@ def same_model(a: ModelSpec, b: ModelSpec) -> bool:
     return (a.architecture, a.n_layers, a.n_embd, a.vocab_size, a.n_head) == (b.architecture, b.n_layers, b.n_embd, b.vocab_size, b.n_head)
 
 
-#: Remote headers read at once by :func:`fit_remote_repo`.
-REMOTE_HEADER_WORKERS = 4
-
-
 def choose(plans: Sequence[Plan]) -> int:
     """Index of the recommended plan.
 
@@ -407,54 +403,3 @@ def plan_variants(
     i = choose(plans)
     plans[i] = dataclasses.replace(plans[i], recommended=True, reason=_recommendation(plans, i, hw, margin_bytes))
     return plans
-
-
-def fit_remote_repo(
-    repo_id: str,
-    hw: HardwareInfo,
-    ctx: int = DEFAULT_CTX,
-    *,
-    endpoint: str | None = None,
-    token: str | None = None,
-    settings: LoadSettings = DEFAULT_SETTINGS,
-    margin_bytes: int | None = None,
-    quant: str | None = None,
-    max_workers: int = REMOTE_HEADER_WORKERS,
-) -> list[Plan]:
-    """Plan every GGUF variant of a Hub repo from its headers alone (HTTP Range reads, no download).
-
-    ``quant`` keeps only that variant. Up to ``max_workers`` headers are read at once: each is a
-    few round trips and, for a large vocabulary, several MiB. Variants whose header is malformed
-    are left out; if none remain, the first error (in the repo's order) is raised.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from fitchat.hub.catalog import list_variants, pick_variant
-    from fitchat.model.gguf_spec import read_remote_spec
-
-    variants = list_variants(repo_id, endpoint=endpoint, token=token)
-    if quant is not None:
-        variants = [pick_variant(variants, quant)]
-
-    def read(file: str) -> ModelSpec | InvalidModelFile:
-        try:
-            return read_remote_spec(repo_id, file, endpoint=endpoint, token=token)
-        except InvalidModelFile as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(variants))),
-                            thread_name_prefix="fitchat-header") as pool:
-        results = list(pool.map(read, [v.file for v in variants]))
-    specs: list[ModelSpec] = []
-    first_error: FitchatError | None = None
-    for v, spec in zip(variants, results):
-        if isinstance(spec, InvalidModelFile):
-            first_error = first_error or spec
-            continue
-        if v.quant and v.quant.lower() != "unknown" and v.quant != spec.quant:
-            # The Hub's name for the variant (say UD-Q4_K_XL) is what 'fitchat pull repo:QUANT' takes.
-            spec = dataclasses.replace(spec, quant=v.quant)
-        specs.append(spec)
-    if not specs:
-        raise first_error or FitchatError(f"no readable GGUF variants in {repo_id}")
-    return plan_variants(specs, hw, ctx, settings, margin_bytes)

@@ -297,11 +297,11 @@ def test_split_set_is_pulled_listed_and_removed_as_one(hub: LocalHub, smollm2: P
 
 
 def test_pull_without_quant_takes_the_recommended_plan(hub: LocalHub, smollm2_variants: dict[str, Path]) -> None:
-    plan = pytest.importorskip("fitchat.model.plan", reason="fitchat.model.plan (fit estimates) is not there yet")
+    from fitchat.hub import remote
     from fitchat.model.hardware import detect_hardware
 
     hub.add_repo(REPO, {f"SmolLM2-135M-Instruct-{q}.gguf": p for q, p in smollm2_variants.items()})
-    plans = plan.fit_remote_repo(REPO, detect_hardware(), 4096, endpoint=hub.endpoint)
+    plans = remote.fit_remote_repo(REPO, detect_hardware(), 4096, endpoint=hub.endpoint)
     (best,) = [p for p in plans if p.recommended]
     notes: list[str] = []
     model = download.pull(REPO, notice=notes.append)

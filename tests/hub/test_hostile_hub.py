@@ -185,7 +185,7 @@ def test_drip_fed_answers_hit_the_deadline(root: Path, hub: LocalHub, tiny: str,
 
 
 def test_drip_fed_header_range_read_hits_the_deadline(root: Path, hub: LocalHub) -> None:
-    from fitchat.model.gguf_spec import read_remote_spec
+    from fitchat.hub.remote import read_remote_spec
 
     hub.add_header_file(REPO, FILE, b"GGUF" + bytes(4096), 4 << 30)
     hub.drip(0.3, route="cdn")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from fitchat.errors import GatedRepo, InvalidModelFile, ModelNotFound
-from fitchat.model.gguf_spec import ModelSpec, find_models, quant_name, read_remote_spec, read_spec
+from fitchat.hub.remote import read_remote_spec
+from fitchat.model.gguf_spec import ModelSpec, find_models, quant_name, read_spec
 from tests import gguf_factory as gf
 from tests.hubserver import GATED_REPO, GEMMA3_REPO, SMOLLM2_REPO, smollm2_files
 

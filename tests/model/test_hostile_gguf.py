@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fitchat.errors import InvalidModelFile
+from fitchat.hub.remote import read_remote_spec
 from fitchat.model import gguf_spec
 from fitchat.model.gguf_spec import (
     MAX_ARRAY_DEPTH,
@@ -24,7 +25,6 @@ from fitchat.model.gguf_spec import (
     MAX_TENSORS,
     MAX_VALUES_ONE_BY_ONE,
     REMOTE_FIRST_BYTES,
-    read_remote_spec,
     read_spec,
 )
 from tests import REPO_ROOT

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from fitchat.hub.remote import fit_remote_repo
 from fitchat.model.estimate import DEFAULT_SETTINGS, LoadSettings, estimate
 from fitchat.model.gguf_spec import ModelSpec, read_spec
 from fitchat.model.hardware import BackendDevice, HardwareInfo, LlamaBuild, detect_hardware
@@ -17,7 +18,6 @@ from fitchat.model.plan import (
     choose,
     default_gpu_margin,
     default_ram_margin,
-    fit_remote_repo,
     plan_hardware,
     plan_model,
     plan_variants,
