@@ -280,7 +280,7 @@ def check_cuda(hw: HardwareInfo, toolkit: CudaToolkit | None, env: Mapping[str, 
     }
     tk = f"CUDA toolkit {toolkit.release or '(unknown release)'} ({toolkit.nvcc})" if toolkit else "no CUDA toolkit (nvcc)"
     cuda_home = env.get("CUDA_HOME")
-    bad_home = bool(cuda_home) and not (Path(cuda_home) / "bin" / ("nvcc.exe" if os.name == "nt" else "nvcc")).is_file()
+    bad_home = cuda_home is not None and cuda_home != "" and not (Path(cuda_home) / "bin" / ("nvcc.exe" if os.name == "nt" else "nvcc")).is_file()
 
     if not hw.gpus:
         reason = hw.gpu_reason or "no NVIDIA GPU"

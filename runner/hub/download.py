@@ -26,7 +26,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from fitchat.errors import Cancelled, ChecksumMismatch, FitchatError, HubError, NotEnoughDisk, OversizedResponse, UnsafePath
 from fitchat.format import human_bytes, printable, quoted
@@ -142,7 +142,9 @@ def pull_starter(*, progress_class: type | None = None, cancel: threading.Event 
         if bar is None:
             cls = progress_class
             if cls is None:
-                from huggingface_hub.utils import tqdm as cls  # the bar other pulls show
+                from huggingface_hub.utils import tqdm  # the bar other pulls show
+
+                cls = tqdm
             bar = cls(total=total, initial=0, unit="B", unit_scale=True, unit_divisor=1024,
                       desc=f"{STARTER.filename} (download, unpack)")
         if done > bar.n:
@@ -347,7 +349,8 @@ def _transfer(repo: str, meta: Any, blob: Path, filename: str, expected_sha: str
         try:
             constants.DOWNLOAD_CHUNK_SIZE = min(default_chunk, CHUNK_BYTES)
             with hub_errors(repo, filename, endpoint=where, stall=True, url=location or where):
-                http_get(location, out, resume_size=have, headers=headers, expected_size=size,
+                # http_get writes, seeks, tells and truncates: all that _HashingWriter provides
+                http_get(location, cast(BinaryIO, out), resume_size=have, headers=headers, expected_size=size,
                          displayed_filename=printable(Path(filename).name, 80, one_line=True), tqdm_class=_progress_class(progress_class, cancel))
         except OversizedResponse:
             out.close()
@@ -395,11 +398,12 @@ def _progress_class(base: type | None, cancel: threading.Event | None) -> type |
         return base
     if base is None:
         from huggingface_hub.utils import tqdm as base  # the library's default bar
+    stop = cancel
 
     class CancellableProgress(base):  # type: ignore[misc, valid-type]
         def update(self, n: Any = 1) -> Any:
             result = super().update(n)
-            if cancel.is_set():
+            if stop.is_set():
                 raise Cancelled("download cancelled; run the pull again to resume")
             return result
 

@@ -94,30 +94,17 @@ def _range_get(url: str, headers: dict[str, str], start: int, end: int, label: s
     got = 0
     try:
         with hub_deadline(url, f"the header of {label}", stall=True, max_bytes=want + start + (1 << 20)):
-            if hasattr(session, "stream"):  # httpx (huggingface_hub >= 1.0)
-                with session.stream("GET", url, headers=h, follow_redirects=True, timeout=30) as resp:
-                    _check_status(resp.status_code, label)
-                    skip = 0 if resp.status_code == 206 else start
-                    for chunk in resp.iter_bytes():
-                        if skip:
-                            drop = min(skip, len(chunk))
-                            chunk, skip = chunk[drop:], skip - drop
-                        chunks.append(chunk)
-                        got += len(chunk)
-                        if got >= want:
-                            break
-            else:  # requests (older huggingface_hub)
-                with session.get(url, headers=h, stream=True, timeout=30) as resp:
-                    _check_status(resp.status_code, label)
-                    skip = 0 if resp.status_code == 206 else start
-                    for chunk in resp.iter_content(1 << 16):
-                        if skip:
-                            drop = min(skip, len(chunk))
-                            chunk, skip = chunk[drop:], skip - drop
-                        chunks.append(chunk)
-                        got += len(chunk)
-                        if got >= want:
-                            break
+            with session.stream("GET", url, headers=h, follow_redirects=True, timeout=30) as resp:
+                _check_status(resp.status_code, label)
+                skip = 0 if resp.status_code == 206 else start
+                for chunk in resp.iter_bytes():
+                    if skip:
+                        drop = min(skip, len(chunk))
+                        chunk, skip = chunk[drop:], skip - drop
+                    chunks.append(chunk)
+                    got += len(chunk)
+                    if got >= want:
+                        break
     except FitchatError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -36,7 +36,7 @@ from fitchat.format import printable
 from fitchat.llama import threads as thread_policy
 
 if TYPE_CHECKING:
-    from fitchat.chat_template import BoundedChatFormatter
+    from fitchat.llama.chat_template import BoundedChatFormatter
     from fitchat.model.plan import Plan
 
 Notice = Callable[[str], None]
@@ -279,7 +279,7 @@ class LlamaLog:
 
 def default_loader(path: str, **kwargs: Any) -> Any:
     """``llama_cpp.Llama(path, **kwargs)`` with its chatter kept off the terminal, and the chat templates
-    in the file left uncompiled there (fitchat renders them itself, within limits: see fitchat.chat_template).
+    in the file left uncompiled there (fitchat renders them itself, within limits: see fitchat.llama.chat_template).
 
     ``verbose=True`` on purpose: with ``verbose=False`` llama-cpp-python points file descriptors
     1 and 2 at /dev/null for the whole load, which blanks a terminal UI drawing meanwhile. The log
@@ -288,7 +288,7 @@ def default_loader(path: str, **kwargs: Any) -> Any:
     import llama_cpp
     from llama_cpp._logger import set_verbose
 
-    from fitchat.chat_template import bounded_llama_templates
+    from fitchat.llama.chat_template import bounded_llama_templates
 
     try:
         with contextlib.redirect_stderr(io.StringIO()), bounded_llama_templates():
@@ -404,7 +404,7 @@ class ChatEngine:
         self.chat_template: str | None = metadata.get("tokenizer.chat_template") or None
         self._formatter: BoundedChatFormatter | None = None
         if self.chat_template:
-            from fitchat.chat_template import BoundedChatFormatter
+            from fitchat.llama.chat_template import BoundedChatFormatter
 
             eos_id = int(llama_cpp.llama_vocab_eos(self._vocab))
             bos_id = int(llama_cpp.llama_vocab_bos(self._vocab))
@@ -744,13 +744,13 @@ class ChatEngine:
     def render(self, messages: Sequence[dict[str, str]]) -> str:
         """The prompt text: the chat template with the generation prompt, or plain text without one.
 
-        The template runs within the limits of fitchat.chat_template (time, sizes, the engine's cancel);
+        The template runs within the limits of fitchat.llama.chat_template (time, sizes, the engine's cancel);
         a template that fails them is a :class:`ChatTemplateError` naming the model, at once.
         """
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
         if self._formatter is None:
             return "\n\n".join(m["content"] for m in msgs if m["content"])
-        from fitchat.chat_template import TemplateCancelled, TemplateLimitExceeded
+        from fitchat.llama.chat_template import TemplateCancelled, TemplateLimitExceeded
 
         try:
             return self._formatter(messages=msgs).prompt
@@ -772,7 +772,7 @@ class ChatEngine:
             ) from exc
 
     def _template_failure(self, exc: BaseException) -> EngineError:
-        from fitchat.chat_template import TemplateCancelled
+        from fitchat.llama.chat_template import TemplateCancelled
 
         if isinstance(exc, TemplateCancelled):
             return RenderCancelled("stopped while the chat template was rendering the conversation")

@@ -533,7 +533,7 @@ def _reader_class() -> type:
     scalar_np = GGUFReader.gguf_scalar_to_np
     t_string, t_array = int(GGUFValueType.STRING), int(GGUFValueType.ARRAY)
 
-    class CheckedReader(GGUFReader):  # type: ignore[misc, valid-type]
+    class CheckedReader(GGUFReader):
         """gguf's reader on a header that ``_HeaderScan`` has already walked and bounded.
 
         gguf parses the metadata (types, duplicate keys, alignment, byte order); the scan's results stand

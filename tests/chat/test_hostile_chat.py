@@ -23,7 +23,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from fitchat.chat.history import History
 from fitchat.chat.session import ChatSession
-from fitchat.chat_template import BoundedChatFormatter, TemplateLimitExceeded
+from fitchat.llama.chat_template import BoundedChatFormatter, TemplateLimitExceeded
 from fitchat.cli.chat import Repl
 from fitchat.cli.main import main
 from fitchat.llama.engine import ChatEngine, ChatTemplateError, SamplingSettings

@@ -363,7 +363,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         limits.spend(total)
         return join(parts)
 
-    def concat(self, pieces: Iterable[str]) -> str:  # type: ignore[override]
+    def concat(self, pieces: Iterable[str]) -> str:
         """The output of a render, a macro or a ``{% set %}`` block, counted piece by piece as it comes."""
         limits = self._limits()
         out: list[str] = []
