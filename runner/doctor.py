@@ -280,7 +280,8 @@ def check_cuda(hw: HardwareInfo, toolkit: CudaToolkit | None, env: Mapping[str, 
     }
     tk = f"CUDA toolkit {toolkit.release or '(unknown release)'} ({toolkit.nvcc})" if toolkit else "no CUDA toolkit (nvcc)"
     cuda_home = env.get("CUDA_HOME")
-    bad_home = cuda_home is not None and cuda_home != "" and not (Path(cuda_home) / "bin" / ("nvcc.exe" if os.name == "nt" else "nvcc")).is_file()
+    nvcc_name = "nvcc.exe" if os.name == "nt" else "nvcc"
+    bad_home = cuda_home is not None and cuda_home != "" and not (Path(cuda_home) / "bin" / nvcc_name).is_file()
 
     if not hw.gpus:
         reason = hw.gpu_reason or "no NVIDIA GPU"
@@ -291,7 +292,8 @@ def check_cuda(hw: HardwareInfo, toolkit: CudaToolkit | None, env: Mapping[str, 
     gpu_text = f"NVIDIA driver {driver}, {len(hw.gpus)} GPU(s)"
     if toolkit is None:
         if not needs_build:
-            return Check("cuda", "CUDA", OK, f"{gpu_text}; the llama.cpp build has CUDA ({tk}, needed only to rebuild)", details=details)
+            return Check("cuda", "CUDA", OK, f"{gpu_text}; the llama.cpp build has CUDA ({tk}, needed only to rebuild)",
+                         details=details)
         return Check(
             "cuda", "CUDA", FAIL,
             f"{gpu_text} but {tk}: llama-cpp-python cannot be built for CUDA",
@@ -306,7 +308,8 @@ def check_cuda(hw: HardwareInfo, toolkit: CudaToolkit | None, env: Mapping[str, 
             f"{tk} needs NVIDIA driver {need} or newer, this machine has {driver}: "
             "a CUDA build fails with 'CUDA driver version is insufficient for CUDA runtime version'",
             fix=f"update the NVIDIA driver to {need} or newer, or install a CUDA toolkit your driver supports "
-            f"({_supported_toolkits(branch, windows)}), then rebuild: {reinstall_command('cuda', hw.llama_cpp.version, windows=windows)}",
+            f"({_supported_toolkits(branch, windows)}), then rebuild: "
+            f"{reinstall_command('cuda', hw.llama_cpp.version, windows=windows)}",
             details=details,
         )
     if bad_home:
@@ -375,7 +378,8 @@ def check_metal(hw: HardwareInfo, sysctl: Callable[[str], str | None] = read_sys
         f"usable by the GPU ({m.working_set_source})"
     )
     if hw.backend != "metal":
-        return Check("metal", "Metal", INFO, summary + "; the llama.cpp build does not use it (see the llama.cpp build check)", details=details)
+        return Check("metal", "Metal", INFO, summary + "; the llama.cpp build does not use it (see the llama.cpp build check)",
+                     details=details)
     if share < 0.7:
         limit_mb = int(m.unified_memory_bytes * 0.8) // (1024 * 1024)
         summary += f"; to let bigger models on the GPU: sudo sysctl iogpu.wired_limit_mb={limit_mb} (until reboot)"

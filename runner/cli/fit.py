@@ -296,7 +296,9 @@ def render_measurement(plan: Any, est: Any, meas: Any) -> str:
     from fitchat.model.measure import accuracy_failures
 
     how = "real CPU load" if meas.mode == "load" else (
-        f"llama.cpp dry run (no_alloc), {meas.gpu_layers} layers offloaded" if meas.gpu_layers else "llama.cpp dry run (no_alloc)")
+        f"llama.cpp dry run (no_alloc), {meas.gpu_layers} layers offloaded"
+        if meas.gpu_layers
+        else "llama.cpp dry run (no_alloc)")
     lines = [f"{plan.spec.quant} measured by {how} at context {meas.context} in {meas.seconds:.1f} s:",
              f"  {'':10} {'estimate':>12} {'llama.cpp':>12} {'diff':>11}"]
 

@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_ls)
 
     p = subparsers.add_parser("rm", help="remove downloaded models (imported files are only unregistered)")
-    p.add_argument("refs", nargs="+", metavar="REPO[:QUANT]", help="what to remove: org/name[:QUANT], local/NAME, starter or a path")
+    p.add_argument("refs", nargs="+", metavar="REPO[:QUANT]",
+                   help="what to remove: org/name[:QUANT], local/NAME, starter or a path")
     p.set_defaults(func=run_rm)
 
     p = subparsers.add_parser("import", help="register a local .gguf file (validated first)")

@@ -351,7 +351,8 @@ def _transfer(repo: str, meta: Any, blob: Path, filename: str, expected_sha: str
             with hub_errors(repo, filename, endpoint=where, stall=True, url=location or where):
                 # http_get writes, seeks, tells and truncates: all that _HashingWriter provides
                 http_get(location, cast(BinaryIO, out), resume_size=have, headers=headers, expected_size=size,
-                         displayed_filename=printable(Path(filename).name, 80, one_line=True), tqdm_class=_progress_class(progress_class, cancel))
+                         displayed_filename=printable(Path(filename).name, 80, one_line=True),
+                         tqdm_class=_progress_class(progress_class, cancel))
         except OversizedResponse:
             out.close()
             fh.close()

@@ -108,7 +108,9 @@ def _range_get(url: str, headers: dict[str, str], start: int, end: int, label: s
     except FitchatError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise HubError(f"could not read the header of {label}: {first_line(exc, 120)}; check your connection or HF_ENDPOINT") from None
+        raise HubError(
+            f"could not read the header of {label}: {first_line(exc, 120)}; check your connection or HF_ENDPOINT"
+        ) from None
     data = b"".join(chunks)[:want]
     if len(data) < want:
         raise HubError(f"the server sent {len(data):,} of {want:,} header bytes of {label}; try again")

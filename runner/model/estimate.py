@@ -100,7 +100,9 @@ class LoadSettings:
         if self.n_batch < 1 or self.n_ubatch < 1:
             raise InvalidSettings("n_batch and n_ubatch must be at least 1")
         if self.type_v != "f16" and not self.flash_attn:
-            raise InvalidSettings(f"a {self.type_v} V cache needs flash attention; turn flash attention on or keep the V cache f16")
+            raise InvalidSettings(
+                f"a {self.type_v} V cache needs flash attention; turn flash attention on or keep the V cache f16"
+            )
 
     def llama_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``llama_cpp.Llama(...)`` that load with exactly these settings."""
@@ -339,7 +341,9 @@ def estimate(
 
     notes = []
     if spec.architecture in _RECURRENT_ARCHS:
-        notes.append(f"{spec.architecture} keeps a recurrent state the estimate does not model; treat the KV figure as approximate")
+        notes.append(
+            f"{spec.architecture} keeps a recurrent state the estimate does not model; treat the KV figure as approximate"
+        )
     if spec.kv_lora_rank:
         notes.append("MLA attention: the KV figure follows llama.cpp's compressed cache and is approximate")
     if spec.n_ctx_train and ctx > spec.n_ctx_train:

@@ -329,7 +329,8 @@ class _HeaderScan:
     def _string_length(self, length: int, what: str) -> None:
         if length > MAX_STRING_BYTES:
             raise _Malformed(
-                f"the length field of {what} says {length:,} bytes; fitchat reads strings of at most {MAX_STRING_BYTES // MiB} MiB"
+                f"the length field of {what} says {length:,} bytes; "
+                f"fitchat reads strings of at most {MAX_STRING_BYTES // MiB} MiB"
             )
 
     def expected_end(self) -> int:
@@ -706,7 +707,8 @@ def _parse(
         n_bytes = n_el // block * type_size
         if offset != expected:
             raise InvalidModelFile(
-                f"{label}: tensor {quoted(name)} starts at data offset {offset:,}, expected {expected:,} (overlapping or misplaced tensor data)"
+                f"{label}: tensor {quoted(name)} starts at data offset {offset:,}, expected {expected:,} "
+                "(overlapping or misplaced tensor data)"
             )
         expected = offset + (n_bytes + alignment - 1) // alignment * alignment
         tensors.append(TensorInfo(name, int(qtype), qtype.name, tuple(dims), n_bytes, offset))
@@ -849,7 +851,8 @@ def _build_spec_unchecked(
         expected_tensors = _int_field(f, "split.tensors.count", label)
         if expected_tensors != len(tensors):
             raise InvalidModelFile(
-                f"{label}: the split set should hold {expected_tensors:,} tensors but its parts hold {len(tensors):,}; a part is missing or damaged"
+                f"{label}: the split set should hold {expected_tensors:,} tensors but its parts hold {len(tensors):,}; "
+                "a part is missing or damaged"
             )
 
     n_layers = _int_field(f, f"{arch}.block_count", label, required=True)

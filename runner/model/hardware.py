@@ -373,7 +373,9 @@ def choose_backend(
         )
         return "cpu", tuple(warnings)
     if build.error:
-        warnings.append(f"llama-cpp-python could not be loaded ({build.error}); reinstall it: pip install --force-reinstall llama-cpp-python")
+        warnings.append(
+            f"llama-cpp-python could not be loaded ({build.error}); reinstall it: pip install --force-reinstall llama-cpp-python"
+        )
     return "cpu", tuple(warnings)
 
 
