@@ -442,12 +442,12 @@ def check_disk(cache: Path, warn_below: int = DISK_WARN_BYTES, fail_below: int =
 
 
 def hub_endpoint(env: Mapping[str, str] | None = None) -> str:
-    """The endpoint fitchat uses (:func:`fitchat.hub.catalog.hub_endpoint`), with ``HF_ENDPOINT`` read from ``env``.
+    """The endpoint fitchat uses (:func:`fitchat.hub.client.hub_endpoint`), with ``HF_ENDPOINT`` read from ``env``.
 
     Raises :class:`~fitchat.errors.HubError` for an ``HF_ENDPOINT`` that is not a usable URL.
     """
-    from fitchat.hub.catalog import DEFAULT_ENDPOINT
-    from fitchat.hub.catalog import hub_endpoint as catalog_endpoint
+    from fitchat.hub.client import DEFAULT_ENDPOINT
+    from fitchat.hub.client import hub_endpoint as catalog_endpoint
 
     env = os.environ if env is None else env
     return catalog_endpoint(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
@@ -457,7 +457,7 @@ def _get(url: str, timeout_s: float, token: str | None = None) -> tuple[int | No
     """GET through huggingface_hub's HTTP session (its proxies and headers): (status, error, seconds)."""
     from huggingface_hub.utils import get_session
 
-    from fitchat.hub.catalog import hub_deadline
+    from fitchat.hub.client import hub_deadline
 
     headers = {"authorization": f"Bearer {token}"} if token else {}
     start = time.monotonic()
@@ -474,7 +474,7 @@ def _get(url: str, timeout_s: float, token: str | None = None) -> tuple[int | No
 def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     """Can fitchat reach the Hub (or the mirror in ``HF_ENDPOINT``)?"""
     from fitchat.errors import HubError
-    from fitchat.hub.catalog import display_endpoint, offline_var, probe_hub
+    from fitchat.hub.client import display_endpoint, offline_var, probe_hub
 
     offline_by = offline_var(env)
     given = display_endpoint(env["HF_ENDPOINT"]) if env.get("HF_ENDPOINT") else None
@@ -526,7 +526,7 @@ def check_hub(env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S) -> C
 
 def check_token(env: Mapping[str, str], hub: Check | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     """Is there an HF token (needed for gated repos), and does the Hub accept it? Never shows it."""
-    from fitchat.hub.catalog import find_token
+    from fitchat.hub.client import find_token
 
     found = find_token(env=env)
     login = "run 'hf auth login' (or export HF_TOKEN=hf_...) with a read token from https://huggingface.co/settings/tokens"

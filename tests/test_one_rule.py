@@ -19,8 +19,9 @@ from fitchat import doctor
 from fitchat.cli.main import main
 from fitchat.compare import run as C
 from fitchat.errors import first_line
-from fitchat.hub import catalog
-from fitchat.hub.catalog import CatalogEntry, recommend_first_model
+from fitchat.hub import catalog, client
+from fitchat.hub.catalog import CatalogEntry
+from fitchat.hub.recommend import recommend_first_model
 from fitchat.model.quants import is_model_gguf, split_sets
 from fitchat.tui.notify import error_message
 from tests.hubserver import GATED_REPO, SMOLLM2_REPO, LocalHub
@@ -60,7 +61,7 @@ def test_a_token_file_login_is_sent_and_offered_gated_models(hub: LocalHub, smol
     to_gated = [r for r in hub.requests if GATED_REPO in r.path]
     assert to_gated and all(r.authorization == f"Bearer {FILE_TOKEN}" for r in to_gated)
     assert {r.route for r in to_gated} >= {"api", "resolve"}  # the listing and the header reads
-    found = catalog.find_token()
+    found = client.find_token()
     assert found is not None and found.source == str(token_file) and FILE_TOKEN not in repr(found)
     check = doctor.check_token(dict(os.environ))
     assert check.details["source"] == found.source
@@ -70,17 +71,17 @@ def test_the_token_rule_order(tmp_path: Path) -> None:
     """An explicit token, then HF_TOKEN, then the token file; a folder or an empty file is no login."""
     token_file = tmp_path / "token"
     env = {"HF_HOME": str(tmp_path)}
-    assert catalog.find_token(env=env) is None
+    assert client.find_token(env=env) is None
     token_file.mkdir()
-    assert catalog.find_token(env=env) is None
+    assert client.find_token(env=env) is None
     token_file.rmdir()
     token_file.write_text("  \n")
-    assert catalog.find_token(env=env) is None
+    assert client.find_token(env=env) is None
     token_file.write_text("hf_file\r\n")
-    assert catalog.find_token(env=env) == catalog.HubToken("hf_file", str(token_file))
-    assert catalog.find_token(env={**env, "HF_TOKEN": "hf_env"}).source == "HF_TOKEN"
-    assert catalog.find_token("hf_given", env={**env, "HF_TOKEN": "hf_env"}).value == "hf_given"
-    assert catalog.find_token(env={"HF_TOKEN_PATH": str(token_file)}).value == "hf_file"
+    assert client.find_token(env=env) == client.HubToken("hf_file", str(token_file))
+    assert client.find_token(env={**env, "HF_TOKEN": "hf_env"}).source == "HF_TOKEN"
+    assert client.find_token("hf_given", env={**env, "HF_TOKEN": "hf_env"}).value == "hf_given"
+    assert client.find_token(env={"HF_TOKEN_PATH": str(token_file)}).value == "hf_file"
 
 
 def test_a_damaged_token_file_is_one_clear_line(hub: LocalHub, capsys: pytest.CaptureFixture[str]) -> None:
@@ -168,9 +169,9 @@ def test_every_error_becomes_the_same_printable_first_line() -> None:
     assert first_line(RuntimeError("  \n ")) == "RuntimeError"
     assert len(first_line(ValueError("x" * 10_000), 200)) == 200
 
-    http = catalog._http_module()
-    with pytest.raises(catalog.HubUnreachable) as caught:
-        with catalog.hub_errors("org/model"):
+    http = client._http_module()
+    with pytest.raises(client.HubUnreachable) as caught:
+        with client.hub_errors("org/model"):
             raise http.ConnectError("\x1b[31mrefused\x1b[0m\nsecond line")
     message = str(caught.value)
     assert "(ConnectError: refused)" in message and "\x1b" not in message and "second" not in message
@@ -183,23 +184,23 @@ def test_a_server_that_is_not_a_hub_is_unreachable_for_everyone(hub: LocalHub) -
     """A 404 for the model API (a web server, not a Hub): doctor, the TUI and search all say unreachable."""
     from fitchat.tui.services import Services
 
-    assert catalog.hub_reachable() and Services(endpoint=hub.endpoint).hub_reachable()
+    assert client.hub_reachable() and Services(endpoint=hub.endpoint).hub_reachable()
     assert doctor.check_hub(dict(os.environ)).details["reachable"] is True
 
     hub.fail(404, route="api", match="/api/models", times=None)
-    assert not catalog.hub_reachable()
+    assert not client.hub_reachable()
     assert not Services(endpoint=hub.endpoint).hub_reachable()
     check = doctor.check_hub(dict(os.environ))
     assert check.details["reachable"] is False and check.details["http_status"] == 404
-    assert catalog.probe_hub().status == 404
+    assert client.probe_hub().status == 404
 
 
 def test_an_unreachable_hub_is_the_same_failure_for_doctor_and_search(unreachable_endpoint: str,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", unreachable_endpoint)
-    answer = catalog.probe_hub(timeout=2)
+    answer = client.probe_hub(timeout=2)
     assert answer.status is None and not answer.reachable and answer.error.startswith("ConnectError")
     check = doctor.check_hub(dict(os.environ), timeout_s=2)
     assert check.details["reachable"] is False and check.details["error"] == answer.error
-    with pytest.raises(catalog.HubUnreachable, match="ConnectError"):
+    with pytest.raises(client.HubUnreachable, match="ConnectError"):
         catalog.search("smollm")

@@ -128,7 +128,7 @@ class Services:
 
     def hub_reachable(self) -> bool:
         """Whether the Hub (or HF_ENDPOINT) answers; False offline, never raises."""
-        from fitchat.hub.catalog import hub_reachable
+        from fitchat.hub.client import hub_reachable
 
         try:
             return bool(hub_reachable(endpoint=self.endpoint, token=self.token))
@@ -143,7 +143,7 @@ class Services:
 
     def recommend_first_model(self, hw: HardwareInfo, ctx: int) -> Any:
         """The catalog model to suggest when nothing is on disk (a Recommendation), or None."""
-        from fitchat.hub.catalog import recommend_first_model
+        from fitchat.hub.recommend import recommend_first_model
 
         return recommend_first_model(
             hw, ctx, endpoint=self.endpoint, token=self.token, candidates=self.first_model_candidates

@@ -30,18 +30,16 @@ from typing import Any, BinaryIO, cast
 
 from fitchat.errors import Cancelled, ChecksumMismatch, FitchatError, HubError, NotEnoughDisk, OversizedResponse, UnsafePath
 from fitchat.format import human_bytes, printable, quoted
-from fitchat.hub.catalog import (
+from fitchat.hub.catalog import Variant, list_variants, pick_variant
+from fitchat.hub.client import (
     HubUnreachable,
     NotOnHub,
-    Variant,
     display_endpoint,
     display_host,
     hub_endpoint,
     hub_errors,
     hub_token,
     is_offline,
-    list_variants,
-    pick_variant,
     quiet_hub,
     require_online,
 )
@@ -324,7 +322,7 @@ def _transfer(repo: str, meta: Any, blob: Path, filename: str, expected_sha: str
               token: str | None, progress_class: type | None, cancel: threading.Event | None) -> None:
     """Stream the file into ``blob.incomplete`` (resuming it), verify it, then move it to ``blob``.
 
-    The stream runs under a stall deadline (:func:`fitchat.hub.catalog.hub_errors` with ``stall=True``): a
+    The stream runs under a stall deadline (:func:`fitchat.hub.client.hub_errors` with ``stall=True``): a
     multi-GB file may take hours, so there is no overall cap, but a server that stops sending, or sends a
     trickle, is cut off one window later. The body is bounded by the announced ``size``: the first byte
     past it stops the download and deletes the partial (a server that lies about sizes is not trusted).

@@ -12,7 +12,8 @@ from urllib.parse import urljoin, urlparse
 
 from fitchat.errors import FitchatError, GatedRepo, HubError, InvalidModelFile, ModelNotFound, first_line
 from fitchat.format import printable
-from fitchat.hub.catalog import hub_deadline, hub_endpoint, hub_errors, hub_token, list_variants, pick_variant, require_online
+from fitchat.hub.catalog import list_variants, pick_variant
+from fitchat.hub.client import hub_deadline, hub_endpoint, hub_errors, hub_token, require_online
 from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, LoadSettings
 from fitchat.model.gguf_spec import ModelSpec, RangeReader, read_spec_by_ranges, split_set_names
 from fitchat.model.hardware import HardwareInfo
@@ -79,7 +80,7 @@ def _same_origin(a: str, b: str) -> bool:
 def _range_get(url: str, headers: dict[str, str], start: int, end: int, label: str) -> bytes:
     """Bytes ``start..end`` (inclusive). Stops reading at the requested length even if the server ignores Range.
 
-    Runs under the Hub deadline (:func:`fitchat.hub.catalog.hub_deadline`) in stall mode with the bytes capped
+    Runs under the Hub deadline (:func:`fitchat.hub.client.hub_deadline`) in stall mode with the bytes capped
     near the range: a header of several MiB over a slow link goes on while bytes come, a server that
     trickles or goes silent is cut off one window later with a one-line error naming it, and the whole
     read stays bounded because the range is.

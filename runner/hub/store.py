@@ -107,7 +107,7 @@ def _starter_model() -> LocalModel | None:
 
 def _cached_models(cache_dir: Path | None = None) -> list[LocalModel]:
     """GGUF models in the HF cache, one per (repo, file); split sets only when complete."""
-    from fitchat.hub.catalog import hub_endpoint
+    from fitchat.hub.client import hub_endpoint
 
     hub_endpoint()  # importing huggingface_hub with some malformed HF_ENDPOINT values fails: say so first
     from huggingface_hub import scan_cache_dir

@@ -23,9 +23,9 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from fitchat.chat.history import History
 from fitchat.chat.session import ChatSession
-from fitchat.llama.chat_template import BoundedChatFormatter, TemplateLimitExceeded
 from fitchat.cli.chat import Repl
 from fitchat.cli.main import main
+from fitchat.llama.chat_template import BoundedChatFormatter, TemplateLimitExceeded
 from fitchat.llama.engine import ChatEngine, ChatTemplateError, SamplingSettings
 from tests import REPO_ROOT
 from tests.cli.test_chat import REPL_ARGS, Terminal

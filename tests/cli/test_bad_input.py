@@ -52,7 +52,7 @@ def test_malformed_hf_endpoint(capsys: pytest.CaptureFixture[str], monkeypatch: 
 
 @pytest.mark.parametrize("endpoint", ["https://hf-mirror.example", "http://127.0.0.1:8080/", "https://huggingface.co"])
 def test_good_hf_endpoint_accepted(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    from fitchat.hub.catalog import hub_endpoint
+    from fitchat.hub.client import hub_endpoint
 
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     assert hub_endpoint() == endpoint.rstrip("/")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fitchat.cli.main import main
-from fitchat.hub import catalog
-from fitchat.hub.catalog import HubUnreachable, NotOnHub
+from fitchat.hub import catalog, client
+from fitchat.hub.client import HubUnreachable, NotOnHub
 from fitchat.model.quants import quant_from_filename, split_names, split_part
 from tests.hubserver import LocalHub
 
@@ -159,7 +159,7 @@ def test_search_offline_and_unreachable_say_so(
 
 
 def test_hub_reachable(hub: LocalHub, unreachable_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert catalog.hub_reachable()
-    assert not catalog.hub_reachable(endpoint=unreachable_endpoint)
+    assert client.hub_reachable()
+    assert not client.hub_reachable(endpoint=unreachable_endpoint)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert not catalog.hub_reachable()
+    assert not client.hub_reachable()

@@ -20,7 +20,7 @@ import pytest
 from fitchat.cli.main import main
 from fitchat.errors import Cancelled, GatedRepo, HubError, NotEnoughDisk
 from fitchat.hub import download, store
-from fitchat.hub.catalog import HubUnreachable, NotOnHub
+from fitchat.hub.client import HubUnreachable, NotOnHub
 from tests import REPO_ROOT
 from tests.hubserver import LocalHub
 

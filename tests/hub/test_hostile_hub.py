@@ -22,7 +22,7 @@ import pytest
 from fitchat import paths
 from fitchat.cli.main import main
 from fitchat.errors import UnsafePath
-from fitchat.hub import catalog, download, store
+from fitchat.hub import client, download, store
 from tests import REPO_ROOT
 from tests.hubserver import LocalHub
 
@@ -190,7 +190,7 @@ def test_drip_fed_header_range_read_hits_the_deadline(root: Path, hub: LocalHub)
     hub.add_header_file(REPO, FILE, b"GGUF" + bytes(4096), 4 << 30)
     hub.drip(0.3, route="cdn")
     start = time.monotonic()
-    with pytest.raises(catalog.HubDeadline) as info:
+    with pytest.raises(client.HubDeadline) as info:
         read_remote_spec(REPO, FILE, endpoint=hub.endpoint)
     assert time.monotonic() - start < 8
     assert f"localhost:{hub.port}" in str(info.value) and "\n" not in str(info.value)
@@ -211,7 +211,7 @@ def test_endpoint_user_info_is_never_shown(root: Path, hub: LocalHub, monkeypatc
     assert_one_line_error(err, f"127.0.0.1:{hub.port}")
     rc, out, err, _ = run_cli("doctor", "--json", timeout=60)
     assert "s3cret" not in out + err
-    assert catalog.display_endpoint("https://u:p@host:8080/x?sig=1") == "https://host:8080/x"
+    assert client.display_endpoint("https://u:p@host:8080/x?sig=1") == "https://host:8080/x"
 
 
 # -- 10. hostile listings, registry shapes, names that round-trip ---------------------------------------
@@ -249,7 +249,7 @@ def test_hostile_file_names_are_refused_before_the_first_byte(root: Path, hub: L
 def test_malformed_or_oversized_listing_is_one_line(root: Path, hub: LocalHub, tiny: str, listing: str) -> None:
     def hostile(info: dict[str, Any]) -> Any:
         if listing == "huge":
-            info["padding"] = "x" * (catalog.MAX_API_RESPONSE_BYTES + (1 << 20))
+            info["padding"] = "x" * (client.MAX_API_RESPONSE_BYTES + (1 << 20))
             return info
         if listing == "not-json":
             return '{"siblings": [1, 2'

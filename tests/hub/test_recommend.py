@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fitchat.hub.catalog import CatalogEntry, HubUnreachable, recommend_first_model
+from fitchat.hub.catalog import CatalogEntry
+from fitchat.hub.client import HubUnreachable
+from fitchat.hub.recommend import recommend_first_model
 from fitchat.model.gguf_spec import read_spec
 from fitchat.model.hardware import RamInfo
 from fitchat.model.plan import plan_hardware, plan_variants

@@ -69,7 +69,7 @@ class FirstModelCard(Guarded, Static, can_focus=True):
         self.set_classes("-searching")
 
     def show(self, recommendation: Any) -> None:
-        """Show ``recommendation`` (a fitchat.hub.catalog.Recommendation), or hide the card when None."""
+        """Show ``recommendation`` (a fitchat.hub.recommend.Recommendation), or hide the card when None."""
         self.recommendation = recommendation
         if recommendation is None:
             self.set_classes("")
