@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from fitchat.cli.fit import add_load_settings_arguments, settings_from_args
+from fitchat.cli.options import add_load_settings_arguments, settings_from_args
 from fitchat.format import printable
 
 if TYPE_CHECKING:

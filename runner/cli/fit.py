@@ -10,55 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from fitchat.errors import FitchatError, HubError
+from fitchat.cli.options import (
+    BadOption,
+    add_load_settings_arguments,
+    option_type,
+    parse_ctx,
+    parse_size,
+    settings_from_args,
+)
+from fitchat.errors import HubError
 from fitchat.format import human_bytes, printable, quoted, table_lines
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-class BadOption(FitchatError):
-    """A command-line value fitchat cannot use."""
-
-    exit_code = 2
-
-
-def parse_size(text: str) -> int:
-    """``'8G'``, ``'8GiB'``, ``'8GB'``, ``'512M'``, ``'1.5g'`` or a byte count -> bytes (binary units)."""
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise BadOption(f"cannot read {text!r} as a size; write it like 8G, 512M or 17179869184")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def parse_ctx(text: str) -> int:
-    """``'8k'`` -> 8192, ``'4096'`` -> 4096."""
-    t = str(text).strip().lower()
-    try:
-        value = int(float(t[:-1]) * 1024) if t.endswith("k") else int(t)
-    except ValueError:
-        raise BadOption(f"cannot read {text!r} as a context length; write it like 4096 or 8k") from None
-    if value < 1 or value > 1 << 24:
-        raise BadOption(f"context {text!r} is out of range (1 to 16M tokens)")
-    return value
-
-
-def _arg(parse: Any) -> Any:
-    """An argparse ``type=`` that reports a bad value as a usage error (exit 2), not a traceback."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except BadOption as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = parse.__name__.removeprefix("parse_")
-    return convert
 
 
 def register(subparsers: Any) -> None:
@@ -70,11 +35,12 @@ def register(subparsers: Any) -> None:
         "a Hub repo id (headers only, no download) or repo:QUANT.",
     )
     p.add_argument("source", metavar="SOURCE", help="a .gguf file, a directory, org/name or org/name:QUANT")
-    p.add_argument("--ctx", type=_arg(parse_ctx), default=None, help="context length in tokens (default 4096; 8k works)")
-    p.add_argument("--gpu-mem", type=_arg(parse_size), default=None, metavar="BYTES",
+    p.add_argument("--ctx", type=option_type(parse_ctx), default=None, help="context length in tokens (default 4096; 8k works)")
+    p.add_argument("--gpu-mem", type=option_type(parse_size), default=None, metavar="BYTES",
                    help="plan for a GPU with this much free memory (8G; 0 = no GPU) instead of this machine's")
-    p.add_argument("--ram", type=_arg(parse_size), default=None, metavar="BYTES", help="plan for this much available RAM (16G)")
-    p.add_argument("--margin", type=_arg(parse_size), default=None, metavar="BYTES",
+    p.add_argument("--ram", type=option_type(parse_size), default=None, metavar="BYTES",
+                   help="plan for this much available RAM (16G)")
+    p.add_argument("--margin", type=option_type(parse_size), default=None, metavar="BYTES",
                    help="GPU memory to keep free per device (default: 10%% of the GPU, at least 512M, at most 1G)")
     add_load_settings_arguments(p)
     p.add_argument("--measure", nargs="?", const="auto", choices=("auto", "load", "dry"), default=None,
@@ -82,41 +48,6 @@ def register(subparsers: Any) -> None:
                    "(load: a real CPU load; dry: llama.cpp's no_alloc dry run; auto: load when it fits in RAM)")
     p.add_argument("--json", action="store_true", help="print the machine-readable plan")
     p.set_defaults(func=run)
-
-
-def add_load_settings_arguments(p: argparse.ArgumentParser) -> None:
-    """The load-setting flags shared by ``fit`` and ``chat``, so a lever ``fit`` names can be used."""
-    p.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default=None, help="KV cache type (default f16)")
-    p.add_argument("--n-ubatch", type=int, default=None, metavar="N", help="micro-batch size (default 512)")
-    p.add_argument("--n-batch", type=int, default=None, metavar="N", help="batch size (default 512)")
-    p.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=None,
-                   help="flash attention (default on)")
-    swa = p.add_mutually_exclusive_group()
-    swa.add_argument("--swa-window", dest="swa_full", action="store_false", default=None,
-                     help="keep only the window for sliding-window layers (less memory, no prefix reuse)")
-    swa.add_argument("--swa-full", dest="swa_full", action="store_true", help="full-size SWA cache (default)")
-
-
-def settings_from_args(args: argparse.Namespace) -> Any:
-    """LoadSettings from the command line, starting from the defaults fitchat chats with."""
-    import dataclasses
-
-    from fitchat.model.estimate import DEFAULT_SETTINGS
-
-    changes: dict[str, Any] = {}
-    if args.kv_type is not None:
-        changes.update(type_k=args.kv_type, type_v=args.kv_type)
-        if args.kv_type != "f16" and args.flash_attn is None:
-            changes["flash_attn"] = True
-    if args.flash_attn is not None:
-        changes["flash_attn"] = args.flash_attn
-    if args.n_ubatch is not None:
-        changes["n_ubatch"] = args.n_ubatch
-    if args.n_batch is not None:
-        changes["n_batch"] = args.n_batch
-    if args.swa_full is not None:
-        changes["swa_full"] = args.swa_full
-    return dataclasses.replace(DEFAULT_SETTINGS, **changes)
 
 
 def resolve_source(source: str) -> tuple[str, Any]:

@@ -23,7 +23,7 @@ def _positive_int(text: str) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from fitchat.cli.fit import _arg, parse_ctx
+    from fitchat.cli.options import option_type, parse_ctx
 
     p = subparsers.add_parser("search", help="search the Hub for GGUF models (no TEXT: the curated list)")
     p.add_argument("text", nargs="?", default="", help="words to look for in repo names")
@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("pull", help="download a model: org/name[:QUANT] from the Hub, or 'starter'")
     p.add_argument("ref", metavar="REPO[:QUANT]", help="a Hub repo id, optionally with a quant (Q4_K_M …), or 'starter'")
     p.add_argument("--quant", help="the variant to download (default: the one that fits this machine best)")
-    p.add_argument("--ctx", type=_arg(parse_ctx), default=None,
+    p.add_argument("--ctx", type=option_type(parse_ctx), default=None,
                    help="context length the recommendation plans for (default 4096; 8k works)")
     p.add_argument("--json", action="store_true",
                    help='print {"path", "sha256", "size_bytes", "repo", "file", "quant"} when done')

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fitchat.cli.fit import BadOption, parse_ctx, parse_size
 from fitchat.cli.main import main
+from fitchat.cli.options import BadOption, parse_ctx, parse_size
 from tests.hubserver import SMOLLM2_REPO, smollm2_files
 
 MiB = 1024**2

@@ -1,0 +1,96 @@
+"""Options shared by fitchat's commands: sizes, context lengths and the llama.cpp load settings.
+
+One parser per kind of value, so ``fit``, ``pull`` and ``chat`` read ``8k`` or ``8G`` the same way, and a
+lever that ``fit`` names can be passed to ``chat`` as it is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fitchat.errors import FitchatError
+
+if TYPE_CHECKING:
+    from fitchat.model.estimate import LoadSettings
+
+T = TypeVar("T")
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+class BadOption(FitchatError):
+    """A command-line value fitchat cannot use."""
+
+    exit_code = 2
+
+
+def parse_size(text: str) -> int:
+    """``'8G'``, ``'8GiB'``, ``'8GB'``, ``'512M'``, ``'1.5g'`` or a byte count -> bytes (binary units)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise BadOption(f"cannot read {text!r} as a size; write it like 8G, 512M or 17179869184")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_ctx(text: str) -> int:
+    """``'8k'`` -> 8192, ``'4096'`` -> 4096."""
+    t = str(text).strip().lower()
+    try:
+        value = int(float(t[:-1]) * 1024) if t.endswith("k") else int(t)
+    except ValueError:
+        raise BadOption(f"cannot read {text!r} as a context length; write it like 4096 or 8k") from None
+    if value < 1 or value > 1 << 24:
+        raise BadOption(f"context {text!r} is out of range (1 to 16M tokens)")
+    return value
+
+
+def option_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type=`` that reports a bad value as a usage error (exit 2), not a traceback."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except BadOption as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
+
+
+def add_load_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """The load-setting flags shared by ``fit`` and ``chat``, so a lever ``fit`` names can be used."""
+    p.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default=None, help="KV cache type (default f16)")
+    p.add_argument("--n-ubatch", type=int, default=None, metavar="N", help="micro-batch size (default 512)")
+    p.add_argument("--n-batch", type=int, default=None, metavar="N", help="batch size (default 512)")
+    p.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=None,
+                   help="flash attention (default on)")
+    swa = p.add_mutually_exclusive_group()
+    swa.add_argument("--swa-window", dest="swa_full", action="store_false", default=None,
+                     help="keep only the window for sliding-window layers (less memory, no prefix reuse)")
+    swa.add_argument("--swa-full", dest="swa_full", action="store_true", help="full-size SWA cache (default)")
+
+
+def settings_from_args(args: argparse.Namespace) -> LoadSettings:
+    """LoadSettings from the command line, starting from the defaults fitchat chats with."""
+    import dataclasses
+
+    from fitchat.model.estimate import DEFAULT_SETTINGS
+
+    changes: dict[str, Any] = {}
+    if args.kv_type is not None:
+        changes.update(type_k=args.kv_type, type_v=args.kv_type)
+        if args.kv_type != "f16" and args.flash_attn is None:
+            changes["flash_attn"] = True
+    if args.flash_attn is not None:
+        changes["flash_attn"] = args.flash_attn
+    if args.n_ubatch is not None:
+        changes["n_ubatch"] = args.n_ubatch
+    if args.n_batch is not None:
+        changes["n_batch"] = args.n_batch
+    if args.swa_full is not None:
+        changes["swa_full"] = args.swa_full
+    return dataclasses.replace(DEFAULT_SETTINGS, **changes)
