@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import io
+import math
 import re
 import sys
 import threading
@@ -85,9 +86,47 @@ class RenderCancelled(EngineError):
     exit_code = 130
 
 
+class InvalidSampling(EngineError, ValueError):
+    """A sampling setting is out of its range; ``field`` names it and ``rule`` says what it must be.
+
+    Raised when a :class:`SamplingSettings` is made, so no front end can hand the sampler a value it
+    would divide by or misread. The CLI words it with its flag, the settings dialog with its label.
+    """
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"{field} {rule}")
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Each sampling field: (accepts the value, what it must be). One table, read by ``__post_init__``.
+SAMPLING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "temperature": (lambda v: _real(v) and v >= 0, "must be 0 or more (0 is greedy)"),
+    "top_p": (lambda v: _real(v) and 0 < v <= 1, "must be more than 0 and at most 1 (e.g. 0.95)"),
+    "top_k": (lambda v: _whole(v) and v >= 0, "must be 0 or more (0 turns top-k off)"),
+    "repeat_penalty": (lambda v: _real(v) and v > 0, "must be more than 0 (1 turns it off)"),
+    "seed": (lambda v: v is None or _whole(v), "must be a whole number"),
+    "max_tokens": (lambda v: v is None or (_whole(v) and v >= 1), "must be at least 1"),
+    "system_prompt": (lambda v: v is None or isinstance(v, str), "must be text"),
+    "min_p": (lambda v: _real(v) and 0 <= v <= 1, "must be 0 or more and at most 1 (e.g. 0.05)"),
+}
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How a reply is sampled. ``temperature <= 0`` is greedy; ``seed=None`` is random."""
+    """How a reply is sampled. ``temperature <= 0`` is greedy; ``seed=None`` is random.
+
+    Every value is checked when the settings are made (:data:`SAMPLING_RULES`): a bad one is an
+    :class:`InvalidSampling`, whichever front end it came from.
+    """
 
     temperature: float = 0.8
     top_p: float = 0.95
@@ -97,6 +136,11 @@ class SamplingSettings:
     max_tokens: int | None = None
     system_prompt: str | None = None
     min_p: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name, (accepts, rule) in SAMPLING_RULES.items():
+            if not accepts(getattr(self, name)):
+                raise InvalidSampling(name, rule)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

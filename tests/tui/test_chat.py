@@ -181,6 +181,15 @@ async def test_settings_modal_and_code_block_copy(smollm2: Path, tmp_path: Path,
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, SettingsScreen)
         assert any("Temperature must be a number" in n.message for n in app._notifications)
+        # A value out of range is refused by the settings themselves, told by its label; nothing changes.
+        before = app.sampling
+        dialog.query_one("#set-temperature").value = "0.3"
+        dialog.query_one("#set-repeat_penalty").value = "0"
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, SettingsScreen)
+        assert any(n.message == "Repeat penalty must be more than 0 (1 turns it off)" for n in app._notifications)
+        assert app.sampling is before
+        dialog.query_one("#set-repeat_penalty").value = "1.1"
         dialog.query_one("#set-temperature").value = "0.3"
         dialog.query_one("#set-seed").value = "7"
         dialog.query_one("#system-prompt").text = "Answer in one word."
