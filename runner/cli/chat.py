@@ -174,7 +174,7 @@ def _history_command(args: argparse.Namespace, history: Any) -> int:
               for c in conversations]
     width = min(60, max(5, *(len(m) for m in models)))
     print(f"{'ID':>4}  {'UPDATED':16}  {'MSGS':>4}  {'MODEL':{width}}  TITLE")
-    for c, model in zip(conversations, models):
+    for c, model in zip(conversations, models, strict=True):
         when = datetime.fromtimestamp(c.updated_at).strftime("%Y-%m-%d %H:%M")
         title = printable(c.title, 80, one_line=True)
         print(f"{c.id:>4}  {when:16}  {c.message_count:>4}  {model:{width}}  {title}")

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from fitchat.errors import InvalidModelFile, LoadFailed
+from fitchat.errors import FitchatError, InvalidModelFile, LoadFailed
 from fitchat.llama import engine as eng
 from fitchat.llama import threads as tp
-from fitchat.errors import FitchatError
 from fitchat.llama.engine import (
     ChatEngine,
     ContextOverflow,
