@@ -36,11 +36,16 @@ from fitchat.llama import threads as thread_policy
 from fitchat.llama.runtime import AbortFlag, LlamaLog, quiet_load
 
 if TYPE_CHECKING:
+    from llama_cpp import Llama
+
     from fitchat.chat_template import BoundedChatFormatter
+    from fitchat.model.estimate import LoadSettings
+    from fitchat.model.hardware import CpuInfo
     from fitchat.model.plan import Plan
 
 Notice = Callable[[str], None]
-Loader = Callable[..., Any]
+#: Builds the ``llama_cpp.Llama`` for a path and ``Llama`` keyword arguments (replaceable in tests).
+Loader = Callable[..., "Llama"]
 
 #: Context used when neither a plan nor the caller names one (the fit estimate's default).
 FALLBACK_CTX = 4096
@@ -252,7 +257,7 @@ def template_failure(exc: BaseException) -> str:
     return where + printable(message, 200, one_line=True).strip()
 
 
-def default_loader(path: str, **kwargs: Any) -> Any:
+def default_loader(path: str, **kwargs: Any) -> Llama:
     """``llama_cpp.Llama(path, **kwargs)`` loaded quietly (:func:`fitchat.llama.runtime.quiet_load`), with
     the chat templates in the file left uncompiled there (fitchat renders them itself, within limits:
     see fitchat.chat_template)."""
@@ -293,7 +298,7 @@ def _default_load_kwargs() -> dict[str, Any]:
     return dict(DEFAULT_SETTINGS.llama_kwargs())
 
 
-def _settings_kwargs(settings: Any) -> dict[str, Any]:
+def _settings_kwargs(settings: LoadSettings | dict[str, Any] | None) -> dict[str, Any]:
     if settings is None:
         return _default_load_kwargs()
     if isinstance(settings, dict):
@@ -306,7 +311,7 @@ class ChatEngine:
 
     def __init__(
         self,
-        llm: Any,
+        llm: Llama,
         *,
         path: str,
         gpu_layers: int,
@@ -391,7 +396,7 @@ class ChatEngine:
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         gpu_layers: int | None = None,
-        settings: Any = None,
+        settings: LoadSettings | dict[str, Any] | None = None,
         on_notice: Notice | None = None,
         loader: Loader | None = None,
         calibrate: bool = True,
@@ -1088,7 +1093,7 @@ def _offload_backend() -> str:
     return "gpu" if llama_cpp.llama_supports_gpu_offload() else "cpu"
 
 
-def _cpu_info() -> Any:
+def _cpu_info() -> CpuInfo:
     from fitchat.model.hardware import probe_cpu
 
     return probe_cpu("")
