@@ -10,14 +10,22 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the core's types, without importing the core before the first screen paints
+    from fitchat.chat.history import History
+    from fitchat.chat.session import ChatSession
+    from fitchat.compare.run import Candidate, CompareReport, CompareSettings, Progress
+    from fitchat.hub.catalog import CatalogEntry, Recommendation, SearchHit
+    from fitchat.hub.store import LocalModel
+    from fitchat.llama.engine import ChatEngine, SamplingSettings
+    from fitchat.model.gguf_spec import ModelSpec
     from fitchat.model.hardware import HardwareInfo
+    from fitchat.model.plan import Plan
 
 T = TypeVar("T")
 #: The name (prefix) of the one thread that computes with llama.cpp.
@@ -40,10 +48,10 @@ class Services:
     #: Decode threads for chat; None lets the engine measure the best count (cached per machine).
     n_threads: int | None = None
     #: Catalog entries the first-run suggestion picks from; None: the bundled curated list.
-    first_model_candidates: list[Any] | None = None
+    first_model_candidates: list[CatalogEntry] | None = None
     #: How ``compare`` measures (fitchat.compare.run.CompareSettings); None: its defaults with ``n_threads``.
-    compare_settings: Any = None
-    _history: Any = field(default=None, init=False, repr=False)
+    compare_settings: CompareSettings | None = None
+    _history: History | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _llama: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
@@ -81,25 +89,25 @@ class Services:
 
     # ------------------------------------------------------------------ local models
 
-    def local_models(self) -> list[Any]:
+    def local_models(self) -> list[LocalModel]:
         """Models on disk (fitchat.hub.store.list_local)."""
         from fitchat.hub.store import list_local
 
         return list(list_local())
 
-    def import_file(self, path: str) -> Any:
+    def import_file(self, path: str) -> LocalModel:
         """Register a local .gguf (validated by runner)."""
         from fitchat.hub.store import import_file
 
         return import_file(Path(path).expanduser())
 
-    def remove(self, ref: str) -> list[Any]:
+    def remove(self, ref: str) -> list[LocalModel]:
         """Delete a model from disk."""
         from fitchat.hub.store import remove
 
         return list(remove(ref))
 
-    def local_plan(self, path: Path, hw: HardwareInfo, ctx: int) -> Any:
+    def local_plan(self, path: Path, hw: HardwareInfo, ctx: int) -> Plan:
         """The fit of one local file at ``ctx``."""
         from fitchat.model.gguf_spec import read_spec
         from fitchat.model.plan import plan_model
@@ -114,13 +122,13 @@ class Services:
 
     # ------------------------------------------------------------------ hub
 
-    def curated(self) -> list[Any]:
+    def curated(self) -> list[CatalogEntry]:
         """The bundled catalog."""
         from fitchat.hub.catalog import curated
 
         return list(curated())
 
-    def search(self, text: str, limit: int = 30) -> list[Any]:
+    def search(self, text: str, limit: int = 30) -> list[SearchHit]:
         """Hub search for GGUF repos."""
         from fitchat.hub.catalog import search
 
@@ -135,13 +143,13 @@ class Services:
         except Exception:  # noqa: BLE001 - any failure means "not reachable"
             return False
 
-    def remote_plans(self, repo: str, hw: HardwareInfo, ctx: int) -> list[Any]:
+    def remote_plans(self, repo: str, hw: HardwareInfo, ctx: int) -> list[Plan]:
         """Every GGUF variant of ``repo`` planned at ``ctx`` (headers read remotely)."""
         from fitchat.hub.remote import fit_remote_repo
 
         return list(fit_remote_repo(repo, hw, ctx, endpoint=self.endpoint, token=self.token))
 
-    def recommend_first_model(self, hw: HardwareInfo, ctx: int) -> Any:
+    def recommend_first_model(self, hw: HardwareInfo, ctx: int) -> Recommendation | None:
         """The catalog model to suggest when nothing is on disk (a Recommendation), or None."""
         from fitchat.hub.recommend import recommend_first_model
 
@@ -149,7 +157,7 @@ class Services:
             hw, ctx, endpoint=self.endpoint, token=self.token, candidates=self.first_model_candidates
         )
 
-    def replan(self, specs: list[Any], hw: HardwareInfo, ctx: int) -> list[Any]:
+    def replan(self, specs: list[ModelSpec], hw: HardwareInfo, ctx: int) -> list[Plan]:
         """Plan already-read specs at another context (no network)."""
         from fitchat.model.plan import plan_variants
 
@@ -164,7 +172,7 @@ class Services:
         progress_class: type | None,
         cancel: threading.Event,
         notice: Callable[[str], None] | None = None,
-    ) -> Any:
+    ) -> LocalModel:
         """Download a variant (or ``starter``); returns the LocalModel."""
         from fitchat.hub.download import pull
 
@@ -175,7 +183,7 @@ class Services:
 
     # ------------------------------------------------------------------ compare
 
-    def compare_candidates(self, repo: str) -> list[Any]:
+    def compare_candidates(self, repo: str) -> list[Candidate]:
         """The variants of ``repo`` on disk, as fitchat.compare.run candidates (headers read and validated)."""
         from fitchat.compare.run import resolve_sources
 
@@ -183,12 +191,12 @@ class Services:
 
     def compare(
         self,
-        candidates: list[Any],
+        candidates: list[Candidate],
         *,
         hw: HardwareInfo | None,
-        progress: Callable[[Any], None] | None,
+        progress: Callable[[Progress], None] | None,
         cancel: threading.Event,
-    ) -> Any:
+    ) -> CompareReport:
         """Compare the variants against the most precise one that fits (a CompareReport); cached results are reused."""
         from fitchat.compare.run import CompareSettings
         from fitchat.compare.run import compare as run_compare
@@ -199,7 +207,8 @@ class Services:
 
     # ------------------------------------------------------------------ chat
 
-    def load_engine(self, path: Path, *, plan: Any, n_ctx: int | None, on_notice: Callable[[str], None]) -> Any:
+    def load_engine(self, path: Path, *, plan: Plan | None, n_ctx: int | None,
+                    on_notice: Callable[[str], None]) -> ChatEngine:
         """Load a model into llama.cpp for chatting."""
         from fitchat.llama.engine import ChatEngine
 
@@ -207,17 +216,53 @@ class Services:
             ChatEngine.load, path, plan=plan, n_ctx=n_ctx, n_threads=self.n_threads, on_notice=on_notice
         )
 
-    def stream_reply(self, engine: Any, messages: list[dict[str, str]], settings: Any,
-                     on_piece: Callable[[str], None]) -> None:
-        """Stream ``engine``'s reply to ``messages``, calling ``on_piece`` with each piece (on the llama.cpp thread)."""
+    def new_chat(
+        self,
+        *,
+        engine: ChatEngine | None,
+        model_name: str,
+        quant: str | None,
+        model_path: str,
+        settings: SamplingSettings,
+        on_warning: Callable[[str], None],
+    ) -> ChatSession:
+        """A new conversation, saved to the history as it goes (unsaved, warned once, when the history cannot open)."""
+        from fitchat.chat.session import ChatSession
+        from fitchat.errors import HistoryError
+
+        try:
+            history = self.history()
+        except HistoryError as exc:
+            on_warning(f"{exc}; this chat goes on, unsaved")
+            history = None
+        session = ChatSession(engine, history, settings=settings, model_name=model_name, quant=quant,
+                              model_path=model_path, on_warning=on_warning)
+        if history is None:
+            session.unsaved_reason = "the history could not be opened"
+        return session
+
+    def resume_chat(self, conversation_id: int, *, engine: ChatEngine | None,
+                    on_warning: Callable[[str], None]) -> ChatSession:
+        """A saved conversation, continued as the CLI's ``--resume`` continues it."""
+        from fitchat.chat.session import ChatSession
+
+        return ChatSession.resume(engine, self.history(), conversation_id, on_warning=on_warning)
+
+    def stream_reply(self, pieces: Iterator[str], on_piece: Callable[[str], None]) -> None:
+        """Run a session's reply (``session.reply()``), calling ``on_piece`` with each piece, on the llama.cpp thread."""
 
         def run() -> None:
-            for piece in engine.stream(messages, settings):
-                on_piece(piece)
+            try:
+                for piece in pieces:
+                    on_piece(piece)
+            finally:
+                close = getattr(pieces, "close", None)
+                if close is not None:
+                    close()  # ends the reply (and frees the engine) even when on_piece failed
 
         self.on_llama_thread(run)
 
-    def close_engine(self, engine: Any) -> None:
+    def close_engine(self, engine: ChatEngine) -> None:
         """Free ``engine`` on the llama.cpp thread once its reply (already cancelled) has ended; returns at once.
 
         :meth:`close` waits for it, so the model is never freed mid-decode nor left to the
@@ -225,13 +270,13 @@ class Services:
         """
         self._llama_pool().submit(_close_quietly, engine)
 
-    def default_sampling(self) -> Any:
+    def default_sampling(self) -> SamplingSettings:
         """The engine's default sampling settings."""
         from fitchat.llama.engine import DEFAULT_SAMPLING
 
         return DEFAULT_SAMPLING
 
-    def history(self) -> Any:
+    def history(self) -> History:
         """The conversation store (opened once)."""
         with self._lock:
             if self._history is None:
@@ -251,7 +296,7 @@ class Services:
             pool.shutdown(wait=True)
 
 
-def _close_quietly(engine: Any) -> None:
+def _close_quietly(engine: ChatEngine) -> None:
     try:
         engine.close()
     except Exception:  # noqa: BLE001 - nothing left to tell

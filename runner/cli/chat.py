@@ -77,18 +77,11 @@ def run(args: argparse.Namespace) -> int:
             return _history_command(args, store)
     if args.model is None and args.resume is None:
         raise _usage("name a model: fitchat chat MODEL (a .gguf path, repo:QUANT or 'starter')")
-    for name in ("ctx", "max_tokens", "threads"):
+    for name in ("ctx", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise _usage(f"--{name.replace('_', '-')} must be at least 1")
-    if args.temp is not None and args.temp < 0:
-        raise _usage("--temp must be 0 or more")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise _usage("--top-p must be more than 0 and at most 1 (e.g. 0.95)")
-    if args.top_k is not None and args.top_k < 0:
-        raise _usage("--top-k must be 0 or more (0 turns top-k off)")
-    if args.repeat_penalty is not None and args.repeat_penalty <= 0:
-        raise _usage("--repeat-penalty must be more than 0 (1 turns it off)")
+            raise _usage(f"--{name} must be at least 1")
+    sampling = _sampling_overrides(args)  # checked by SamplingSettings itself, before any model loads
     if args.gpu_layers is not None and args.gpu_layers < -1:
         raise _usage("--gpu-layers must be -1 (all layers) or 0 or more")
     if args.resume is not None and args.no_save:
@@ -107,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         with interrupt_ends_command():
             engine = _load(model, args)
         try:
-            session = _session(engine, history, model, args)
+            session = _session(engine, history, model, args, sampling)
             if prompt is not None:
                 return _one_shot(session, prompt, args)
             return Repl(session, sys.stdout, sys.stderr).loop()
@@ -181,7 +174,7 @@ def _history_command(args: argparse.Namespace, history: Any) -> int:
               for c in conversations]
     width = min(60, max(5, *(len(m) for m in models)))
     print(f"{'ID':>4}  {'UPDATED':16}  {'MSGS':>4}  {'MODEL':{width}}  TITLE")
-    for c, model in zip(conversations, models):
+    for c, model in zip(conversations, models, strict=True):
         when = datetime.fromtimestamp(c.updated_at).strftime("%Y-%m-%d %H:%M")
         title = printable(c.title, 80, one_line=True)
         print(f"{c.id:>4}  {when:16}  {c.message_count:>4}  {model:{width}}  {title}")
@@ -222,19 +215,39 @@ def _load(model: _Model, args: argparse.Namespace) -> Any:
     )
 
 
-def _session(engine: Any, history: Any, model: _Model, args: argparse.Namespace) -> Any:
-    from fitchat.chat.session import ChatSession
-    from fitchat.llama.engine import SamplingSettings
+#: The command-line flag of each sampling setting, for usage errors.
+SAMPLING_FLAGS = {
+    "temperature": "--temp", "top_p": "--top-p", "top_k": "--top-k", "repeat_penalty": "--repeat-penalty",
+    "seed": "--seed", "max_tokens": "--max-tokens", "system_prompt": "--system",
+}
 
-    overrides = {
+
+def _sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling settings given on the command line, checked by :class:`SamplingSettings` (a usage error
+    naming the flag when one is out of range)."""
+    from fitchat.llama.engine import InvalidSampling, SamplingSettings
+
+    given = {
         "temperature": args.temp, "top_p": args.top_p, "top_k": args.top_k, "repeat_penalty": args.repeat_penalty,
         "seed": args.seed, "max_tokens": args.max_tokens, "system_prompt": args.system,
     }
+    overrides = {k: v for k, v in given.items() if v is not None}
+    try:
+        SamplingSettings(**overrides)
+    except InvalidSampling as exc:
+        raise _usage(f"{SAMPLING_FLAGS.get(exc.field, exc.field)} {exc.rule}") from None
+    return overrides
+
+
+def _session(engine: Any, history: Any, model: _Model, args: argparse.Namespace,
+             overrides: dict[str, Any]) -> Any:
+    from fitchat.chat.session import ChatSession
+    from fitchat.llama.engine import SamplingSettings
+
     if history is not None and args.resume is not None:
         return ChatSession.resume(engine, history, args.resume, on_warning=warning, **overrides)
-    settings = SamplingSettings(**{k: v for k, v in overrides.items() if v is not None})
-    return ChatSession(engine, history, settings=settings, model_name=model.name, quant=model.quant,
-                       on_warning=warning)
+    return ChatSession(engine, history, settings=SamplingSettings(**overrides), model_name=model.name,
+                       quant=model.quant, on_warning=warning)
 
 
 # ---------------------------------------------------------------- streaming with ctrl+c

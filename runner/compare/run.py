@@ -34,15 +34,12 @@ in the public domain, without any edition's licence header.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
-import io
 import json
 import math
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -59,6 +56,7 @@ from fitchat.model.quants import is_model_gguf, split_part
 if TYPE_CHECKING:
     import numpy as np
 
+    from fitchat.llama.runtime import AbortFlag
     from fitchat.model.hardware import HardwareInfo
 
 #: Bumped whenever a change would make cached results differ.
@@ -754,7 +752,6 @@ class ScoringModel:
     def __init__(self, path: Path, *, ctx: int, n_threads: int | None = None, n_gpu_layers: int = 0,
                  cancel: threading.Event | None = None) -> None:
         import llama_cpp
-        from llama_cpp._logger import set_verbose
 
         self.lc = llama_cpp
         self.path = Path(path)
@@ -766,54 +763,51 @@ class ScoringModel:
                       logits_all=False)
         if n_threads:
             kwargs.update(n_threads=n_threads, n_threads_batch=n_threads)
-        # llama.cpp's log goes to a buffer while this model lives (an aborted decode logs an error line
-        # that says nothing to the user); the default callback comes back on close.
-        self._log: deque[str] = deque(maxlen=50)
-        log = self._log
+        # llama.cpp's log goes to the shared buffer while this model lives (an aborted decode logs an error
+        # line that says nothing to the user); it is given back on close, unless a chat engine still holds it.
+        from fitchat.llama.runtime import LlamaLog, quiet_load
 
-        @llama_cpp.llama_log_callback
-        def _quiet(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
-            log.append(text.decode("utf-8", errors="replace"))
-
-        self._log_cb = _quiet
-        llama_cpp.llama_log_set(self._log_cb, ctypes.c_void_p(0))
-        prints = io.StringIO()
+        self._log: LlamaLog | None = LlamaLog.shared().install()
+        self._log.take()
         try:
-            # verbose=True keeps llama-cpp-python from pointing fds 1 and 2 at /dev/null (a terminal UI
-            # may be drawing); its own prints go to a buffer.
-            with contextlib.redirect_stderr(prints):
+            with quiet_load() as prints:
                 self.llm: Any = llama_cpp.Llama(model_path=str(self.path), verbose=True, **kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
-            self._restore_log()
-            lines = [ln for ln in [*log, *prints.getvalue().splitlines()]
+            lines = [ln for ln in [*self._log.take(), *prints.getvalue().splitlines()]
                      if "error" in ln.lower() or "failed" in ln.lower()]
+            self._release_log()
             raise LoadFailed(f"llama.cpp could not load {self.path.name}: {lines[-1].strip() if lines else exc}") from None
-        finally:
-            set_verbose(False)
+        except BaseException:
+            self._release_log()
+            raise
         self.ctx = self.llm._ctx.ctx
         self.vocab = self.llm._model.vocab
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self.bos: int | None = (int(llama_cpp.llama_vocab_bos(self.vocab))
                                 if llama_cpp.llama_vocab_get_add_bos(self.vocab) else None)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._abort = None
+        self._abort: AbortFlag | None = None
         if cancel is not None:
-            self._abort = llama_cpp.ggml_abort_callback(lambda _data: cancel.is_set())
-            llama_cpp.llama_set_abort_callback(self.ctx, self._abort, None)
+            from fitchat.llama.runtime import AbortFlag
+
+            self._abort = AbortFlag(poll=cancel.is_set).attach(self.ctx)
 
     def close(self) -> None:
         if getattr(self, "batch", None) is not None:
             self.lc.llama_batch_free(self.batch)
             self.batch = None
         if getattr(self, "llm", None) is not None:
+            if self._abort is not None:
+                self._abort.detach(self.ctx)
             self.llm.close()
             self.llm = None
-        self._restore_log()
+        self._release_log()
 
-    def _restore_log(self) -> None:
-        from llama_cpp import _logger
-
-        self.lc.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    def _release_log(self) -> None:
+        """Give back this model's hold on llama.cpp's log (once)."""
+        log, self._log = getattr(self, "_log", None), None
+        if log is not None:
+            log.restore()
 
     def __enter__(self) -> ScoringModel:
         return self

@@ -8,8 +8,8 @@ Replies are rendered through the model's own chat template on llama-cpp-python's
 path and decoded by a lean loop on llama.cpp's C API: one decode, one sample and one piece per
 token, with no Python bookkeeping beyond that. The KV cache is reused across turns (only the new
 part of the conversation is evaluated). ``cancel()`` takes effect within one graph node even in the
-middle of a long prompt evaluation: the abort callback llama.cpp polls is libc's ``strlen`` on a
-one-byte flag, so polling costs no Python and no GIL. The loop's short C calls (end-of-generation
+middle of a long prompt evaluation, through :class:`fitchat.llama.runtime.AbortFlag` (polled without
+Python or the GIL); llama.cpp's log is held through that module's :class:`LlamaLog`. The loop's short C calls (end-of-generation
 check, token text, logits address) keep the GIL (:func:`gil_holding`): only ``llama_decode`` lets
 it go, so a busy UI thread in the same process delays a token at most once, not at every call.
 """
@@ -20,9 +20,8 @@ import codecs
 import contextlib
 import ctypes
 import ctypes.util
-import io
+import math
 import re
-import sys
 import threading
 import time
 from collections import deque
@@ -34,13 +33,19 @@ from typing import TYPE_CHECKING, Any
 from fitchat.errors import FitchatError, LoadFailed
 from fitchat.format import printable
 from fitchat.llama import threads as thread_policy
+from fitchat.llama.runtime import AbortFlag, LlamaLog, quiet_load
 
 if TYPE_CHECKING:
+    from llama_cpp import Llama
+
     from fitchat.llama.chat_template import BoundedChatFormatter
+    from fitchat.model.estimate import LoadSettings
+    from fitchat.model.hardware import CpuInfo
     from fitchat.model.plan import Plan
 
 Notice = Callable[[str], None]
-Loader = Callable[..., Any]
+#: Builds the ``llama_cpp.Llama`` for a path and ``Llama`` keyword arguments (replaceable in tests).
+Loader = Callable[..., "Llama"]
 
 #: Context used when neither a plan nor the caller names one (the fit estimate's default).
 FALLBACK_CTX = 4096
@@ -85,9 +90,47 @@ class RenderCancelled(EngineError):
     exit_code = 130
 
 
+class InvalidSampling(EngineError, ValueError):
+    """A sampling setting is out of its range; ``field`` names it and ``rule`` says what it must be.
+
+    Raised when a :class:`SamplingSettings` is made, so no front end can hand the sampler a value it
+    would divide by or misread. The CLI words it with its flag, the settings dialog with its label.
+    """
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"{field} {rule}")
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Each sampling field: (accepts the value, what it must be). One table, read by ``__post_init__``.
+SAMPLING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "temperature": (lambda v: _real(v) and v >= 0, "must be 0 or more (0 is greedy)"),
+    "top_p": (lambda v: _real(v) and 0 < v <= 1, "must be more than 0 and at most 1 (e.g. 0.95)"),
+    "top_k": (lambda v: _whole(v) and v >= 0, "must be 0 or more (0 turns top-k off)"),
+    "repeat_penalty": (lambda v: _real(v) and v > 0, "must be more than 0 (1 turns it off)"),
+    "seed": (lambda v: v is None or _whole(v), "must be a whole number"),
+    "max_tokens": (lambda v: v is None or (_whole(v) and v >= 1), "must be at least 1"),
+    "system_prompt": (lambda v: v is None or isinstance(v, str), "must be text"),
+    "min_p": (lambda v: _real(v) and 0 <= v <= 1, "must be 0 or more and at most 1 (e.g. 0.05)"),
+}
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How a reply is sampled. ``temperature <= 0`` is greedy; ``seed=None`` is random."""
+    """How a reply is sampled. ``temperature <= 0`` is greedy; ``seed=None`` is random.
+
+    Every value is checked when the settings are made (:data:`SAMPLING_RULES`): a bad one is an
+    :class:`InvalidSampling`, whichever front end it came from.
+    """
 
     temperature: float = 0.8
     top_p: float = 0.95
@@ -97,6 +140,11 @@ class SamplingSettings:
     max_tokens: int | None = None
     system_prompt: str | None = None
     min_p: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name, (accepts, rule) in SAMPLING_RULES.items():
+            if not accepts(getattr(self, name)):
+                raise InvalidSampling(name, rule)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,106 +257,16 @@ def template_failure(exc: BaseException) -> str:
     return where + printable(message, 200, one_line=True).strip()
 
 
-class LlamaLog:
-    """Routes llama.cpp's log into a ring buffer (for load failure reasons) instead of the terminal.
-
-    One per process (:meth:`shared`): llama.cpp keeps the callback's address, so the callback must
-    outlive every engine. Engines hold it from the start of a load until :meth:`ChatEngine.close`,
-    so llama.cpp's chatter (such as the line it logs when a decode is aborted) never lands on a
-    terminal UI; the last holder gives the log back to llama-cpp-python.
-    """
-
-    _shared: LlamaLog | None = None
-    _lock = threading.Lock()
-
-    @classmethod
-    def shared(cls) -> LlamaLog:
-        with cls._lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
-
-    def __init__(self, size: int = 200) -> None:
-        self._holders = 0
-        self.lines: deque[str] = deque(maxlen=size)
-        self._partial = ""
-        self._level = 0
-        import llama_cpp
-
-        self._llama_cpp = llama_cpp
-
-        @llama_cpp.llama_log_callback
-        def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            self._feed(level, text)
-
-        self._callback = _callback
-
-    def _feed(self, level: int, text: bytes) -> None:
-        if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous message
-            self._level = level
-        if self._level in (1, 2):  # debug and info lines are not reasons (3 warn, 4 error)
-            self._partial = ""
-            return
-        chunk = self._partial + text.decode("utf-8", errors="replace")
-        *complete, self._partial = chunk.split("\n")
-        self.lines.extend(line for line in complete if line.strip())
-
-    def install(self) -> LlamaLog:
-        """Take over llama.cpp's log (counted: each install needs a :meth:`restore`)."""
-        with self._lock:
-            self._holders += 1
-            self._llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
-        return self
-
-    def restore(self) -> None:
-        """Give the log back to llama-cpp-python's own handler once no engine holds it."""
-        from llama_cpp import _logger
-
-        with self._lock:
-            self._holders = max(0, self._holders - 1)
-            if self._holders == 0:
-                self._llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-    def take(self) -> list[str]:
-        """The lines logged since the last call (warnings and errors only)."""
-        lines = list(self.lines) + ([self._partial] if self._partial.strip() else [])
-        self.lines.clear()
-        self._partial = ""
-        return lines
-
-
-def default_loader(path: str, **kwargs: Any) -> Any:
-    """``llama_cpp.Llama(path, **kwargs)`` with its chatter kept off the terminal, and the chat templates
-    in the file left uncompiled there (fitchat renders them itself, within limits: see fitchat.llama.chat_template).
-
-    ``verbose=True`` on purpose: with ``verbose=False`` llama-cpp-python points file descriptors
-    1 and 2 at /dev/null for the whole load, which blanks a terminal UI drawing meanwhile. The log
-    goes to our capture instead, and the few Python prints to a buffer.
-    """
+def default_loader(path: str, **kwargs: Any) -> Llama:
+    """``llama_cpp.Llama(path, **kwargs)`` loaded quietly (:func:`fitchat.llama.runtime.quiet_load`), with
+    the chat templates in the file left uncompiled there (fitchat renders them itself, within limits:
+    see fitchat.llama.chat_template)."""
     import llama_cpp
-    from llama_cpp._logger import set_verbose
 
     from fitchat.llama.chat_template import bounded_llama_templates
 
-    try:
-        with contextlib.redirect_stderr(io.StringIO()), bounded_llama_templates():
-            return llama_cpp.Llama(model_path=path, verbose=True, **kwargs)
-    finally:
-        set_verbose(False)
-
-
-def _libc_strlen() -> int | None:
-    """Address of the C library's ``strlen`` (the abort poll), or None."""
-    names = ["msvcrt"] if sys.platform == "win32" else [None, ctypes.util.find_library("c")]
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name)
-        except (OSError, TypeError):
-            continue
-        fn = getattr(lib, "strlen", None)
-        if fn is not None:
-            return ctypes.cast(fn, ctypes.c_void_p).value
-    return None
+    with quiet_load(), bounded_llama_templates():
+        return llama_cpp.Llama(model_path=path, verbose=True, **kwargs)
 
 
 def gil_holding(lc: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -340,7 +298,7 @@ def _default_load_kwargs() -> dict[str, Any]:
     return dict(DEFAULT_SETTINGS.llama_kwargs())
 
 
-def _settings_kwargs(settings: Any) -> dict[str, Any]:
+def _settings_kwargs(settings: LoadSettings | dict[str, Any] | None) -> dict[str, Any]:
     if settings is None:
         return _default_load_kwargs()
     if isinstance(settings, dict):
@@ -353,7 +311,7 @@ class ChatEngine:
 
     def __init__(
         self,
-        llm: Any,
+        llm: Llama,
         *,
         path: str,
         gpu_layers: int,
@@ -387,18 +345,8 @@ class ChatEngine:
         self.last_stats: ChatStats | None = None
         self._live: dict[str, Any] | None = None
 
-        # Abort polling without Python: llama.cpp calls the callback after every graph node, and a
-        # Python callback there would cost a GIL round trip per node. strlen on a two-byte buffer
-        # whose second byte stays 0 returns 0 or 1, which reads as the bool the callback returns:
-        # false until cancel() writes the first byte.
-        self._abort_flag = ctypes.create_string_buffer(2)
-        strlen = _libc_strlen()
-        if strlen is not None:
-            self._abort_cb = llama_cpp.ggml_abort_callback(strlen)
-        else:  # pragma: no cover - every supported platform has a libc strlen
-            flag = self._abort_flag
-            self._abort_cb = llama_cpp.ggml_abort_callback(lambda _data: flag.raw[0] != 0)
-        llama_cpp.llama_set_abort_callback(self._ctx, self._abort_cb, ctypes.cast(self._abort_flag, ctypes.c_void_p))
+        # cancel() aborts a decode within one graph node, without a Python call per node.
+        self._abort = AbortFlag().attach(self._ctx)
 
         metadata = getattr(llm, "metadata", {}) or {}
         self.chat_template: str | None = metadata.get("tokenizer.chat_template") or None
@@ -448,7 +396,7 @@ class ChatEngine:
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         gpu_layers: int | None = None,
-        settings: Any = None,
+        settings: LoadSettings | dict[str, Any] | None = None,
         on_notice: Notice | None = None,
         loader: Loader | None = None,
         calibrate: bool = True,
@@ -607,7 +555,7 @@ class ChatEngine:
             raise EngineBusy("a reply is still streaming; finish or close its iterator before closing the model")
         try:
             self._closed = True
-            self._lc.llama_set_abort_callback(self._ctx, self._lc.ggml_abort_callback(0), None)
+            self._abort.detach(self._ctx)
             self.llm.close()
             if self._log is not None:
                 self._log.restore()
@@ -631,7 +579,7 @@ class ChatEngine:
     def cancel(self) -> None:
         """Stop the reply in progress, within one graph node (thread-safe)."""
         self._cancel.set()
-        self._abort_flag[0] = b"\x01"
+        self._abort.set()
 
     # ------------------------------------------------------------------ threads
 
@@ -646,19 +594,6 @@ class ChatEngine:
         base = base or [max(0, int(self._lc.llama_vocab_bos(self._vocab)))]
         return (base * (n // len(base) + 1))[:n]
 
-    @contextlib.contextmanager
-    def _time_limit(self, seconds: float) -> Iterator[None]:
-        """Abort llama_decode (return code 2) once ``seconds`` have passed."""
-        flag = self._abort_flag
-        timer = threading.Timer(seconds, flag.__setitem__, (0, b"\x01"))
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-            flag[0] = b"\x00"
-
     def _decode_probe(self, start: int) -> thread_policy.DecodeProbe:
         lc, ctx = self._lc, self._ctx
         tokens = self._probe_tokens(64)
@@ -669,7 +604,7 @@ class ChatEngine:
             batch = lc.llama_batch_get_one(arr, 1)
             times = []
             try:
-                with self._time_limit(limit_s):
+                with self._abort.time_limit(limit_s):
                     for i in range(steps + 1):  # the first step warms the thread pool up
                         arr[0] = tokens[i % len(tokens)]
                         t = time.perf_counter()
@@ -690,7 +625,7 @@ class ChatEngine:
         def probe(n_threads_batch: int, limit_s: float) -> float:
             lc.llama_set_n_threads(ctx, self.threads.n_threads, n_threads_batch)
             try:
-                with self._time_limit(limit_s):
+                with self._abort.time_limit(limit_s):
                     t = time.perf_counter()
                     rc = lc.llama_decode(ctx, lc.llama_batch_get_one(arr, n_tokens))
                     elapsed = time.perf_counter() - t
@@ -718,7 +653,7 @@ class ChatEngine:
             self._lc.llama_memory_clear(self._mem, True)
             self._kv = []
             start = 0
-        self._abort_flag[0] = b"\x00"
+        self._abort.clear()
         decode = self._decode_probe(start)
         # Size the run to the model: a slow first step means fewer steps.
         first = decode(counts[0], 1, thread_policy.FIRST_PROBE_LIMIT_S)
@@ -947,7 +882,7 @@ class ChatEngine:
         text_out = False
         try:
             self._cancel.clear()
-            self._abort_flag[0] = b"\x00"
+            self._abort.clear()
             if self._recheck_pending:
                 old = self.threads
                 new = self._calibrate()
@@ -1009,7 +944,7 @@ class ChatEngine:
                     n = to_piece(vocab, token, big, -n, 0, False)
                     piece = utf8.decode(big.raw[:n])
                 else:
-                    piece = utf8.decode(buf[:n])
+                    piece = utf8.decode(buf[:n])  # type: ignore[arg-type]  # a char buffer's slice is bytes
                 produced += 1
                 live["completion_tokens"] = produced
                 if piece:
@@ -1042,7 +977,7 @@ class ChatEngine:
             end = time.perf_counter()
             if sampler is not None:
                 sampler.close()
-            self._abort_flag[0] = b"\x00"
+            self._abort.clear()
             if self._live is live:
                 stats = self._stats(live, end)
                 self.last_stats = stats
@@ -1097,6 +1032,8 @@ class TokenSampler:
         self._view: Any = None
         self._view_addr = 0
         addr = ctypes.cast(lc.llama_get_logits_ith, ctypes.c_void_p).value
+        if addr is None:  # pragma: no cover - the library exports it
+            raise EngineError("llama.cpp has no llama_get_logits_ith")
         self._logits_addr = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(addr)
         self._chain = None
         if not self._greedy:
@@ -1156,7 +1093,7 @@ def _offload_backend() -> str:
     return "gpu" if llama_cpp.llama_supports_gpu_offload() else "cpu"
 
 
-def _cpu_info() -> Any:
+def _cpu_info() -> CpuInfo:
     from fitchat.model.hardware import probe_cpu
 
     return probe_cpu("")

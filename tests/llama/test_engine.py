@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import threading
 import time
@@ -11,10 +12,17 @@ from typing import Any
 
 import pytest
 
-from fitchat.errors import InvalidModelFile, LoadFailed
+from fitchat.errors import FitchatError, InvalidModelFile, LoadFailed
 from fitchat.llama import engine as eng
 from fitchat.llama import threads as tp
-from fitchat.llama.engine import ChatEngine, ContextOverflow, EngineBusy, EngineClosed, SamplingSettings
+from fitchat.llama.engine import (
+    ChatEngine,
+    ContextOverflow,
+    EngineBusy,
+    EngineClosed,
+    InvalidSampling,
+    SamplingSettings,
+)
 
 GREEDY = SamplingSettings(temperature=0.0, seed=42, max_tokens=48)
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -32,6 +40,30 @@ def engine(smollm2: Path) -> Any:
 
 def reply(engine: ChatEngine, messages: list[dict[str, str]], settings: SamplingSettings = GREEDY) -> str:
     return "".join(engine.stream(messages, settings))
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), [
+    ("temperature", -0.1, "must be 0 or more"),
+    ("temperature", float("nan"), "must be 0 or more"),
+    ("top_p", 0.0, "must be more than 0 and at most 1"),
+    ("top_p", 1.5, "must be more than 0 and at most 1"),
+    ("top_k", -1, "must be 0 or more"),
+    ("top_k", 2.5, "must be 0 or more"),
+    ("repeat_penalty", 0, "must be more than 0"),
+    ("repeat_penalty", float("inf"), "must be more than 0"),
+    ("max_tokens", 0, "must be at least 1"),
+    ("seed", "7", "must be a whole number"),
+    ("min_p", 1.5, "must be 0 or more and at most 1"),
+    ("system_prompt", 3, "must be text"),
+])
+def test_sampling_settings_check_their_ranges_when_made(field: str, value: Any, rule: str) -> None:
+    with pytest.raises(InvalidSampling) as caught:
+        SamplingSettings(**{field: value})
+    assert isinstance(caught.value, FitchatError) and caught.value.field == field
+    assert str(caught.value).startswith(f"{field} {rule}") and "\n" not in str(caught.value)
+    with pytest.raises(InvalidSampling):  # a copy with one value changed is checked too
+        dataclasses.replace(GREEDY, **{field: value})
+    assert SamplingSettings(temperature=0, top_p=1, top_k=0, repeat_penalty=1, seed=-3, max_tokens=1, min_p=0)
 
 
 def test_replies_match_llama_cpp_python_through_the_gguf_template(engine: ChatEngine, smollm2: Path) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 from pathlib import Path
 
+import pytest
+
 from fitchat.chat.history import History
-from fitchat.llama.engine import SamplingSettings
+from fitchat.chat.session import ChatSession
+from fitchat.llama.engine import ContextOverflow, SamplingSettings
 from fitchat.tui.app import FitchatApp
 from fitchat.tui.screens.chat import ChatScreen
 from fitchat.tui.screens.pick import PickScreen
@@ -140,6 +144,10 @@ async def test_history_resume_delete_export(smollm2: Path, tmp_path: Path, unrea
                        what="the conversation to resume")
         shown = [(m.role, m.text) for m in screen.query(ChatMessage)]
         assert shown == [("user", "Name a colour."), ("assistant", "Blue.")]
+        # What the screen continues is what `fitchat chat --resume` continues: the same turns and settings.
+        restored = ChatSession.resume(None, app.services.history(), old.id)
+        assert screen.messages == restored.messages and app.sampling == restored.settings
+        assert app.sampling == SamplingSettings(temperature=0.0, seed=1, max_tokens=40)
         assert "2 tokens · 50.0 tok/s" in screen_text(app)
         await ask(pilot, screen, "Another one?")
         assert len(app.services.history().load(old.id).messages) == 4
@@ -154,6 +162,42 @@ async def test_history_resume_delete_export(smollm2: Path, tmp_path: Path, unrea
         await wait_for(pilot, lambda: not sidebar.conversations, what="the deletion")
         assert app.services.history().list_conversations() == []
         assert not list(screen.query(ChatMessage)), "deleting the open conversation starts a new one"
+
+
+async def test_a_refused_message_is_taken_back_as_in_the_cli(smollm2: Path, tmp_path: Path,
+                                                             unreachable_endpoint: str) -> None:
+    link_starter(smollm2)
+    app = make_app(tmp_path, unreachable_endpoint)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_chat(pilot, app)
+        first = await ask(pilot, screen, "Hi")
+        too_long = "word " * 5000  # more tokens than the context keeps for a message
+        box = screen.query_one("#chat-input")
+        box.load_text(too_long)
+        box.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any("the message takes" in n.message for n in app._notifications)
+                       and not screen.generating, what="the refusal")
+        # Gone from the conversation, the history and the screen; back in the input to be edited.
+        assert [m["role"] for m in screen.messages] == ["user", "assistant"]
+        saved = app.services.history().load(screen.conversation_id)
+        assert [(m.role, m.content) for m in saved.messages] == [("user", "Hi"), ("assistant", first.text)]
+        assert [(m.role, m.text) for m in screen.query(ChatMessage)] == [("user", "Hi"), ("assistant", first.text)]
+        assert box.text == too_long.strip()
+        # The CLI's session, on the same engine and conversation, does the same.
+        cli = ChatSession.resume(screen.engine, app.services.history(), screen.conversation_id)
+
+        def refused() -> None:
+            with pytest.raises(ContextOverflow):
+                "".join(cli.send(too_long.strip()))
+
+        await asyncio.to_thread(app.services.on_llama_thread, refused)
+        assert cli.taken_back == too_long.strip() and cli.messages == screen.messages
+        assert len(app.services.history().load(screen.conversation_id).messages) == 2
+        # The next message goes as usual.
+        box.clear()
+        again = await ask(pilot, screen, "Bye")
+        assert again.text.strip() and len(screen.messages) == 4
 
 
 async def test_settings_modal_and_code_block_copy(smollm2: Path, tmp_path: Path, unreachable_endpoint: str) -> None:
@@ -181,6 +225,15 @@ async def test_settings_modal_and_code_block_copy(smollm2: Path, tmp_path: Path,
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, SettingsScreen)
         assert any("Temperature must be a number" in n.message for n in app._notifications)
+        # A value out of range is refused by the settings themselves, told by its label; nothing changes.
+        before = app.sampling
+        dialog.query_one("#set-temperature").value = "0.3"
+        dialog.query_one("#set-repeat_penalty").value = "0"
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, SettingsScreen)
+        assert any(n.message == "Repeat penalty must be more than 0 (1 turns it off)" for n in app._notifications)
+        assert app.sampling is before
+        dialog.query_one("#set-repeat_penalty").value = "1.1"
         dialog.query_one("#set-temperature").value = "0.3"
         dialog.query_one("#set-seed").value = "7"
         dialog.query_one("#system-prompt").text = "Answer in one word."

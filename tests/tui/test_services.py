@@ -27,7 +27,7 @@ def test_loads_and_replies_from_many_threads_run_on_one_llama_thread(smollm2: Pa
 
     def reply() -> None:  # as the UI's workers do, each from a pooled thread of its own
         pieces: list[str] = []
-        services.stream_reply(engine, HELLO, GREEDY,
+        services.stream_reply(engine.stream(HELLO, GREEDY),
                               lambda piece: (pieces.append(piece), seen.append(threading.current_thread().name)))
         replies.append("".join(pieces))
 
@@ -70,7 +70,7 @@ def test_the_llama_thread_and_its_openmp_threads_yield_to_the_ui(smollm2: Path) 
     before = thread_niceness()
     ui = threading.get_native_id()
     engine = services.load_engine(smollm2, plan=None, n_ctx=512, on_notice=lambda _m: None)
-    services.stream_reply(engine, HELLO, GREEDY, lambda _piece: None)
+    services.stream_reply(engine.stream(HELLO, GREEDY), lambda _piece: None)
     llama = services.on_llama_thread(threading.get_native_id)
     after = thread_niceness()
     services.close_engine(engine)

@@ -6,7 +6,7 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.app import ComposeResult
@@ -19,7 +19,6 @@ from textual.worker import get_current_worker
 
 from fitchat.tui.coalesce import BusyPacer, Coalescer, ui_cpu_budget, usable_cores
 from fitchat.tui.guard import Guarded, on
-from fitchat.tui.notify import error_message
 from fitchat.tui.render import rate
 from fitchat.tui.screens.pick import PickScreen
 from fitchat.tui.screens.settings import SettingsScreen
@@ -29,6 +28,11 @@ from fitchat.tui.widgets.history_sidebar import HistorySidebar
 from fitchat.tui.widgets.local_models import model_name
 from fitchat.tui.widgets.message_log import MessageLog
 from fitchat.tui.widgets.status_line import StatusLine
+
+if TYPE_CHECKING:
+    from fitchat.chat.session import ChatSession, Turn
+    from fitchat.llama.engine import ChatEngine, ChatStats, SamplingSettings
+    from fitchat.model.plan import Plan
 
 #: The status line (tok/s, sparkline) is refreshed with a screen update of the reply at most this
 #: often, so that it costs no frame of its own (and by a timer after IDLE_SAMPLE_S without one).
@@ -46,15 +50,6 @@ IDLE_SAMPLE_S = COALESCE_MAX_S + 0.5
 #: which takes a core from llama.cpp for a moment.
 TIMER_S = 0.5
 SIDEBAR_MIN_WIDTH = 100
-
-
-def stats_dict(stats: Any) -> dict[str, Any] | None:
-    """ChatStats as a plain dict for the history."""
-    if stats is None:
-        return None
-    if dataclasses.is_dataclass(stats):
-        return dataclasses.asdict(stats)
-    return dict(vars(stats))
 
 
 def export_conversation(folder: Path, stem: str, text: str) -> Path:
@@ -117,22 +112,27 @@ class ChatScreen(Guarded, Screen[None]):
             super().__init__()
 
     class Finished(Message):
-        """The reply ended: finished, stopped or failed."""
+        """The reply ended: finished, stopped or failed (``taken_back``: the refused message's text)."""
 
-        def __init__(self, stats: Any, error: BaseException | None, stopped: bool) -> None:
+        def __init__(self, stats: ChatStats | None, error: BaseException | None, stopped: bool,
+                     taken_back: str | None = None) -> None:
             self.stats = stats
             self.error = error
             self.stopped = stopped
+            self.taken_back = taken_back
             super().__init__()
 
     def __init__(self, model: Any, conversation_id: int | None = None, context: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.context = context
-        self.conversation_id = conversation_id
-        self.engine: Any = None
-        self.plan: Any = None
-        self.messages: list[dict[str, str]] = []
+        self._resume_id = conversation_id
+        self.engine: ChatEngine | None = None
+        self.plan: Plan | None = None
+        #: The conversation (fitchat.chat.session): turns, saving, taking back a refused message. None until
+        #: the first message or a resume; a new chat starts a new one (which tries the history again).
+        self.session: ChatSession | None = None
+        self._question: ChatMessage | None = None
         self.generating = False
         self.waiting_for_engine = False
         self._reply: ChatMessage | None = None
@@ -147,7 +147,6 @@ class ChatScreen(Guarded, Screen[None]):
         self._timer: Any = None
         self._pacer: BusyPacer | None = None
         self._update_interval = COALESCE_S
-        self._unsaved = False  # a save failed: the chat goes on without the history until a new one starts
 
     # ------------------------------------------------------------------ layout
 
@@ -167,8 +166,8 @@ class ChatScreen(Guarded, Screen[None]):
         self.query_one(StatusLine).set_state("loading model…")
         self.query_one(ChatInput).focus()
         self.refresh_history()
-        if self.conversation_id is not None:
-            self.resume(self.conversation_id)
+        if self._resume_id is not None:
+            self.resume(self._resume_id)
         self.load_engine(self.model)
 
     def _model_title(self) -> str:
@@ -178,6 +177,16 @@ class ChatScreen(Guarded, Screen[None]):
     @property
     def status(self) -> StatusLine:
         return self.query_one(StatusLine)
+
+    @property
+    def conversation_id(self) -> int | None:
+        """The saved conversation on screen (None before its first message is saved)."""
+        return self.session.conversation_id if self.session is not None else None
+
+    @property
+    def messages(self) -> list[Turn]:
+        """The conversation's turns, as the session holds them."""
+        return self.session.messages if self.session is not None else []
 
     # ------------------------------------------------------------------ the engine
 
@@ -216,18 +225,17 @@ class ChatScreen(Guarded, Screen[None]):
         self.status.set_state("no model")
         self.app.report_error(exc)
 
-    async def _engine_ready(self, engine: Any, plan: Any, ctx: int) -> None:
+    async def _engine_ready(self, engine: ChatEngine, plan: Plan | None, ctx: int) -> None:
         if not self.is_attached:
             engine.close()
             return
         self.engine, self.plan = engine, plan
+        if self.session is not None:
+            self.session.engine = engine
         self.app.settle_heap()
         status = self.status
         status.set_state("ready")
-        n_ctx = getattr(engine, "n_ctx", None) or getattr(plan, "context", None) or ctx
-        if callable(n_ctx):
-            n_ctx = n_ctx()
-        status.set_context(status.context_used, int(n_ctx))
+        status.set_context(status.context_used, engine.n_ctx or (plan.context if plan is not None else ctx))
         if plan is not None:
             status.set_layers(plan.gpu_layers, plan.n_layers)
         if self.waiting_for_engine:
@@ -238,8 +246,11 @@ class ChatScreen(Guarded, Screen[None]):
 
     @work(thread=True, exclusive=True, group="count", exit_on_error=False)
     def count_context(self) -> None:
-        engine, messages = self.engine, list(self.messages)
-        if engine is None or not self._idle.is_set():
+        engine, session = self.engine, self.session
+        if engine is None or session is None or not self._idle.is_set():
+            return
+        messages = session.chat_messages()
+        if not messages:
             return
         try:
             used = int(engine.count_tokens(messages))
@@ -258,12 +269,13 @@ class ChatScreen(Guarded, Screen[None]):
             self.notify("A reply is still coming: Esc stops it", severity="warning")
             return
         self.query_one(ChatInput).clear()
-        await self._add_message("user", text)
-        self.messages.append({"role": "user", "content": text})
+        self._question = await self._add_message("user", text)
+        session = self._session()
+        session.add_user_message(text)  # saved at once (one short SQLite transaction)
         # The sidebar lists the conversation again when the reply ends: now it would redraw while
         # the first tokens come (unless the model is still loading, which may take a while).
-        self._persist("user", text, list_again=self.engine is None)
         if self.engine is None:
+            self.refresh_history()
             self.waiting_for_engine = True
             self.status.set_state("loading model… (your message goes when it is ready)")
             return
@@ -302,10 +314,14 @@ class ChatScreen(Guarded, Screen[None]):
         self._pacer = BusyPacer(out, budget=budget, floor=COALESCE_S, ceiling=COALESCE_MAX_S)
         # Generation starts once the screen shows the question: laying it out and painting it
         # would otherwise take CPU from the first tokens.
-        self.call_after_refresh(self.generate, self.engine, list(self.messages), self.app.sampling, out)
+        session = self._session()
+        session.engine = self.engine
+        if self.app.sampling is not None:
+            session.set_settings(self.app.sampling)
+        self.call_after_refresh(self.generate, session, out)
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
-    def generate(self, engine: Any, messages: list[dict[str, str]], settings: Any, out: Coalescer) -> None:
+    def generate(self, session: ChatSession, out: Coalescer) -> None:
         """Run the engine and post its text to the screen through ``out``, never waiting for the screen.
 
         A piece goes out at once unless the last post was under ``out.interval`` ago; then it joins
@@ -315,21 +331,22 @@ class ChatScreen(Guarded, Screen[None]):
         """
         worker = get_current_worker()
         error: BaseException | None = None
+        engine = session.engine
 
         def on_piece(piece: str) -> None:
             out.add(piece)
-            if worker.is_cancelled or self._stopped:
+            if (worker.is_cancelled or self._stopped) and engine is not None:
                 engine.cancel()
 
         try:
-            self.app.services.stream_reply(engine, messages, settings, on_piece)
+            self.app.services.stream_reply(session.reply(), on_piece)
         except Exception as exc:  # noqa: BLE001 - shown as a notification
             error = exc
         finally:
             out.flush()
-            stats = getattr(engine, "last_stats", None)
+            stats = session.last_stats
             self._idle.set()
-            self.post_message(self.Finished(stats, error, self._stopped))
+            self.post_message(self.Finished(stats, error, self._stopped, session.taken_back))
 
     async def on_chat_screen_token(self, message: Token) -> None:
         if self._reply is None:
@@ -377,20 +394,22 @@ class ChatScreen(Guarded, Screen[None]):
             self.query_one(ChatInput).cursor_blink = True
 
     async def _end_reply(self, reply: ChatMessage, message: Finished) -> None:
-        stats = stats_dict(message.stats)
-        finish = "cancelled" if message.stopped else (getattr(message.stats, "finish_reason", None) or "stop")
+        """Show how the reply ended; the session has saved it already (on the llama.cpp thread)."""
+        stats = message.stats.to_json() if message.stats is not None else None
+        finish = "cancelled" if message.stopped else (message.stats.finish_reason if message.stats else "stop")
         state = "stopped" if message.stopped else "ready"
         if message.error is not None:
             self.app.report_error(message.error)
+        question, self._question = self._question, None
         if not reply.text:
             await reply.finish()
             await reply.remove()
+            if message.taken_back is not None:
+                await self._take_back(question, message.taken_back)
             self.status.set_state(state)
-            self.refresh_history()  # the question was saved
+            self.refresh_history()  # the question was saved (or taken back)
             return
-        # Saved first: the last streamed pieces may still be drawing.
-        self.messages.append({"role": "assistant", "content": reply.text})
-        self._persist("assistant", reply.text, stats=stats, finish_reason=finish)
+        self.refresh_history()
         await reply.finish(reply_meta(stats, finish))
         status = self.status
         status.set_state(state)
@@ -400,6 +419,16 @@ class ChatScreen(Guarded, Screen[None]):
                 status.set_context(int(stats.get("context_used") or 0), int(stats["n_ctx"]))
             if stats.get("gpu_layers") is not None:
                 status.set_layers(int(stats["gpu_layers"]), getattr(self.plan, "n_layers", None))
+
+    async def _take_back(self, question: ChatMessage | None, text: str) -> None:
+        """The engine refused the message (too long, a template error): it leaves the screen, as it left
+        the conversation, and goes back to the input to be edited (unless something new was typed there)."""
+        if question is not None and question.is_attached:
+            await question.remove()
+        box = self.query_one(ChatInput)
+        if not box.text.strip():
+            box.load_text(text)
+            box.move_cursor(box.document.end)
 
     def action_stop(self) -> None:
         if self.generating and self.engine is not None:
@@ -418,31 +447,22 @@ class ChatScreen(Guarded, Screen[None]):
 
     # ------------------------------------------------------------------ history
 
-    def _persist(self, role: str, content: str, list_again: bool = True, **extra: Any) -> None:
-        """Save a message now (one short SQLite transaction), then list the conversations again.
+    def _session(self) -> ChatSession:
+        """The conversation on screen, started on first use (saved from its first message)."""
+        if self.session is None:
+            sampling = self.app.sampling or self.app.services.default_sampling()
+            self.session = self.app.services.new_chat(
+                engine=self.engine, model_name=model_name(self.model), quant=getattr(self.model, "quant", None),
+                model_path=str(self.model.path), settings=sampling, on_warning=self._warn_unsaved,
+            )
+        return self.session
 
-        A save that fails (a full disk, a read-only or locked file) is told once; the chat goes on, unsaved,
-        until a new conversation starts.
+    def _warn_unsaved(self, text: str) -> None:
+        """A save failed: told once per conversation (the session stops saving); the chat goes on.
+
+        Called from the llama.cpp thread too (a reply is saved where it ends): ``notify`` posts a message.
         """
-        if self._unsaved:
-            return
-        try:
-            history = self.app.services.history()
-            if self.conversation_id is None:
-                settings = self.app.sampling
-                conv = history.create(
-                    model_name(self.model), quant=getattr(self.model, "quant", None), model_path=self.model.path,
-                    settings=dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {},
-                )
-                self.conversation_id = conv.id
-            history.add_message(self.conversation_id, role, content, **extra)
-        except Exception as exc:  # noqa: BLE001 - the chat goes on; the user is told once
-            self._unsaved = True
-            self.notify(f"{error_message(exc)}; this chat goes on, unsaved", title="Not saved",
-                        severity="warning", timeout=10, markup=False)
-            return
-        if list_again:
-            self.refresh_history()
+        self.notify(text, title="Not saved", severity="warning", timeout=10, markup=False)
 
     @work(thread=True, exclusive=True, group="history", exit_on_error=False)
     def refresh_history(self) -> None:
@@ -455,43 +475,33 @@ class ChatScreen(Guarded, Screen[None]):
 
     @work(thread=True, exclusive=True, group="resume", exit_on_error=False)
     def resume(self, conversation_id: int) -> None:
+        """Continue a saved conversation: its turns and settings as ``fitchat chat --resume`` restores them."""
         try:
-            conv = self.app.services.history().load(conversation_id)
+            session = self.app.services.resume_chat(conversation_id, engine=self.engine, on_warning=self._warn_unsaved)
         except Exception as exc:  # noqa: BLE001
             self.app.call_from_thread(self.app.report_error, exc)
             return
-        self.app.call_from_thread(self._show_conversation, conv)
+        self.app.call_from_thread(self._show_conversation, session)
 
-    async def _show_conversation(self, conv: Any) -> None:
+    async def _show_conversation(self, session: ChatSession) -> None:
         container = self.query_one("#messages", MessageLog)
         await container.remove_children()
-        self.conversation_id = conv.id
-        self._unsaved = False
-        self.messages = []
-        for m in conv.messages:
-            if m.role == "system":
+        session.engine = self.engine
+        self.session = session
+        for m in session.messages:
+            if m["role"] == "system":
                 continue
-            meta = reply_meta(m.stats, m.finish_reason) if m.role == "assistant" else ""
-            await self._add_message(m.role, m.content, meta)
-            self.messages.append({"role": m.role, "content": m.content})
-        self._restore_settings(conv.settings)
-        self.query_one(HistorySidebar).show(self.query_one(HistorySidebar).conversations, conv.id)
-        path = Path(conv.model_path) if conv.model_path else None
+            meta = reply_meta(m.get("stats"), m.get("finish_reason")) if m["role"] == "assistant" else ""
+            await self._add_message(m["role"], m["content"], meta)
+        self.app.sampling = session.settings
+        self.query_one(HistorySidebar).show(self.query_one(HistorySidebar).conversations, session.conversation_id)
+        path = Path(session.model_path) if session.model_path else None
         if path is not None and path != Path(self.model.path) and path.is_file():
-            self.notify(f"Continuing with {conv.model}" + (f" {conv.quant}" if conv.quant else ""))
-            self._switch_to(_ConversationModel(conv.model, conv.quant, path))
+            self.notify(f"Continuing with {session.model_name}" + (f" {session.quant}" if session.quant else ""),
+                        markup=False)
+            self._switch_to(_ConversationModel(session.model_name, session.quant, path))
         elif self.engine is not None:
             self.count_context()
-
-    def _restore_settings(self, saved: dict[str, Any]) -> None:
-        current = getattr(self.app, "sampling", None)
-        if current is None or not dataclasses.is_dataclass(current) or not saved:
-            return
-        known = {f.name for f in dataclasses.fields(current)}
-        try:
-            self.app.sampling = dataclasses.replace(current, **{k: v for k, v in saved.items() if k in known})
-        except (TypeError, ValueError):
-            pass
 
     @on(HistorySidebar.Resume)
     def _resume(self, event: HistorySidebar.Resume) -> None:
@@ -537,9 +547,7 @@ class ChatScreen(Guarded, Screen[None]):
         if self._busy():
             return
         await self.query_one("#messages", MessageLog).remove_children()
-        self.messages = []
-        self.conversation_id = None
-        self._unsaved = False
+        self.session = None  # the next message starts a new conversation, saved again if the history allows
         self.status.set_context(0, self.status.context_size)
         self.status.clear_speed()
         self.refresh_history()
@@ -561,15 +569,12 @@ class ChatScreen(Guarded, Screen[None]):
                 self.app.report_error(exc)
                 return
 
-        def saved(settings: Any) -> None:
+        def saved(settings: SamplingSettings | None) -> None:
             if settings is None:
                 return
             self.app.sampling = settings
-            if self.conversation_id is not None:
-                try:
-                    self.app.services.history().update(self.conversation_id, settings=dataclasses.asdict(settings))
-                except Exception as exc:  # noqa: BLE001
-                    self.app.report_error(exc)
+            if self.session is not None:
+                self.session.set_settings(settings)  # saved with the conversation (a failure is told once)
             self.notify("Settings saved")
 
         self.app.push_screen(SettingsScreen(self.app.sampling), saved)

@@ -69,13 +69,20 @@ class SettingsScreen(Guarded, ModalScreen[Any]):
         prompt = self.query_one("#system-prompt", TextArea).text.strip()
         if hasattr(self.settings, "system_prompt"):
             values["system_prompt"] = prompt or None
-        return dataclasses.replace(self.settings, **values)
+        from fitchat.llama.engine import InvalidSampling
+
+        try:
+            return dataclasses.replace(self.settings, **values)  # the settings check their own ranges
+        except InvalidSampling as exc:
+            labels = {name: label for name, label, _kind in FIELDS} | {"system_prompt": "System prompt"}
+            raise ValueError(f"{labels.get(exc.field, exc.field)} {exc.rule}") from None
 
     def action_save(self) -> None:
+        """Dismiss with the new settings; a bad value is told and the dialog stays open (nothing changes)."""
         try:
             settings = self.collect()
         except (ValueError, TypeError) as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(str(exc), severity="error", markup=False)
             return
         self.dismiss(settings)
 
