@@ -960,7 +960,8 @@ def _size_needle(model: ScoringModel, settings: CompareSettings) -> int:
     raise CompareError(f"context {settings.ctx} is too small for the needle probe; use --ctx {MIN_CTX} or more")
 
 
-def _probe_prompts(settings: CompareSettings, needle_chars: int) -> tuple[list[probes.ArithmeticProblem], list[probes.NeedleCase]]:
+def _probe_prompts(settings: CompareSettings,
+                   needle_chars: int) -> tuple[list[probes.ArithmeticProblem], list[probes.NeedleCase]]:
     arith = list(probes.arithmetic_problems(settings.probes.seed, settings.probes.arithmetic))
     needles: list[probes.NeedleCase] = []
     if settings.probes.needle_depths:
@@ -1237,7 +1238,8 @@ def score_variant(path: Path, reference: Path, *, n_threads: int | None = None, 
 
 
 @contextlib.contextmanager
-def _open(c: Candidate, settings: CompareSettings, plans: dict[Path, Any], cancel: threading.Event | None) -> Iterator[ScoringModel]:
+def _open(c: Candidate, settings: CompareSettings, plans: dict[Path, Any],
+          cancel: threading.Event | None) -> Iterator[ScoringModel]:
     model = ScoringModel(c.path, ctx=settings.ctx, n_threads=settings.n_threads,
                          n_gpu_layers=gpu_layers_for(plans.get(c.path)), cancel=cancel)
     try:
@@ -1301,7 +1303,8 @@ def verdict_lines(report: CompareReport) -> list[str]:
                 words += f" and runs {1 / ratio:.1f}× slower here"
             else:
                 words += " and runs at the same speed here"
-        words += f"; arithmetic {v.arithmetic_correct}/{v.arithmetic_total} against {ref.arithmetic_correct}/{ref.arithmetic_total}"
+        words += (f"; arithmetic {v.arithmetic_correct}/{v.arithmetic_total} "
+                  f"against {ref.arithmetic_correct}/{ref.arithmetic_total}")
         if v.needle_total:
             words += f", needle {v.needle_found}/{v.needle_total} against {ref.needle_found}/{ref.needle_total}"
         if v.ppl and ref.ppl:

@@ -257,12 +257,15 @@ def explain(plan: Plan, hw: HardwareInfo) -> str:
     if plan.verdict == "partial_gpu":
         return (
             f"{plan.gpu_layers} of {plan.n_layers} layers on GPU at {c} context, the rest on the CPU "
-            f"(all layers would need {human_bytes(plan.full_gpu_bytes)} of GPU memory, {human_bytes(plan.gpu_budget_bytes)} usable)"
+            f"(all layers would need {human_bytes(plan.full_gpu_bytes)} of GPU memory, "
+            f"{human_bytes(plan.gpu_budget_bytes)} usable)"
         )
     where = "no usable GPU" if plan.gpu_budget_bytes == 0 and hw.backend == "cpu" else "too big for the GPU"
     if plan.verdict == "cpu":
-        return f"runs on the CPU at {c} context ({where}): needs {human_bytes(e.total_bytes)} of {human_bytes(plan.ram_budget_bytes)} usable RAM"
-    return f"needs {human_bytes(e.total_bytes)} at {c} context but only {human_bytes(plan.ram_budget_bytes)} of RAM is usable ({where})"
+        return (f"runs on the CPU at {c} context ({where}): needs {human_bytes(e.total_bytes)} "
+                f"of {human_bytes(plan.ram_budget_bytes)} usable RAM")
+    return (f"needs {human_bytes(e.total_bytes)} at {c} context "
+            f"but only {human_bytes(plan.ram_budget_bytes)} of RAM is usable ({where})")
 
 
 def _better(verdict: str, than: Plan) -> bool:
@@ -285,7 +288,8 @@ def _levers(plan: Plan, hw: HardwareInfo, b: _Budget) -> list[str]:
 
     candidates: list[tuple[str, LoadSettings]] = []
     if s.type_k != "q8_0" or s.type_v != "q8_0":
-        candidates.append(("a q8_0 KV cache (--kv-type q8_0)", dataclasses.replace(s, type_k="q8_0", type_v="q8_0", flash_attn=True)))
+        q8_cache = dataclasses.replace(s, type_k="q8_0", type_v="q8_0", flash_attn=True)
+        candidates.append(("a q8_0 KV cache (--kv-type q8_0)", q8_cache))
     if s.n_ubatch > 256:
         candidates.append(("n_ubatch 256 (--n-ubatch 256)", dataclasses.replace(s, n_ubatch=256)))
     if spec.sliding_window and any(spec.swa_layers) and s.swa_full:
@@ -312,7 +316,10 @@ def _levers(plan: Plan, hw: HardwareInfo, b: _Budget) -> list[str]:
 
 def same_model(a: ModelSpec, b: ModelSpec) -> bool:
     """Whether two specs are variants (quants) of one model: same architecture and shapes."""
-    return (a.architecture, a.n_layers, a.n_embd, a.vocab_size, a.n_head) == (b.architecture, b.n_layers, b.n_embd, b.vocab_size, b.n_head)
+    def shape(s: ModelSpec) -> tuple[object, ...]:
+        return (s.architecture, s.n_layers, s.n_embd, s.vocab_size, s.n_head)
+
+    return shape(a) == shape(b)
 
 
 def choose(plans: Sequence[Plan]) -> int:
