@@ -543,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fitchat.llama.smoke [--recheck] [--model FILE] [--fetch-starter] [--cmake-args]``.
 
     Exit status: 0 the native build decodes; 2 it crashed, and works without extra buffer types;
-    1 it crashed both ways, or the check failed; 3 skipped (no model to decode with).
+    4 it crashed both ways; 1 the check failed (an error, a timeout); 3 skipped (no model to decode with).
     """
     import argparse
 
@@ -593,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"llama.cpp smoke decode: {verdict.status}: {verdict.message}")
     if verdict.status == CRASHED:
         print(f"rebuild: {rebuild_command()}")
+        return 4
     return 1
 
 
