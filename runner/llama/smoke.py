@@ -178,7 +178,7 @@ def model_params_override(**fields: Any) -> Iterator[None]:
     """
     import llama_cpp
 
-    known = {name for name, _ in llama_cpp.llama_model_params._fields_}
+    known = {field[0] for field in llama_cpp.llama_model_params._fields_}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"llama_model_params has no field {', '.join(unknown)}")
