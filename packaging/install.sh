@@ -14,6 +14,13 @@
 # Usage: sh install.sh [--backend auto|cuda|metal|cpu] [--method auto|pipx|uv|venv]
 #                      [--prefix DIR] [--source SPEC] [--python PYTHON]
 #                      [--find-links DIR] [--no-index] [--upgrade] [--rebuild] [--dry-run]
+#                      [--check-model FILE.gguf] [--no-smoke]
+#
+# After the build it checks that llama.cpp really runs here: a smoke decode in a child process
+# (python -m fitchat.llama.smoke, with the starter model or --check-model). When the native build
+# crashes (say SIGILL in its AMX kernels under a hypervisor), it rebuilds once with a portable flag set
+# (GGML_NATIVE off, this CPU's AVX/AVX-512 extensions named one by one: python -m fitchat.llama.smoke
+# --cmake-args) and checks again.
 set -eu
 
 BACKEND=auto
@@ -26,6 +33,8 @@ NO_INDEX=0
 UPGRADE=0
 REBUILD=0
 DRY_RUN=0
+SMOKE=1
+CHECK_MODEL=
 DONE=
 CUDA_SEARCH=${FITCHAT_CUDA_SEARCH-/usr/local/cuda /opt/cuda}
 
@@ -50,6 +59,8 @@ Install fitchat with the llama.cpp backend this machine can use (CUDA, Metal or 
   --upgrade       reinstall fitchat even when it is already installed
   --rebuild       rebuild llama-cpp-python even when its backend is already right
   --dry-run       print what would be done, change nothing
+  --check-model F the GGUF the smoke decode loads when the starter model is not downloaded
+  --no-smoke      skip the smoke decode that checks the build runs on this CPU
   -h, --help      this text
 
 Extra CMake options can be passed in CMAKE_ARGS (e.g. CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES=89).
@@ -74,6 +85,9 @@ while [ $# -gt 0 ]; do
         --upgrade) UPGRADE=1; shift ;;
         --rebuild) REBUILD=1; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
+        --check-model) [ $# -ge 2 ] || die "--check-model needs a value"; CHECK_MODEL=$2; shift 2 ;;
+        --check-model=*) CHECK_MODEL=${1#*=}; shift ;;
+        --no-smoke) SMOKE=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -81,6 +95,7 @@ done
 
 case $BACKEND in auto|cuda|metal|cpu) ;; *) die "--backend must be auto, cuda, metal or cpu, not '$BACKEND'" ;; esac
 case $METHOD in auto|pipx|uv|venv) ;; *) die "--method must be auto, pipx, uv or venv, not '$METHOD'" ;; esac
+[ -z "$CHECK_MODEL" ] || [ -f "$CHECK_MODEL" ] || die "--check-model: no such file: $CHECK_MODEL"
 [ -z "$FIND_LINKS" ] || [ -d "$FIND_LINKS" ] || die "--find-links: no such folder: $FIND_LINKS"
 [ "$NO_INDEX" = 0 ] || [ -n "$FIND_LINKS" ] || die "--no-index needs --find-links (where else would packages come from?)"
 
@@ -162,9 +177,15 @@ CUDA_ENV=0
 if [ "$BACKEND" = cuda ] && [ -n "$NVCC" ] && ! command -v nvcc >/dev/null 2>&1; then
     CUDA_ENV=1  # nvcc came from CUDA_HOME or a default folder: show CMake where it is
 fi
-BUILD_SHOW=
-[ -z "$BUILD_ARGS" ] || BUILD_SHOW="CMAKE_ARGS=\"$BUILD_ARGS\" "
-[ "$CUDA_ENV" = 0 ] || BUILD_SHOW="${BUILD_SHOW}CUDACXX=$NVCC "
+# What is shown in front of a build command: CMAKE_ARGS (recomputed when the build flags change), then the rest.
+BUILD_SHOW_REST=
+[ "$CUDA_ENV" = 0 ] || BUILD_SHOW_REST="CUDACXX=$NVCC "
+show_build() {
+    BUILD_SHOW=
+    [ -z "$BUILD_ARGS" ] || BUILD_SHOW="CMAKE_ARGS=\"$BUILD_ARGS\" "
+    BUILD_SHOW="$BUILD_SHOW$BUILD_SHOW_REST"
+}
+show_build
 
 if [ "$BACKEND" = cuda ] && [ -z "$NVCC" ]; then
     die "a CUDA build needs the CUDA toolkit (nvcc): install it (https://developer.nvidia.com/cuda-downloads), put its bin/ on PATH, then run this again"
@@ -203,9 +224,10 @@ fi
 # pip and uv read these from the environment (shown in front of each command that uses them).
 if [ -n "$FIND_LINKS" ]; then
     FIND_LINKS=$(cd "$FIND_LINKS" && pwd)
-    BUILD_SHOW="${BUILD_SHOW}PIP_FIND_LINKS=$FIND_LINKS "
+    BUILD_SHOW_REST="${BUILD_SHOW_REST}PIP_FIND_LINKS=$FIND_LINKS "
 fi
-[ "$NO_INDEX" = 0 ] || BUILD_SHOW="${BUILD_SHOW}PIP_NO_INDEX=1 "
+[ "$NO_INDEX" = 0 ] || BUILD_SHOW_REST="${BUILD_SHOW_REST}PIP_NO_INDEX=1 "
+show_build
 
 # --------------------------------------------------------------------------- pipx, uv or venv
 
@@ -353,6 +375,47 @@ else
             [ "${state%% *}" = "$BACKEND" ] || die "llama-cpp-python was rebuilt but its backend is '${state%% *}', not '$BACKEND': check the build output above (for CUDA: nvcc on PATH and a driver that supports it; 'fitchat doctor' says more)"
             did "rebuilt llama-cpp-python ${state#* } with the $BACKEND backend"
         fi
+    fi
+fi
+
+# --------------------------------------------------------------------------- 2b. does the build run here?
+
+# A smoke decode in a child process; prints one line, exit status 0 ok, 2 crashed natively but runs without
+# extra buffer types, 4 crashed both ways, 1 failed, 3 skipped (no model on disk to decode with).
+smoke_check() {
+    set -- "$ENV_PY" -m fitchat.llama.smoke "$@"
+    [ -z "$CHECK_MODEL" ] || set -- "$@" --model "$CHECK_MODEL"
+    say "smoke decode: $*"
+    SMOKE_OUT=$("$@" 2>&1) && SMOKE_RC=0 || SMOKE_RC=$?
+    printf '%s\n' "$SMOKE_OUT" | sed 's/^/    /'
+}
+
+if [ "$SMOKE" = 0 ]; then
+    say "smoke decode skipped (--no-smoke)"
+elif [ "$DRY_RUN" = 1 ]; then
+    say "would check that the build runs here: $ENV_PY -m fitchat.llama.smoke (a smoke decode in a child process); if the native build crashes, rebuild llama-cpp-python once with portable flags (GGML_NATIVE=OFF and this CPU's extensions, from: $ENV_PY -m fitchat.llama.smoke --cmake-args) and check again"
+else
+    say "checking that the llama.cpp build runs on this CPU (smoke decode)"
+    smoke_check
+    if [ "$SMOKE_RC" = 2 ] || [ "$SMOKE_RC" = 4 ]; then
+        PORTABLE=$("$ENV_PY" -m fitchat.llama.smoke --cmake-args) || die "could not work out the portable build flags"
+        say "the native build crashed here: rebuilding llama-cpp-python once with portable flags ($PORTABLE)"
+        BUILD_ARGS=$(printf '%s %s %s' "$BACKEND_ARGS" "${CMAKE_ARGS:-}" "$PORTABLE" | sed 's/^ *//; s/ *$//; s/  */ /g')
+        show_build
+        rebuild "$LLAMA_VERSION"
+        did "rebuilt llama-cpp-python with portable flags ($PORTABLE) because the native build crashed here"
+        smoke_check --recheck
+        case $SMOKE_RC in
+            0) did "the portable build passes the smoke decode" ;;
+            2) did "the portable build still crashes with extra buffer types: fitchat loads without them (slower prompt processing)" ;;
+            *) die "the portable build does not run here either ('fitchat doctor' says more)" ;;
+        esac
+    else
+        case $SMOKE_RC in
+            0) say "the build passes the smoke decode" ;;
+            3) say "no model on disk to decode with yet: the check runs before the first load (or pass --check-model FILE.gguf; 'fitchat doctor' runs it too)" ;;
+            *) say "the smoke decode did not finish (see above); 'fitchat doctor' runs it again" ;;
+        esac
     fi
 fi
 

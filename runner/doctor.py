@@ -18,11 +18,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fitchat.errors import first_line
 from fitchat.format import human_bytes
 from fitchat.model.hardware import HardwareInfo, read_sysctl
+
+if TYPE_CHECKING:
+    from fitchat.llama.smoke import SmokeVerdict
 
 GiB = 1024**3
 
@@ -87,7 +90,7 @@ class DoctorReport:
         return any(c.status == FAIL for c in self.checks)
 
     def get(self, key: str) -> Check:
-        """The check named ``key`` (``llama_build``, ``cuda``, ``metal``, ``disk``, ``hub``, ``token``)."""
+        """The check named ``key`` (``llama_build``, ``llama_smoke``, ``cuda``, ``metal``, ``disk``, ``hub``, ``token``)."""
         return next(c for c in self.checks if c.key == key)
 
     def to_json(self) -> dict[str, Any]:
@@ -192,6 +195,51 @@ def check_llama_build(hw: HardwareInfo) -> Check:
     if isa:
         summary += f" (CPU features: {isa})"
     return Check("llama_build", "llama.cpp build", OK, summary, details=details)
+
+
+# --------------------------------------------------------------------------- llama.cpp smoke decode
+
+#: The smoke decode's limit per child when no verdict is cached (doctor stays quick; a load takes ~1 s).
+SMOKE_TIMEOUT_S = 60.0
+
+
+def check_llama_smoke(hw: HardwareInfo, verdict: SmokeVerdict | None) -> Check:
+    """Does the build decode here, or does it crash in its CPU kernels (AMX, repacked weights)?
+
+    ``verdict`` is :func:`fitchat.llama.smoke.runtime_verdict`'s (cached, or a smoke decode just run);
+    None when the build could not be loaded at all (the build check says why).
+    """
+    from fitchat.llama import smoke
+
+    name = "llama.cpp smoke decode"
+    if verdict is None:
+        return Check("llama_smoke", name, INFO, "not run: llama-cpp-python could not be loaded (see the llama.cpp build check)")
+    details: dict[str, Any] = {
+        "status": verdict.status, "use_extra_bufts": verdict.use_extra_bufts, "signal": verdict.signal,
+        "fallback": verdict.fallback, "cached": verdict.cached, "model": verdict.model,
+    }
+    extra = CMAKE_ARGS.get(hw.backend, "")
+    pip = f'"{sys.executable}" -m pip'
+    fix = smoke.rebuild_command(pip=pip, extra_cmake=extra)
+    when = " (cached)" if verdict.cached else ""
+    if verdict.status == smoke.OK:
+        return Check("llama_smoke", name, OK, f"the build decodes on this CPU{when}", details=details)
+    if verdict.status == smoke.SKIPPED:
+        return Check("llama_smoke", name, INFO, f"not run: {verdict.message}",
+                     fix="fitchat pull starter, then fitchat doctor again", details=details)
+    if verdict.status == smoke.FAILED:
+        return Check("llama_smoke", name, WARN, f"the smoke decode did not finish: {verdict.message}",
+                     fix="run 'python -m fitchat.llama.smoke --recheck' to see it again", details=details)
+    if verdict.usable:
+        return Check(
+            "llama_smoke", name, WARN,
+            f"the native build crashed here with {verdict.signal}{when}; fitchat loads without extra buffer types "
+            "(no AMX/repacked CPU kernels: slower prompt processing)",
+            fix=f"for a build that needs no workaround: {fix}", details=details,
+        )
+    return Check("llama_smoke", name, FAIL,
+                 f"the build crashed here with {verdict.signal}, even without extra buffer types{when}: {verdict.message}",
+                 fix=fix, details=details)
 
 
 # --------------------------------------------------------------------------- CUDA
@@ -571,8 +619,13 @@ def run_doctor(
     which: Callable[..., str | None] = shutil.which,
     sysctl: Callable[[str], str | None] = read_sysctl,
     cuda_homes: tuple[Path, ...] = CUDA_DEFAULT_HOMES,
+    smoke_timeout_s: float = SMOKE_TIMEOUT_S,
 ) -> DoctorReport:
-    """Run every check. ``hw`` defaults to :func:`fitchat.model.hardware.detect_hardware`."""
+    """Run every check. ``hw`` defaults to :func:`fitchat.model.hardware.detect_hardware`.
+
+    The smoke decode uses the cached verdict; it runs (each child bounded by ``smoke_timeout_s``) only
+    when none is cached for this library and CPU.
+    """
     if hw is None:
         from fitchat.model.hardware import detect_hardware
 
@@ -581,8 +634,14 @@ def run_doctor(
     from fitchat.hub.store import hf_cache_dir
 
     hub = check_hub(env, timeout_s)
+    verdict = None
+    if not hw.llama_cpp.error:
+        from fitchat.llama.smoke import runtime_verdict
+
+        verdict = runtime_verdict(timeout_s=smoke_timeout_s)
     checks = (
         check_llama_build(hw),
+        check_llama_smoke(hw, verdict),
         check_cuda(hw, probe_cuda_toolkit(env, which, default_homes=cuda_homes), env),
         check_metal(hw, sysctl),
         check_disk(hf_cache_dir()),

@@ -187,7 +187,7 @@ def test_cli_json_on_this_machine(capsys, monkeypatch, unreachable_endpoint, rea
     rc, report = doctor_json(capsys)
     assert rc == (1 if report["failed"] else 0)
     checks = {c["key"]: c for c in report["checks"]}
-    assert list(checks) == ["llama_build", "cuda", "metal", "disk", "hub", "token"]
+    assert list(checks) == ["llama_build", "llama_smoke", "cuda", "metal", "disk", "hub", "token"]
     build = checks["llama_build"]
     hw = detect_hardware()
     assert build["details"]["backend"] == hw.backend
@@ -505,3 +505,47 @@ def test_min_driver_table():
     assert doctor.min_driver_for("13.0") == 580
     assert doctor.min_driver_for("12.4") == 525 and doctor.min_driver_for("12.4", windows=True) == 527
     assert doctor.min_driver_for("10.2") is None and doctor.min_driver_for("garbage") is None
+
+
+# --------------------------------------------------------------------------- llama.cpp smoke decode
+
+
+def _verdict(status: str, *, signal: str | None = None, fallback: str | None = None, cached: bool = True):
+    from fitchat.llama.smoke import SmokeVerdict
+
+    return SmokeVerdict(use_extra_bufts=status != "crashed", status=status, signal=signal, message="m",
+                        checked_at=0.0, fallback=fallback, cached=cached)
+
+
+def test_smoke_check_names_the_crash_and_the_exact_rebuild_command(real_build):
+    from fitchat.llama.smoke import rebuild_command
+
+    hw = detect_hardware(nvml=NoDriverNVML(), build=real_build)
+    worked_around = doctor.check_llama_smoke(hw, _verdict("crashed", signal="SIGILL", fallback="ok"))
+    assert worked_around.status == "warn" and "crashed here with SIGILL" in worked_around.summary
+    assert "slower prompt processing" in worked_around.summary
+    exact = rebuild_command(pip=f'"{sys.executable}" -m pip')
+    assert worked_around.fix == f"for a build that needs no workaround: {exact}"
+    assert "-DGGML_NATIVE=OFF" in exact and "AMX" not in exact
+    broken = doctor.check_llama_smoke(hw, _verdict("crashed", signal="SIGSEGV", fallback="crashed"))
+    assert broken.status == "fail" and broken.fix == exact and "even without extra buffer types" in broken.summary
+    assert doctor.check_llama_smoke(hw, _verdict("ok")).status == "ok"
+    skipped = doctor.check_llama_smoke(hw, _verdict("skipped", cached=False))
+    assert skipped.status == "info" and "fitchat pull starter" in (skipped.fix or "")
+    assert doctor.check_llama_smoke(hw, _verdict("failed", cached=False)).status == "warn"
+
+
+def test_smoke_check_runs_once_then_uses_the_cached_verdict(smollm2, real_build, ample_disk):
+    """With the starter model on disk the first doctor decodes with it in a child; the next reads the cache."""
+    from fitchat.hub.store import starter_path
+
+    starter_path().parent.mkdir(parents=True, exist_ok=True)
+    starter_path().symlink_to(smollm2)
+    hw = detect_hardware(nvml=NoDriverNVML(), build=real_build)
+    env = {"HF_HUB_OFFLINE": "1", "PATH": os.environ.get("PATH", "")}
+    first = doctor.run_doctor(hw, env=env, smoke_timeout_s=120).get("llama_smoke")
+    assert first.status == "ok" and first.details["cached"] is False and first.details["use_extra_bufts"] is True
+    start = time.monotonic()
+    second = doctor.run_doctor(hw, env=env, smoke_timeout_s=120).get("llama_smoke")
+    assert second.status == "ok" and second.details["cached"] is True
+    assert time.monotonic() - start < 5

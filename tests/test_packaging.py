@@ -262,6 +262,8 @@ def test_dry_run_plans_a_cuda_build(tmp_path):
     assert f"would run: {sys.executable} -m venv {prefix / 'share' / 'fitchat' / 'venv'}" in out
     assert f'would run: CMAKE_ARGS="-DGGML_CUDA=on" {venv_py} -m pip install' in out
     assert "dry run: nothing was changed" in out
+    assert f"would check that the build runs here: {venv_py} -m fitchat.llama.smoke" in out
+    assert "rebuild llama-cpp-python once with portable flags" in out
     assert not prefix.exists()
 
 
@@ -356,6 +358,9 @@ def test_install_script_is_idempotent_on_an_installed_venv(wheel_venv, dist, tmp
     assert f"llama-cpp-python {llama_cpp.__version__} already has the cpu backend" in first.stdout
     assert f"linked {wheel_venv / 'bin' / 'fitchat'}" in first.stdout
     assert "pip install" not in first.stdout
+    # The smoke decode ran with the installed environment; no model is on disk in this home, so it says so.
+    assert f"smoke decode: {wheel_venv / 'share' / 'fitchat' / 'venv' / 'bin' / 'python'} -m fitchat.llama.smoke" in first.stdout
+    assert "no model on disk to decode with yet" in first.stdout
     assert (wheel_venv / "bin" / "fitchat").resolve() == (wheel_venv / "share" / "fitchat" / "venv" / "bin" / "fitchat").resolve()
 
     second = install_sh(*args, fakebin=fakebin)
@@ -468,3 +473,24 @@ def test_pyinstaller_bundle_builds_and_runs(tmp_path, smollm2):
         f"--help {help_s * 1000:.0f} ms, hw --json {hw_s * 1000:.0f} ms (first run); "
         f"chat reply {answer['reply']!r}"
     )
+
+
+def test_install_script_rebuilds_once_with_portable_flags_when_the_native_build_crashes(wheel_venv, dist, smollm2, tmp_path):
+    """The smoke decode's child is told to die with SIGILL while extra buffer types are on (a CPU faulting in
+    the AMX kernels): the script rebuilds llama-cpp-python with the portable flag set. Packages come from an
+    empty folder only, so the rebuild itself stops at once; what it ran is on screen."""
+    from fitchat.llama.smoke import portable_cmake_args
+
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    empty = tmp_path / "wheels"
+    empty.mkdir()
+    args = ("--method", "venv", "--prefix", str(wheel_venv), "--source", str(dist.wheel), "--check-model", str(smollm2),
+            "--find-links", str(empty), "--no-index")
+    proc = install_sh(*args, fakebin=fakebin, extra_env={"FITCHAT_SMOKE_FAKE_SIGNAL": "SIGILL"}, timeout=300)
+    out = proc.stdout
+    assert "llama.cpp smoke decode: crashed with SIGILL, works without extra buffer types" in out
+    portable = portable_cmake_args()
+    assert f"the native build crashed here: rebuilding llama-cpp-python once with portable flags ({portable})" in out
+    assert f'+ CMAKE_ARGS="{portable}" ' in out and "--force-reinstall --no-cache-dir --no-deps llama-cpp-python" in out
+    assert proc.returncode != 0  # the rebuild could not fetch llama-cpp-python from the empty folder

@@ -6,8 +6,9 @@ load line by line (``fitchat.model.measure``, ``bench/estimate_accuracy.py``).
 
 Weights
     Exact: the tensor sizes from the GGUF header. On the CPU, llama.cpp also keeps a repacked
-    copy of some quantized matrices for faster kernels (the ``CPU_REPACK`` buffer) while the
-    mapped file stays mapped; which types are repacked depends on the CPU (``_repacked``).
+    copy of some quantized matrices for faster kernels while the mapped file stays mapped: the
+    ``AMX`` buffer where the build has AMX (SmolLM2 Q4_K_M: 51.31 MiB), else ``CPU_REPACK`` for the
+    types the CPU's kernels take (``_extra_copy``); none with ``use_extra_bufts`` off.
 
 KV cache
     Exact: ``cells × Σ_layers (n_head_kv·key_length·bytes(type_k) + n_head_kv·value_length·bytes(type_v))``
@@ -92,6 +93,9 @@ class LoadSettings:
     n_ubatch: int = 512
     type_k: str = "f16"
     type_v: str = "f16"
+    #: llama_model_params.use_extra_bufts: the CPU's repacked (CPU_REPACK) and AMX weight copies. Off when
+    #: the smoke decode found the build crashing in those kernels (fitchat.llama.smoke); not a ``Llama`` argument.
+    use_extra_bufts: bool = True
 
     def __post_init__(self) -> None:
         for name in ("type_k", "type_v"):
@@ -105,7 +109,11 @@ class LoadSettings:
             )
 
     def llama_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``llama_cpp.Llama(...)`` that load with exactly these settings."""
+        """Keyword arguments for ``llama_cpp.Llama(...)`` that load with exactly these settings.
+
+        ``use_extra_bufts`` is not among them: ``Llama`` has no such argument (it would ignore it); a load
+        without extra buffer types goes through ``fitchat.llama.smoke.model_params_override``.
+        """
         return {
             "flash_attn": self.flash_attn,
             "swa_full": self.swa_full,
@@ -142,7 +150,7 @@ class Estimate:
     n_ctx: int = 0  # llama.cpp's padded context
     n_ubatch: int = 0  # the micro-batch llama.cpp will really use
     gpu_layers: int = 0  # llama.cpp n_gpu_layers (of n_layers + 1)
-    repack_bytes: int = 0  # part of weights_bytes: the CPU's repacked copies
+    repack_bytes: int = 0  # part of weights_bytes: the CPU's extra copies (CPU_REPACK or AMX buffer)
     output_bytes: int = 0  # part of overhead_bytes: the logits output buffer
     gpu_weights_bytes: int = 0
     gpu_kv_bytes: int = 0
@@ -223,13 +231,32 @@ def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_S
 
 
 #: Quantized types the CPU backend repacks, by instruction set (ggml-cpu/repack.cpp):
-#: type -> (rows must be a multiple of this, required ISA flags: any of these sets).
+#: type -> rows (ne[1]) must be a multiple of this.
 _REPACK_X86: dict[str, int] = {"Q4_0": 8, "Q4_K": 8, "IQ4_NL": 8, "MXFP4": 8}
 _REPACK_X86_AVX512: dict[str, int] = {"Q2_K": 8}
 _REPACK_ARM: dict[str, int] = {"Q4_0": 4, "Q4_K": 8, "Q5_K": 8, "Q6_K": 8, "IQ4_NL": 4, "MXFP4": 4, "Q8_0": 4, "Q1_0": 4}
 
+#: The AMX buffer type (ggml-cpu/amx: ``qtype_has_amx_kernels`` and ``extra_buffer_type::supports_op``):
+#: type -> (ne[0] must be a multiple of this, extra bytes per block its packed rows carry). It comes
+#: before CPU_REPACK in llama.cpp's list, so a weight it takes is not repacked; the rows (ne[1]) must be a
+#: multiple of 32 (2 × TILE_N). Its size per weight (``ggml_backend_amx_get_alloc_size``) is
+#: ``ne[1] × blocks × (block bytes + extra)``: the tensor's bytes plus the extra per block (the int32
+#: compensation of Q8_0, the scales of Q4_K/Q5_K, IQ4_XS's 2 bytes); F16 is not packed.
+_AMX: dict[str, tuple[int, int]] = {
+    "Q4_0": (32, 0), "Q4_1": (32, 0), "Q8_0": (32, 4), "Q4_K": (256, 4), "Q5_K": (256, 4), "Q6_K": (256, 0),
+    "IQ4_XS": (256, 2), "F16": (16, 0),
+}
+_AMX_BLOCK: dict[str, int] = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "F16": 1}  # the rest: QK_K = 256
+_AMX_ROWS = 32
 
-def _repack_rules(isa: tuple[str, ...] | None) -> dict[str, int]:
+#: Per-tensor rule: (repack rules by type, whether the AMX buffer type is there).
+Rules = tuple[tuple[tuple[str, int], ...], bool]
+
+
+def _extra_buft_rules(isa: tuple[str, ...] | None, use_extra_bufts: bool = True) -> Rules:
+    """Which extra buffer types a CPU load gets: none when they are off, AMX where the build has it, CPU_REPACK."""
+    if not use_extra_bufts:
+        return (), False
     if isa is None:
         isa = ("AVX2",)  # unknown CPU: assume the common x86-64 case
     flags = set(isa)
@@ -240,29 +267,54 @@ def _repack_rules(isa: tuple[str, ...] | None) -> dict[str, int]:
         rules.update(_REPACK_X86_AVX512)
     if "NEON" in flags and flags & {"DOTPROD", "MATMUL_INT8", "SVE"}:
         rules.update(_REPACK_ARM)
-    return rules
+    return tuple(sorted(rules.items())), "AMX_INT8" in flags
 
 
-def _repacked(t: TensorInfo, rules: dict[str, int]) -> bool:
-    """Whether llama.cpp's CPU backend keeps a repacked copy of this weight (matrix-multiply weights only)."""
-    if len(t.shape) not in (2, 3) or t.name.startswith("token_embd") or not t.name.endswith(".weight"):
+def _matmul_weight(t: TensorInfo, tied_output: bool) -> bool:
+    """A weight llama.cpp multiplies with (MUL_MAT): 2-D/3-D ``.weight`` tensors, and token_embd only as the
+    tied output projection (llama.cpp loads a duplicate of it for the output layer)."""
+    if len(t.shape) not in (2, 3) or not t.name.endswith(".weight"):
         return False
-    rows = rules.get(t.type_name)
-    return rows is not None and t.shape[1] % rows == 0
+    return tied_output or not t.name.startswith("token_embd")
+
+
+def _amx_bytes(t: TensorInfo) -> int | None:
+    """The AMX buffer's size for this weight, or None when the AMX buffer type does not take it."""
+    rule = _AMX.get(t.type_name)
+    if rule is None or len(t.shape) != 2:
+        return None
+    align, extra = rule
+    k, n = t.shape[0], t.shape[1]
+    if k % align or n % _AMX_ROWS:
+        return None
+    return t.n_bytes + n * (k // _AMX_BLOCK.get(t.type_name, 256)) * extra
+
+
+def _extra_copy(t: TensorInfo, rules: Rules, tied: bool) -> int:
+    """Bytes of the extra-buffer copy llama.cpp's CPU backend keeps of this weight (AMX or CPU_REPACK), else 0."""
+    repack, amx = rules
+    if not _matmul_weight(t, tied and t.name.startswith("token_embd")):
+        return 0
+    if amx:
+        size = _amx_bytes(t)
+        if size is not None:
+            return size
+    if t.name.startswith("token_embd"):
+        return 0  # the CPU_REPACK figures were calibrated without the tied output's copy
+    rows = dict(repack).get(t.type_name)
+    return t.n_bytes if rows is not None and t.shape[1] % rows == 0 else 0
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(spec: ModelSpec, rules: tuple[tuple[str, int], ...]) -> dict[str, tuple[int, int, int]]:
-    """Per tensor group: (bytes, bytes the CPU repacks, largest matrix), computed once per spec."""
-    rule_map = dict(rules)
+def _layout(spec: ModelSpec, rules: Rules) -> dict[str, tuple[int, int, int]]:
+    """Per tensor group: (bytes, bytes of the CPU's extra copies, largest matrix), computed once per spec."""
     out: dict[str, list[int]] = {}
     for t in spec.tensors:
         parts = t.name.split(".")
         group = f"blk.{parts[1]}" if parts[0] == "blk" and len(parts) > 1 else parts[0]
         g = out.setdefault(group, [0, 0, 0])
         g[0] += t.n_bytes
-        if _repacked(t, rule_map):
-            g[1] += t.n_bytes
+        g[1] += _extra_copy(t, rules, spec.tied_embeddings)
         if len(t.shape) >= 2:
             g[2] = max(g[2], t.n_bytes)
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
@@ -301,11 +353,11 @@ def estimate(
     n_layers = spec.n_layers
     gpu_layers = max(0, min(gpu_layers, n_layers + 1))
     first_gpu = n_layers + 1 - gpu_layers
-    rules = _repack_rules(cpu_isa)
+    rules = _extra_buft_rules(cpu_isa, settings.use_extra_bufts)
 
     gpu_w = cpu_w = repack = 0
     largest_cpu_matrix = 0
-    for group, (n_bytes, group_repack, largest) in _layout(spec, tuple(sorted(rules.items()))).items():
+    for group, (n_bytes, group_repack, largest) in _layout(spec, rules).items():
         if _on_gpu(group, n_layers, gpu_layers):
             gpu_w += n_bytes
         else:

@@ -272,6 +272,30 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> tuple[str, ...]:
+    """The CPU's own feature flags (``/proc/cpuinfo`` flags or Features; ``sysctl`` on an Intel Mac), sorted.
+
+    What the CPU reports, not what llama.cpp was built for (that is ``CpuInfo.isa``).
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return tuple(sorted(set(value.split())))
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        found = " ".join(filter(None, (read_sysctl("machdep.cpu.features"), read_sysctl("machdep.cpu.leaf7_features"))))
+        return tuple(sorted({f.lower().replace(".", "_") for f in found.split()}))
+    return ()
+
+
+def cpu_identity() -> tuple[str, tuple[str, ...]]:
+    """(model name, feature flags): what a cached per-CPU verdict is keyed by."""
+    return _cpu_model(), cpu_flags()
+
+
 def probe_cpu(system_info: str) -> CpuInfo:
     """Physical and logical cores (psutil) and ISA flags from the llama.cpp build."""
     logical = psutil.cpu_count(logical=True) or 1

@@ -144,6 +144,55 @@ def test_cpu_repack_depends_on_the_instruction_set(smol: dict[str, ModelSpec], g
     assert estimate(q4km, 512, gpu_layers=31, cpu_isa=AVX2).repack_bytes == 0
 
 
+def test_amx_buffer_on_cpus_that_report_amx(smol: dict[str, ModelSpec]) -> None:
+    q4km = smol["Q4_K_M"]
+    amx = AVX2 + ("AVX512", "AVX512_VNNI", "AMX_INT8")
+    # llama.cpp's log on an AMX Xeon: "AMX model buffer size = 51.31 MiB" (the Q4_K/Q6_K/Q8_0 matrices with their
+    # per-block extras, and the tied output's copy of token_embd); the AMX buffer takes them before CPU_REPACK.
+    e = estimate(q4km, 512, cpu_isa=amx)
+    assert round(e.repack_bytes / MiB, 2) == 51.31
+    # Q4_1 (the starter's type) has AMX kernels but no x86 repack: all its matrices go to the AMX buffer.
+    assert estimate(smol["Q4_1"], 512, cpu_isa=amx).repack_bytes > 0 == estimate(smol["Q4_1"], 512, cpu_isa=AVX2).repack_bytes
+
+
+def test_no_extra_buffers_when_they_are_off(smol: dict[str, ModelSpec]) -> None:
+    off = LoadSettings(use_extra_bufts=False)
+    assert "use_extra_bufts" not in off.llama_kwargs()  # not a Llama(...) argument: loads go through the override
+    for isa in (AVX2, AVX2 + ("AVX512", "AVX512_VNNI", "AMX_INT8"), ("NEON", "DOTPROD")):
+        on, no = estimate(smol["Q4_K_M"], 2048, cpu_isa=isa), estimate(smol["Q4_K_M"], 2048, off, cpu_isa=isa)
+        assert no.repack_bytes == 0 and on.repack_bytes > 0
+        assert on.weights_bytes - no.weights_bytes == on.repack_bytes
+
+
+def test_estimate_without_extra_buffers_matches_a_real_load(smollm2_variants: dict[str, Path], smol: dict[str, ModelSpec],
+                                                             isa: tuple[str, ...]) -> None:
+    """A real llama.cpp load with use_extra_bufts=False (through fitchat's model-params override): no
+    CPU_REPACK or AMX buffer, and the estimate with the setting off matches it."""
+    import json
+    import subprocess
+    import sys
+
+    path = smollm2_variants["Q4_K_M"]
+    off = LoadSettings(use_extra_bufts=False)
+    request = {"path": str(path), "mode": "load", "gpu_layers": 0, "jobs": [{"ctx": 2048, "kwargs": off.llama_kwargs()}]}
+    script = (
+        "import json, sys\n"
+        "from fitchat.llama.smoke import model_params_override\n"
+        "from fitchat.model import measure\n"
+        "with model_params_override(use_extra_bufts=False):\n"
+        "    print(json.dumps(measure._child(json.loads(sys.argv[1]))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(request)], capture_output=True, text=True,
+                          timeout=300, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])[0]
+    m = measurement_from_log(result["log"], mode="load", context=2048, settings=off)
+    assert {b.device for b in m.buffers if b.kind == "model"} == {"CPU_Mapped"}
+    e = estimate(smol["Q4_K_M"], 2048, off, cpu_isa=isa)
+    assert e.repack_bytes == 0
+    assert accuracy_failures(e, m) == []
+    assert abs(e.weights_bytes - m.weights_bytes) < 0.02 * MiB
+
+
 # --------------------------------------------------------------------------- GPU / CPU split
 
 
