@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,32 @@ from tests import models
 from tests.hubserver import hub, local_hub, unreachable_endpoint  # noqa: F401  (local Hub fixtures)
 
 
+@pytest.fixture(scope="session")
+def smoke_verdict_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The llama.cpp build's smoke verdict on this machine, found once per test session.
+
+    Every engine load checks it (fitchat.llama.smoke); each test's private cache starts with this file,
+    so the real smoke decode (a few seconds in a child) runs once, not once per test that loads a model.
+    """
+    from fitchat.llama.smoke import CACHE_NAME, runtime_verdict
+
+    path = tmp_path_factory.mktemp("smoke") / CACHE_NAME
+    runtime_verdict(models.smollm2_q4_1(), cache=path)
+    return path
+
+
 @pytest.fixture(autouse=True)
-def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
     """Point XDG data/cache/config and the HF cache at a per-test directory."""
     home = tmp_path / "home"
     for var, sub in (("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config")):
         (home / sub).mkdir(parents=True)
         monkeypatch.setenv(var, str(home / sub))
+    if "fresh_smoke_cache" not in request.keywords:  # tests of the smoke check itself start empty
+        seed = request.getfixturevalue("smoke_verdict_file")
+        if seed.is_file():
+            (home / "cache" / "fitchat").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(seed, home / "cache" / "fitchat" / seed.name)
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
     monkeypatch.delenv("HF_TOKEN", raising=False)

@@ -535,6 +535,7 @@ def test_smoke_check_names_the_crash_and_the_exact_rebuild_command(real_build):
     assert doctor.check_llama_smoke(hw, _verdict("failed", cached=False)).status == "warn"
 
 
+@pytest.mark.fresh_smoke_cache
 def test_smoke_check_runs_once_then_uses_the_cached_verdict(smollm2, real_build, ample_disk):
     """With the starter model on disk the first doctor decodes with it in a child; the next reads the cache."""
     from fitchat.hub.store import starter_path

@@ -34,6 +34,7 @@ from fitchat.errors import FitchatError, LoadFailed
 from fitchat.format import printable
 from fitchat.llama import threads as thread_policy
 from fitchat.llama.runtime import AbortFlag, LlamaLog, quiet_load
+from fitchat.llama.smoke import guard_load
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -458,27 +459,30 @@ class ChatEngine:
         t0 = time.perf_counter()
         log = LlamaLog.shared().install()
         try:
-            for step in fallback_ladder(planned_gpu, planned_ctx, n_layers):
-                if failures:
-                    notify(f"retrying with {step.label}: {step.gpu_layers} GPU layers, context {step.n_ctx}")
-                log.take()
-                try:
-                    llm = load(
-                        path,
-                        n_gpu_layers=step.gpu_layers,
-                        n_ctx=step.n_ctx,
-                        n_threads=start_threads,
-                        n_threads_batch=start_batch,
-                        **kwargs,
-                    )
-                    break
-                except (ValueError, RuntimeError, MemoryError, OSError) as exc:
-                    lines = log.take()
-                    reason = failure_reason(str(exc), lines)
-                    failures.append((step, reason))
-                    if not is_memory_failure(str(exc), lines):
-                        raise LoadFailed(f"llama.cpp could not load {Path(path).name}: {reason}") from exc
-                    notify(f"loading with {step.gpu_layers} GPU layers and context {step.n_ctx} failed: {reason}")
+            # A build that dies on this CPU (the AMX crash) is found by a smoke decode in a child process,
+            # cached per library and CPU; inside the block, loads leave out the extra buffer types if so.
+            with guard_load(path, on_notice=notify):
+                for step in fallback_ladder(planned_gpu, planned_ctx, n_layers):
+                    if failures:
+                        notify(f"retrying with {step.label}: {step.gpu_layers} GPU layers, context {step.n_ctx}")
+                    log.take()
+                    try:
+                        llm = load(
+                            path,
+                            n_gpu_layers=step.gpu_layers,
+                            n_ctx=step.n_ctx,
+                            n_threads=start_threads,
+                            n_threads_batch=start_batch,
+                            **kwargs,
+                        )
+                        break
+                    except (ValueError, RuntimeError, MemoryError, OSError) as exc:
+                        lines = log.take()
+                        reason = failure_reason(str(exc), lines)
+                        failures.append((step, reason))
+                        if not is_memory_failure(str(exc), lines):
+                            raise LoadFailed(f"llama.cpp could not load {Path(path).name}: {reason}") from exc
+                        notify(f"loading with {step.gpu_layers} GPU layers and context {step.n_ctx} failed: {reason}")
         except BaseException:
             log.restore()
             raise

@@ -12,6 +12,8 @@ import pytest
 from fitchat.llama import smoke
 from fitchat.llama.smoke import FAKE_SIGNAL_ENV, SmokeVerdict, runtime_verdict
 
+pytestmark = pytest.mark.fresh_smoke_cache  # each test starts without a verdict
+
 
 @pytest.fixture
 def lib_copy(tmp_path: Path) -> Path:
