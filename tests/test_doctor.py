@@ -1,6 +1,6 @@
 """``fitchat doctor``: the real llama.cpp build, real nvcc executables on PATH, a real HTTP endpoint.
 
-Fakes only where this machine lacks the hardware: NVML (an NVIDIA driver), sysctl (a Mac), and a
+Fakes only for hardware a test machine may lack: NVML (an NVIDIA driver), sysctl (a Mac), and a
 llama.cpp build with a GPU backend.
 """
 
@@ -39,7 +39,7 @@ def nvidia_machine(driver: str = "550.54.15") -> FakeNvml:
 
 
 def gpu_build(device: str, description: str) -> LlamaBuild:
-    """A llama.cpp build with a GPU backend (this machine's real build is CPU only)."""
+    """The real llama.cpp build with a GPU backend added (the real one may be CPU only)."""
     real = probe_llama_build()
     return LlamaBuild(
         version=real.version,
@@ -146,7 +146,7 @@ def doctor_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, di
     return rc, json.loads(capsys.readouterr().out)
 
 
-# --------------------------------------------------------------------------- the command on this machine
+# --------------------------------------------------------------------------- the command on the machine at hand
 
 
 def test_cli_json_on_this_machine(capsys, monkeypatch, unreachable_endpoint, real_build, ample_disk):
@@ -166,7 +166,7 @@ def test_cli_json_on_this_machine(capsys, monkeypatch, unreachable_endpoint, rea
     assert checks["hub"]["details"]["endpoint"] == unreachable_endpoint
     assert "HF_HUB_OFFLINE=1" in checks["hub"]["fix"]
     assert checks["token"]["details"] == {"present": False, "source": None}
-    if not hw.warnings:  # this machine: a CPU build and no GPU, so the Hub is the only problem
+    if not hw.warnings:  # the build suits the hardware (a CPU build and no GPU, say): the Hub is the only problem
         assert report["problems"] == 1 and report["ok"] is False and report["failed"] is False
     assert checks["disk"]["details"]["path"] == os.environ["HF_HUB_CACHE"]
 

@@ -1,5 +1,5 @@
-"""Plans, verdicts and the recommendation. GPUs this machine lacks are faked only at the NVML and sysctl
-boundaries (and the llama.cpp build that would drive them); the models, estimates and RAM are real."""
+"""Plans, verdicts and the recommendation. GPUs are faked only at the NVML and sysctl boundaries (and the
+llama.cpp build that would drive them), so any machine can run these; the models and estimates are real."""
 
 from __future__ import annotations
 

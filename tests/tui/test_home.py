@@ -1,7 +1,7 @@
 """Home and model screens, driven with Pilot: hardware, offline banner, search, fit, download, import, errors.
 
 The Hub is the local Hub-compatible server (tests/hubserver.py) with the real SmolLM2 variants;
-the machine is a fixed HardwareInfo (the hardware boundary this machine lacks).
+the machine is a fixed HardwareInfo (the hardware boundary), whatever machine runs the tests.
 """
 
 from __future__ import annotations
