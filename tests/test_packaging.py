@@ -403,7 +403,7 @@ def test_wheel_installs_with_its_dependencies(dist, tmp_path):
 
 @pytest.mark.slow
 def test_install_script_cpu_install_into_a_prefix(dist, tmp_path):
-    """The real thing on this machine (CPU): a fresh venv, fitchat and its dependencies, the command linked."""
+    """The real thing, CPU build: a fresh venv, fitchat and its dependencies, the command linked."""
     fakebin = tmp_path / "bin"
     fakebin.mkdir()
     prefix = tmp_path / "prefix"

@@ -1,14 +1,19 @@
-"""Helpers for the TUI tests: fixed machines (the hardware boundary) and reading the screen."""
+"""Helpers for the TUI tests: fixed machines (the hardware boundary), reading the screen and the notifications."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from textual.app import App
+from textual.notifications import Notification, Notify, SeverityLevel
+
 from fitchat.model.hardware import BackendDevice, CpuInfo, GpuInfo, HardwareInfo, LlamaBuild, RamInfo
+from fitchat.tui.app import FitchatApp
 
 GiB = 1024**3
 
@@ -62,8 +67,38 @@ def mismatched_machine() -> HardwareInfo:
     )
 
 
+class NotificationLog:
+    """Mixin for an app under test: keeps every notification it shows, in order.
+
+    It handles Textual's public ``Notify`` message, which ``App.notify`` posts after fitchat has made
+    the text printable; Textual's own handler (which shows the toast) still runs after this one, and
+    unlike the toasts, the log does not forget a notification when it times out.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.notification_log: list[Notification] = []
+
+    def on_notify(self, event: Notify) -> None:
+        self.notification_log.append(event.notification)
+
+
+class RecordingApp(NotificationLog, FitchatApp):
+    """FitchatApp that keeps its notifications for :func:`notifications` to read."""
+
+    # Textual reads a relative CSS_PATH next to the subclass's own file: name fitchat's stylesheet where it is.
+    CSS_PATH = Path(inspect.getfile(FitchatApp)).with_name(str(FitchatApp.CSS_PATH))
+
+
+def notifications(app: App[Any], severity: SeverityLevel | None = None) -> list[str]:
+    """The messages of the notifications ``app`` has shown (of one severity if given), oldest first."""
+    assert isinstance(app, NotificationLog), f"{type(app).__name__} does not keep its notifications (use RecordingApp)"
+    return [n.message for n in app.notification_log if severity is None or n.severity == severity]
+
+
 def screen_text(app: Any) -> str:
     """The current screen as plain text (what a user would read)."""
+    # Textual has no public plain-text render of a screen; export_screenshot() itself reads the compositor.
     strips = app.screen._compositor.render_strips()
     return "\n".join("".join(segment.text for segment in strip) for strip in strips)
 

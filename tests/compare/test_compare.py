@@ -103,10 +103,10 @@ def test_second_run_is_cached_and_instant(cold: dict, use_shared: Path) -> None:
         timings.append(time.perf_counter() - t0)
     assert all(v.cached for v in again.variants)
     assert events == []  # nothing was evaluated
-    for a, b in zip(cold["report"].variants, again.variants):
+    for a, b in zip(cold["report"].variants, again.variants, strict=True):
         assert (a.ppl, a.mean_kld, a.top1_agreement, a.arithmetic_correct, a.needle_found) == \
                (b.ppl, b.mean_kld, b.top1_agreement, b.arithmetic_correct, b.needle_found)
-    # Headers, hardware, plans and cache look-ups only: far faster than evaluating, measured on this machine.
+    # Headers, hardware, plans and cache look-ups only: far faster than evaluating the text again.
     assert min(timings) < cold["seconds"] / 20, f"cached {timings} s vs cold {cold['seconds']:.2f} s"
 
 
@@ -122,7 +122,7 @@ def test_verdict_and_table_in_plain_words(cold: dict) -> None:
     assert table[3].startswith("Q4_K_M")
     # A probe that did not run, or a figure that is not finite, is a dash, not "0/0" or "inf".
     unprobed = dataclasses.replace(q4, arithmetic_correct=0, arithmetic_total=0, ppl=math.inf)
-    cells = dict(zip(C.TABLE_HEAD, C.variant_cells(unprobed)))
+    cells = dict(zip(C.TABLE_HEAD, C.variant_cells(unprobed), strict=True))
     assert cells["Arith"] == C.DASH and cells["PPL"] == C.DASH
     assert cells["Mean KLD"] == f"{q4.mean_kld:.5f}" and cells["Top-1"] == f"{100 * q4.top1_agreement:.1f}%"
 

@@ -9,24 +9,21 @@ Q8_0 as the reference, Q4_K_M as the variant), six chunks. Perplexity, mean KLD 
 3. llama-perplexity scores the variant against fitchat's reference file.
 
 ``llama-perplexity`` comes from ``$LLAMA_PERPLEXITY``, the PATH, or is built once from the
-llama.cpp inside the llama-cpp-python sdist of the installed version (about 5 minutes on 2 cores).
+llama.cpp inside the llama-cpp-python sdist of the installed version (``tests.models.llama_tool``;
+a few minutes of compiling).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from fitchat.compare import run as C
-from tests.models import models_dir
+from tests.models import llama_tool
 
 pytestmark = pytest.mark.slow
 
@@ -35,43 +32,9 @@ CHUNKS = 6
 TOLERANCE = 0.02
 
 
-def _build_llama_perplexity() -> Path:
-    import llama_cpp
-
-    dest = models_dir() / f"llama-tools-{llama_cpp.__version__}"
-    binary = dest / "build" / "bin" / "llama-perplexity"
-    if binary.is_file():
-        return binary
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-                        "--disable-pip-version-check", "-d", tmp, f"llama-cpp-python=={llama_cpp.__version__}"],
-                       check=True)
-        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        src = dest / "src"
-        shutil.rmtree(src, ignore_errors=True)
-        src.mkdir(parents=True)
-        with tarfile.open(sdist) as tar:
-            prefix = tar.getnames()[0].split("/")[0] + "/vendor/llama.cpp/"
-            members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
-            for m in members:
-                m.name = m.name[len(prefix):]
-            tar.extractall(src, members=[m for m in members if m.name], filter="data")
-    build = dest / "build"
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DCMAKE_BUILD_TYPE=Release"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-perplexity", f"-j{os.cpu_count() or 2}"],
-                   check=True, stdout=subprocess.DEVNULL)
-    return binary
-
-
 @pytest.fixture(scope="module")
 def llama_perplexity() -> Path:
-    env = os.environ.get("LLAMA_PERPLEXITY")
-    if env:
-        return Path(env)
-    found = shutil.which("llama-perplexity")
-    return Path(found) if found else _build_llama_perplexity()
+    return llama_tool("llama-perplexity")
 
 
 def _run(binary: Path, *args: str) -> dict[str, float]:

@@ -61,7 +61,7 @@ def test_gemma3_spec_second_architecture(gemma3: Path) -> None:
 def test_big_vocabulary_header_parses_fast(gemma3: Path) -> None:
     read_spec(gemma3)  # warm imports
     timings = best_of(lambda: read_spec(gemma3), bound=2.0)
-    assert min(timings) < 2.0, timings  # the stock GGUFReader takes over 10 s on this header
+    assert min(timings) < 2.0, timings  # the stock GGUFReader takes several times this on a 262k vocabulary
 
 
 def best_of(action: Callable[[], object], attempts: int = 3, bound: float = 1.0,
@@ -150,7 +150,9 @@ MALFORMED = {
         gf.raw_gguf([gf.kv("tokenizer.ggml.scores", gf.ARRAY, struct.pack("<IQ", gf.F32, 2**62))], []),
         "array elements",
     ),
-    "huge string": (gf.raw_gguf([gf.kv("general.architecture", gf.STRING, struct.pack("<Q", 2**62) + b"llama")], []), "length field"),
+    "huge string": (
+        gf.raw_gguf([gf.kv("general.architecture", gf.STRING, struct.pack("<Q", 2**62) + b"llama")], []), "length field"
+    ),
     "huge key": (gf.raw_gguf([struct.pack("<Q", 2**40) + b"general"], []), "length field"),
     "empty key": (gf.raw_gguf([gf.kv_str("", "x"), *gf.llama_kvs()], []), "key is empty"),
     "key not UTF-8": (gf.raw_gguf([gf.kv_str(b"\xff\xfe", "x")], []), "utf-8"),
@@ -162,22 +164,28 @@ MALFORMED = {
     "misplaced tensor data": (gf.minimal_model(offset=64), "expected 0"),
     "truncated tensor data": (gf.minimal_model(data_len=100), "truncated"),
     "truncated header": (gf.minimal_model()[:150], "truncated"),
-    "no architecture": (gf.raw_gguf([gf.kv_u32("llama.block_count", 1)], [gf.tensor_info("a.weight", [32], 0, 0)], b"\0" * 128), "general.architecture"),
+    "no architecture": (
+        gf.raw_gguf([gf.kv_u32("llama.block_count", 1)], [gf.tensor_info("a.weight", [32], 0, 0)], b"\0" * 128),
+        "general.architecture",
+    ),
     "no tensors": (gf.raw_gguf(gf.llama_kvs(), []), "no tensors"),
     "no block count": (
         gf.raw_gguf([gf.kv_str("general.architecture", "llama")], [gf.tensor_info("a.weight", [32], 0, 0)], b"\0" * 128),
         "block_count",
     ),
     "duplicate tensor": (
-        gf.raw_gguf(gf.llama_kvs(), [gf.tensor_info("x.weight", [32], 0, 0), gf.tensor_info("x.weight", [32], 0, 128)], b"\0" * 256),
+        gf.raw_gguf(gf.llama_kvs(), [gf.tensor_info("x.weight", [32], 0, 0), gf.tensor_info("x.weight", [32], 0, 128)],
+                    b"\0" * 256),
         "appears twice",
     ),
     "head count of the wrong type": (
-        gf.raw_gguf([*gf.llama_kvs()[:3], gf.kv_str("llama.attention.head_count", "four")], [gf.tensor_info("a.weight", [32], 0, 0)], b"\0" * 128),
+        gf.raw_gguf([*gf.llama_kvs()[:3], gf.kv_str("llama.attention.head_count", "four")],
+                    [gf.tensor_info("a.weight", [32], 0, 0)], b"\0" * 128),
         "malformed metadata",
     ),
     "block count of the wrong type": (
-        gf.raw_gguf([gf.kv_str("general.architecture", "llama"), gf.kv_str("llama.block_count", "1"), gf.kv_u32("llama.embedding_length", 32)],
+        gf.raw_gguf([gf.kv_str("general.architecture", "llama"), gf.kv_str("llama.block_count", "1"),
+                     gf.kv_u32("llama.embedding_length", 32)],
                     [gf.tensor_info("a.weight", [32], 0, 0)], b"\0" * 128),
         "not a number",
     ),
@@ -204,7 +212,7 @@ def test_truncations_of_a_real_model_are_caught_quickly(smollm2: Path, tmp_path:
     for cut in (3, 24, 1000, 1_000_000, 1_785_000, 50_000_000, len(data) - 1):
         path = tmp_path / f"cut{cut}.gguf"
         path.write_bytes(data[:cut])
-        timings = best_of(lambda: read_spec(path), expect=InvalidModelFile, match="truncated|not a GGUF")
+        timings = best_of(lambda path=path: read_spec(path), expect=InvalidModelFile, match="truncated|not a GGUF")
         assert min(timings) < 1.0, (cut, timings)  # refused at once, not after seconds
         path.unlink()
 

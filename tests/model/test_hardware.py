@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import psutil
-import pynvml
 import pytest
 
 from fitchat.model.hardware import (
@@ -21,52 +19,7 @@ from fitchat.model.hardware import (
     parse_isa,
     probe_llama_build,
 )
-
-
-class FakeNvml:
-    """The slice of the pynvml module fitchat calls, answering for the GPUs given."""
-
-    def __init__(self, gpus: list[tuple[str, int, int, tuple[int, int]]], driver: str = "550.54.15") -> None:
-        self.gpus = gpus
-        self.driver = driver
-        self.shutdowns = 0
-
-    def nvmlInit(self) -> None:
-        pass
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.gpus)
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return self.driver
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-        return index
-
-    def nvmlDeviceGetName(self, handle: int) -> bytes:
-        return self.gpus[handle][0].encode()
-
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
-        _, total, free, _ = self.gpus[handle]
-        return SimpleNamespace(total=total, free=free, used=total - free)
-
-    def nvmlDeviceGetCudaComputeCapability(self, handle: int) -> tuple[int, int]:
-        return self.gpus[handle][3]
-
-
-class NoDriverNvml(FakeNvml):
-    def __init__(self) -> None:
-        super().__init__([])
-
-    def nvmlInit(self) -> None:
-        raise pynvml.NVMLError_LibraryNotFound()
-
-
-def fake_sysctl(values: dict[str, str]):
-    return lambda name: values.get(name)
+from tests.fakes import FakeGpu, FakeNvml, NoDriverNvml, fake_sysctl
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +34,7 @@ def cuda_build(free: int, total: int) -> LlamaBuild:
 
 
 def test_one_gpu_8gib_6_free_with_cpu_only_build_warns_with_rebuild_command(real_build: LlamaBuild) -> None:
-    nvml = FakeNvml([("NVIDIA GeForce RTX 4060", 8 * GiB, 6 * GiB, (8, 9))])
+    nvml = FakeNvml([FakeGpu("NVIDIA GeForce RTX 4060", 8 * GiB, 6 * GiB, (8, 9))])
     hw = detect_hardware(nvml=nvml, build=real_build, system="Linux", machine="x86_64")
     assert [(g.index, g.name, g.total_bytes, g.free_bytes) for g in hw.gpus] == [
         (0, "NVIDIA GeForce RTX 4060", 8 * GiB, 6 * GiB)
@@ -95,7 +48,7 @@ def test_one_gpu_8gib_6_free_with_cpu_only_build_warns_with_rebuild_command(real
 
 
 def test_one_gpu_with_cuda_build_uses_cuda_and_offers_free_vram() -> None:
-    nvml = FakeNvml([("NVIDIA GeForce RTX 4060", 8 * GiB, 6 * GiB, (8, 9))])
+    nvml = FakeNvml([FakeGpu("NVIDIA GeForce RTX 4060", 8 * GiB, 6 * GiB, (8, 9))])
     hw = detect_hardware(nvml=nvml, build=cuda_build(6 * GiB, 8 * GiB), system="Linux", machine="x86_64")
     assert hw.backend == "cuda"
     assert hw.warnings == ()
@@ -104,7 +57,7 @@ def test_one_gpu_with_cuda_build_uses_cuda_and_offers_free_vram() -> None:
 
 def test_two_different_gpus() -> None:
     nvml = FakeNvml(
-        [("NVIDIA RTX A6000", 48 * GiB, 47 * GiB, (8, 6)), ("NVIDIA GeForce RTX 3060", 12 * GiB, 11 * GiB, (8, 6))]
+        [FakeGpu("NVIDIA RTX A6000", 48 * GiB, 47 * GiB, (8, 6)), FakeGpu("NVIDIA GeForce RTX 3060", 12 * GiB, 11 * GiB, (8, 6))]
     )
     hw = detect_hardware(nvml=nvml, build=cuda_build(47 * GiB, 48 * GiB), system="Linux", machine="x86_64")
     assert [g.name for g in hw.gpus] == ["NVIDIA RTX A6000", "NVIDIA GeForce RTX 3060"]
@@ -121,7 +74,7 @@ def test_driver_missing_gives_empty_list_and_reason(real_build: LlamaBuild) -> N
 
 
 def test_zero_gpus_reported_by_driver(real_build: LlamaBuild) -> None:
-    hw = detect_hardware(nvml=FakeNvml([]), build=real_build, system="Linux", machine="x86_64")
+    hw = detect_hardware(nvml=FakeNvml(), build=real_build, system="Linux", machine="x86_64")
     assert hw.gpus == () and hw.gpu_reason == "the NVIDIA driver reports no GPUs"
 
 
@@ -207,7 +160,7 @@ def test_hw_json_contract_on_this_machine() -> None:
 
 
 def test_hw_json_gpu_entry_keys() -> None:
-    nvml = FakeNvml([("NVIDIA H100", 80 * GiB, 79 * GiB, (9, 0))])
+    nvml = FakeNvml([FakeGpu("NVIDIA H100", 80 * GiB, 79 * GiB, (9, 0))])
     data = detect_hardware(nvml=nvml, build=cuda_build(79 * GiB, 80 * GiB)).to_json()
     json.dumps(data)
     assert {"index", "name", "total_bytes", "free_bytes"} <= set(data["gpus"][0])

@@ -183,7 +183,8 @@ def test_long_key_and_tensor_name_are_quoted_short(tmp_path: Path) -> None:
 def test_split_metadata_of_the_wrong_type_gives_one_line(tmp_path: Path) -> None:
     # split.no / split.count become loop bounds and message numbers: a string or a huge value is refused.
     for count, no in ((gf.kv_str("split.count", "2"), gf.kv("split.no", gf.U16, struct.pack("<H", 0))),
-                      (gf.kv("split.count", gf.U64, struct.pack("<Q", 2**64 - 1)), gf.kv("split.no", gf.U16, struct.pack("<H", 0)))):
+                      (gf.kv("split.count", gf.U64, struct.pack("<Q", 2**64 - 1)),
+                       gf.kv("split.no", gf.U16, struct.pack("<H", 0)))):
         for i in (1, 2):
             data = gf.raw_gguf([*gf.llama_kvs(), count, no], [gf.tensor_info(f"t{i}.weight", [32], 0, 0)], b"\0" * 128)
             write(tmp_path / f"m-0000{i}-of-00002.gguf", data)
@@ -212,7 +213,7 @@ def test_many_real_tensors_read_in_well_under_a_second(tmp_path: Path) -> None:
         timings.append(time.perf_counter() - start)
         if timings[-1] < 1.5:
             break
-    assert min(timings) < 1.5, timings  # about 0.6 s here; the stock reader took 75 µs a tensor (5 s)
+    assert min(timings) < 1.5, timings  # the stock reader, six numpy views a tensor, takes several times this
     one_more = gf.raw_gguf(gf.llama_kvs(), [*infos, gf.tensor_info("z", [32], 0, 128 * n)], b"\0" * 128 * (n + 1))
     assert "claims 65,537 tensors" in refused(lambda: read_spec(write(path, one_more)), seconds=0.2)
 

@@ -1,11 +1,10 @@
-"""Plans, verdicts and the recommendation. GPUs this machine lacks are faked only at the NVML and sysctl
-boundaries (and the llama.cpp build that would drive them); the models, estimates and RAM are real."""
+"""Plans, verdicts and the recommendation. GPUs are faked only at the NVML and sysctl boundaries (and the
+llama.cpp build that would drive them), so any machine can run these; the models and estimates are real."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +21,7 @@ from fitchat.model.plan import (
     plan_model,
     plan_variants,
 )
+from tests.fakes import MAC_16G, FakeGpu, FakeNvml, NoDriverNvml, fake_sysctl
 from tests.hubserver import SMOLLM2_REPO, smollm2_files
 
 MiB = 1024**2
@@ -29,59 +29,19 @@ GiB = 1024**3
 CTX = 8192
 
 
-class FakeNvml:
-    """The pynvml calls fitchat makes, answering for the (free, total) GPUs given."""
-
-    def __init__(self, gpus: list[tuple[int, int]]) -> None:
-        self.gpus = gpus
-
-    def nvmlInit(self) -> None:
-        pass
-
-    def nvmlShutdown(self) -> None:
-        pass
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.gpus)
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return "550.54.15"
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
-        return i
-
-    def nvmlDeviceGetName(self, h: int) -> bytes:
-        return b"NVIDIA GeForce RTX 4060"
-
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:
-        free, total = self.gpus[h]
-        return SimpleNamespace(free=free, total=total, used=total - free)
-
-    def nvmlDeviceGetCudaComputeCapability(self, h: int) -> tuple[int, int]:
-        return (8, 9)
-
-
-class NoDriver(FakeNvml):
-    def __init__(self) -> None:
-        super().__init__([])
-
-    def nvmlInit(self) -> None:
-        import pynvml
-
-        raise pynvml.NVMLError_LibraryNotFound()
-
-
-CUDA_BUILD = LlamaBuild("0.3.36", True, (BackendDevice("CUDA0", "RTX", "gpu", 8 * GiB, 8 * GiB),), "CUDA : ARCHS = 890 | AVX2 = 1 | FMA = 1 |")
+CUDA_BUILD = LlamaBuild(
+    "0.3.36", True, (BackendDevice("CUDA0", "RTX", "gpu", 8 * GiB, 8 * GiB),), "CUDA : ARCHS = 890 | AVX2 = 1 | FMA = 1 |"
+)
 CPU_BUILD = LlamaBuild("0.3.36", False, (BackendDevice("CPU", "CPU", "cpu", 16 * GiB, 16 * GiB),), "CPU : AVX2 = 1 | FMA = 1 |")
 
 
 def gpu_machine(*gpus: tuple[int, int], ram: int | None = 16 * GiB) -> HardwareInfo:
-    hw = detect_hardware(nvml=FakeNvml(list(gpus)), build=CUDA_BUILD)
+    hw = detect_hardware(nvml=FakeNvml([FakeGpu(total=total, free=free) for free, total in gpus]), build=CUDA_BUILD)
     return plan_hardware(hw, ram=ram)
 
 
 def cpu_machine(ram: int = 16 * GiB) -> HardwareInfo:
-    return plan_hardware(detect_hardware(nvml=NoDriver(), build=CPU_BUILD), ram=ram)
+    return plan_hardware(detect_hardware(nvml=NoDriverNvml(), build=CPU_BUILD), ram=ram)
 
 
 @pytest.fixture(scope="module")
@@ -234,9 +194,11 @@ def test_two_gpus_hold_what_one_cannot(specs: dict[str, ModelSpec]) -> None:
 
 
 def test_apple_silicon_working_set(specs: dict[str, ModelSpec]) -> None:
-    metal = LlamaBuild("0.3.36", True, (BackendDevice("Metal", "Apple M2", "gpu", 0, 0),), "Metal : EMBED_LIBRARY = 1 | NEON = 1 | DOTPROD = 1 |")
-    sysctl = {"hw.memsize": str(16 * GiB), "iogpu.wired_limit_mb": "0"}.get
-    hw = plan_hardware(detect_hardware(nvml=NoDriver(), sysctl=sysctl, build=metal, system="Darwin", machine="arm64"), ram=12 * GiB)
+    metal = LlamaBuild(
+        "0.3.36", True, (BackendDevice("Metal", "Apple M2", "gpu", 0, 0),), "Metal : EMBED_LIBRARY = 1 | NEON = 1 | DOTPROD = 1 |"
+    )
+    mac = detect_hardware(nvml=NoDriverNvml(), sysctl=fake_sysctl(MAC_16G), build=metal, system="Darwin", machine="arm64")
+    hw = plan_hardware(mac, ram=12 * GiB)
     assert hw.backend == "metal"
     plans = plan_variants(specs.values(), hw, CTX)
     assert recommended(plans).verdict == "full_gpu"
@@ -245,7 +207,7 @@ def test_apple_silicon_working_set(specs: dict[str, ModelSpec]) -> None:
 
 
 def test_plan_hardware_for_another_machine() -> None:
-    here = detect_hardware(nvml=NoDriver(), build=CPU_BUILD)
+    here = detect_hardware(nvml=NoDriverNvml(), build=CPU_BUILD)
     gpu = plan_hardware(here, gpu_mem=8 * GiB, ram=32 * GiB)
     assert gpu.backend == "cuda" and gpu.gpu_budgets() == (8 * GiB,)
     assert (gpu.ram.total_bytes, gpu.ram.available_bytes) == (32 * GiB, 32 * GiB)
@@ -278,7 +240,8 @@ def test_fit_remote_repo(hub, smollm2_variants: dict[str, Path]) -> None:
     # No tensor data was fetched: only headers.
     assert hub.bytes_served() == sum(p.spec.bytes_read for p in plans) < 16 * MiB
     # The same plans as from the local files.
-    local = {p.spec.quant: p for p in plan_variants([read_spec(x) for x in smollm2_variants.values()], cpu_machine(16 * GiB), 4096)}
+    local_specs = [read_spec(x) for x in smollm2_variants.values()]
+    local = {p.spec.quant: p for p in plan_variants(local_specs, cpu_machine(16 * GiB), 4096)}
     for p in plans:
         assert p.estimate.total_bytes == local[p.spec.quant].estimate.total_bytes
     one = fit_remote_repo(SMOLLM2_REPO, cpu_machine(16 * GiB), 4096, quant="q5_k_m")

@@ -17,7 +17,7 @@ from fitchat.tui.services import Services
 from fitchat.tui.widgets.compare_table import CompareTable
 from fitchat.tui.widgets.local_models import LocalModels
 from tests.models import place_in_hf_cache
-from tests.tui_support import cpu_machine, screen_text, wait_for
+from tests.tui_support import RecordingApp, cpu_machine, notifications, screen_text, wait_for
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 QUICK = C.CompareSettings(ctx=128, budget=800, n_threads=2,
@@ -31,12 +31,8 @@ def place_repo(variants: dict[str, Path], quants: tuple[str, ...]) -> None:
     place_in_hf_cache(REPO, [variants[q] for q in quants], commit="b" * 40)
 
 
-def make_app(settings: C.CompareSettings, endpoint: str) -> FitchatApp:
-    return FitchatApp(Services(hardware=cpu_machine(), endpoint=endpoint, n_threads=1, compare_settings=settings))
-
-
-def errors(app: FitchatApp) -> list[str]:
-    return [n.message for n in app._notifications if n.severity == "error"]
+def make_app(settings: C.CompareSettings, endpoint: str) -> RecordingApp:
+    return RecordingApp(Services(hardware=cpu_machine(), endpoint=endpoint, n_threads=1, compare_settings=settings))
 
 
 def cache_files() -> list[Path]:
@@ -58,8 +54,8 @@ async def test_k_compares_the_variants_on_disk(smollm2_variants, unreachable_end
     app = make_app(QUICK, unreachable_endpoint)
     async with app.run_test(size=(120, 36)) as pilot:
         screen = await open_compare(pilot, app)
-        await wait_for(pilot, lambda: screen.report is not None or errors(app), timeout=90, what="the comparison")
-        assert errors(app) == []
+        await wait_for(pilot, lambda: screen.report is not None or notifications(app, "error"), timeout=90, what="the comparison")
+        assert notifications(app, "error") == []
         table = screen.query_one(CompareTable)
         rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
         assert [r[0] for r in rows] == ["Q8_0 (ref)", "Q4_K_M"]
@@ -83,7 +79,8 @@ async def test_k_compares_the_variants_on_disk(smollm2_variants, unreachable_end
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), what="compare from the palette")
         again = app.screen
-        await wait_for(pilot, lambda: again.report is not None or errors(app), timeout=30, what="the cached comparison")
+        await wait_for(pilot, lambda: again.report is not None or notifications(app, "error"), timeout=30,
+                       what="the cached comparison")
         assert all(v.cached for v in again.report.variants)
         await pilot.pause()
         assert "2 of 2 rows from the cache" in " ".join(screen_text(app).split())
@@ -95,13 +92,13 @@ async def test_cancel_returns_home_and_caches_nothing_partial(smollm2_variants, 
     async with app.run_test(size=(120, 36)) as pilot:
         screen = await open_compare(pilot, app)
         figures = screen.query_one("#compare-figures")
-        await wait_for(pilot, lambda: "scoring the text with the reference" in str(figures.render()) or errors(app),
-                       timeout=60, what="the reference pass")
+        await wait_for(pilot, lambda: "scoring the text with the reference" in str(figures.render())
+                       or notifications(app, "error"), timeout=60, what="the reference pass")
         assert re.search(r"[\d,]+ of [\d,]+ tokens · Q8_0", str(figures.render()))
         await pilot.click("#compare-cancel")
         await wait_for(pilot, lambda: isinstance(app.screen, HomeScreen), timeout=30, what="home after cancel")
-        assert errors(app) == []
-        assert any("Compare cancelled" in n.message for n in app._notifications)
+        assert notifications(app, "error") == []
+        assert any("Compare cancelled" in m for m in notifications(app))
         assert screen.report is None
     assert cache_files() == []  # no reference log-probs, no result, no partial file left behind
 
@@ -116,5 +113,5 @@ async def test_a_single_file_says_compare_needs_two_variants(smollm2_variants, u
         await pilot.press("k")
         await pilot.pause()
         assert isinstance(app.screen, HomeScreen)
-        warnings = [n.message for n in app._notifications if n.severity == "warning"]
+        warnings = notifications(app, "warning")
         assert any("two or more variants of one model" in w for w in warnings), warnings

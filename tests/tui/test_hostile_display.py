@@ -33,7 +33,7 @@ from fitchat.tui.widgets.message_log import MessageLog
 from fitchat.tui.widgets.variants_table import VariantsTable
 from tests import REPO_ROOT
 from tests.hubserver import SMOLLM2_REPO, smollm2_files
-from tests.tui_support import cpu_machine, cuda_machine, screen_text, wait_for
+from tests.tui_support import RecordingApp, cpu_machine, cuda_machine, notifications, screen_text, wait_for
 
 #: What no screen, line or notification may hold: C0 controls (ESC, BEL …) but newline, DEL, C1, separators.
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -45,12 +45,8 @@ MIRROR_REPO = f"mirror/qwen [/b][red]x[/ {RETITLE_AND_CLEAR}gguf"
 HOSTILE_FILE = f"evil [red]x[b] [@click=app.quit]q {RETITLE_AND_CLEAR}.gguf"
 
 
-def make_app(hardware: HardwareInfo, endpoint: str) -> FitchatApp:
-    return FitchatApp(Services(hardware=hardware, endpoint=endpoint, n_threads=1))
-
-
-def notifications(app: FitchatApp) -> list[str]:
-    return [n.message for n in app._notifications]
+def make_app(hardware: HardwareInfo, endpoint: str) -> RecordingApp:
+    return RecordingApp(Services(hardware=hardware, endpoint=endpoint, n_threads=1))
 
 
 def assert_plain(app: FitchatApp, *literals: str) -> None:
