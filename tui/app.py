@@ -177,9 +177,9 @@ class FitchatApp(Guarded, App[None]):
         """Collect, then set aside every object alive now (modules, widgets, the loaded model).
 
         A full collection holds the GIL, so it pauses the UI and llama.cpp's token loop alike; with
-        everything from start-up in the heap one took 70-170 ms here, several times a minute while
-        a reply streamed. Called when a model is ready, those collections then scan only what came
-        after.
+        everything from start-up in the heap it scans tens of thousands of objects, which runs to
+        a noticeable stall, several times a minute while a reply streams. Called when a model is
+        ready, those collections then scan only what came after.
         """
         gc.collect()
         gc.freeze()

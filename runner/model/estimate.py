@@ -47,7 +47,7 @@ Split between GPU and CPU
     the output layer is offloaded; with a partial offload the CPU keeps a compute buffer for its
     layers and llama.cpp may copy a CPU weight to the GPU for large batches (op offload), so the
     largest such matrix is added to the GPU side. The CPU/GPU split of the compute buffer is
-    modelled from llama.cpp's placement rules; this machine has no GPU to calibrate it.
+    modelled from llama.cpp's placement rules, not yet checked against llama.cpp's CUDA buffers.
 """
 
 from __future__ import annotations

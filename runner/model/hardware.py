@@ -2,7 +2,7 @@
 
 ``detect_hardware()`` returns one frozen :class:`HardwareInfo`. Each probe takes its boundary
 (the ``pynvml`` module, a ``sysctl`` reader, the llama.cpp build) as an argument so that tests can
-fake hardware this machine lacks, and none of them raises: a missing driver becomes an empty GPU
+fake the hardware they stand for, and none of them raises: a missing driver becomes an empty GPU
 list with the reason kept.
 """
 
