@@ -74,7 +74,8 @@ def main() -> int:
     s = settings
     print(f"llama.cpp CPU loads; flash attention {'on' if s.flash_attn else 'off'}, KV {s.type_k}, n_ubatch {s.n_ubatch}, "
           f"SWA cache {'full' if s.swa_full else 'window'}; MiB, estimate / measured (difference)")
-    head = f"{'model':22} {'ctx':>5}  {'weights':>22}  {'KV cache':>22}  {'compute':>22}  {'total':>22}  {'flat rule err':>13}  ok"
+    head = (f"{'model':22} {'ctx':>5}  {'weights':>22}  {'KV cache':>22}  {'compute':>22}  {'total':>22}  "
+            f"{'flat rule err':>13}  ok")
     print(head)
     print("-" * len(head))
 

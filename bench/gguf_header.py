@@ -66,13 +66,14 @@ def main() -> int:
         for name, path in {**files, "synthetic, 20,000 tensors": many}.items():
             ours = median_time(lambda p=path: read_spec(p), args.runs)
             stock = median_time(lambda p=path: GGUFReader(p), args.runs)
-            print(f"  {name:34} read_spec {ours * 1000:7.0f} ms   GGUFReader {stock * 1000:7.0f} ms   {stock / ours:5.1f}x faster")
+            print(f"  {name:34} read_spec {ours * 1000:7.0f} ms   GGUFReader {stock * 1000:7.0f} ms   "
+                  f"{stock / ours:5.1f}x faster")
 
     print("Remote header (local Hub server, Range reads sized by the header scan, one parse)")
     with LocalHub() as hub:
         os.environ["HF_ENDPOINT"] = hub.endpoint
         hub.add_repo("bench/models-GGUF", {f"{name.split(' (')[0].replace(' ', '-')}.gguf": p for name, p in files.items()})
-        for name, path in files.items():
+        for name in files:
             filename = f"{name.split(' (')[0].replace(' ', '-')}.gguf"
             hub.requests.clear()
             spec = read_remote_spec("bench/models-GGUF", filename, endpoint=hub.endpoint)

@@ -121,7 +121,8 @@ def paired(path: Path, settings, threads: int | None, rounds: int,
     """Rounds in one app session, each a reply with no UI work and the same reply on screen.
 
     Per round: (engine tok/s with the app idle, engine tok/s on screen, UI tok/s, tokens, UI thread
-    CPU share from the first token to the end of generation, decode threads). The bare reply runs ``ChatEngine.stream`` on the app's own engine
+    CPU share from the first token to the end of generation, decode threads). The bare reply runs
+    ``ChatEngine.stream`` on the app's own engine
     and llama.cpp thread while the app sits idle; the other goes through the chat input like a user's.
     The order alternates between rounds so that a drift in the machine's speed cancels out.
     """
@@ -245,7 +246,8 @@ def main() -> int:
     rows = paired(path, settings, threads, args.rounds)
     for r, (a, e, u, n, c, _) in enumerate(rows):
         print(f"round {r + 1}: app idle, engine alone {a:6.1f} tok/s | on screen: engine {e:6.1f} tok/s "
-              f"({e / a:.2f}x), shown {u:6.1f} tok/s ({n} tokens), UI thread busy {c:.0%} of the time while tokens came", flush=True)
+              f"({e / a:.2f}x), shown {u:6.1f} tok/s ({n} tokens), UI thread busy {c:.0%} of the time while tokens came",
+              flush=True)
     a, e, u, c = (statistics.median(row[i] for row in rows) for i in (0, 1, 2, 4))
     ratios = sorted(row[1] / row[0] for row in rows)
     print(f"median: engine alone {a:.1f} tok/s; with the UI the engine decodes {e:.1f} tok/s "

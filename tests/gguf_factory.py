@@ -119,7 +119,8 @@ def raw_gguf(
     alignment: int = 32,
 ) -> bytes:
     """GGUF bytes assembled by hand (counts may lie on purpose)."""
-    head = magic + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors, len(kvs) if n_kv is None else n_kv)
+    count_tensors = len(tensors) if n_tensors is None else n_tensors
+    head = magic + struct.pack("<IQQ", version, count_tensors, len(kvs) if n_kv is None else n_kv)
     body = head + b"".join(kvs) + b"".join(tensors)
     pad = (-len(body)) % alignment
     return body + b"\0" * pad + data

@@ -17,7 +17,8 @@ Errors carry the Hub's ``X-Error-Code`` headers (``RepoNotFound``, ``GatedRepo``
 
 Faults are injected per route (``api``, ``resolve``, ``cdn``) and optionally per path substring:
 :meth:`LocalHub.drop_connection`, :meth:`LocalHub.corrupt`, :meth:`LocalHub.fail`,
-:meth:`LocalHub.slow`, :meth:`LocalHub.delay`, :meth:`LocalHub.ignore_range`. Every request is recorded in :attr:`LocalHub.requests`.
+:meth:`LocalHub.slow`, :meth:`LocalHub.delay`, :meth:`LocalHub.ignore_range`. Every request is recorded in
+:attr:`LocalHub.requests`.
 
 Hostile mode (a mirror nobody vetted), the same way: :meth:`LocalHub.override_headers` (e.g. a traversal
 ``X-Linked-Etag``; :meth:`LocalHub.traversal_etag` does it with a listing that has no LFS sha256),
@@ -497,7 +498,8 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(f.seconds)
         for f in faults:
             if f.kind == "status":
-                return self._error(f.status, "ServerError", "Internal Error - We're working hard to fix this as soon as possible!")
+                return self._error(f.status, "ServerError",
+                                   "Internal Error - We're working hard to fix this as soon as possible!")
         try:
             if host == CDN_HOST:
                 m = _CDN_RE.match(path)
@@ -556,7 +558,8 @@ class _Handler(BaseHTTPRequestHandler):
         if repo.gated and for_files and not allowed:
             if token is None:
                 self._error(401, "GatedRepo",
-                            f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.")
+                            f"Access to model {repo_id} is restricted. You must have access to it and be "
+                            "authenticated to access it. Please log in.")
             else:
                 self._error(403, "GatedRepo",
                             f"Access to model {repo_id} is restricted and you are not in the authorized list. "
@@ -635,7 +638,8 @@ class _Handler(BaseHTTPRequestHandler):
                 folder = (prefix + "/" if prefix else "") + rest.split("/")[0]
                 if folder not in folders:
                     folders.add(folder)
-                    entries.append({"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(), "size": 0, "path": folder})
+                    oid = hashlib.sha1(folder.encode()).hexdigest()
+                    entries.append({"type": "directory", "oid": oid, "size": 0, "path": folder})
                 continue
             entries.append(repo.tree_entry(f))
         if prefix and not entries:

@@ -485,7 +485,7 @@ def _verdict(status: str, *, signal: str | None = None, fallback: str | None = N
 def test_smoke_check_names_the_crash_and_the_exact_rebuild_command(real_build):
     from fitchat.llama.smoke import rebuild_command
 
-    hw = detect_hardware(nvml=NoDriverNVML(), build=real_build)
+    hw = detect_hardware(nvml=NoDriverNvml(), build=real_build)
     worked_around = doctor.check_llama_smoke(hw, _verdict("crashed", signal="SIGILL", fallback="ok"))
     assert worked_around.status == "warn" and "crashed here with SIGILL" in worked_around.summary
     assert "slower prompt processing" in worked_around.summary
@@ -507,7 +507,7 @@ def test_smoke_check_runs_once_then_uses_the_cached_verdict(smollm2, real_build,
 
     starter_path().parent.mkdir(parents=True, exist_ok=True)
     starter_path().symlink_to(smollm2)
-    hw = detect_hardware(nvml=NoDriverNVML(), build=real_build)
+    hw = detect_hardware(nvml=NoDriverNvml(), build=real_build)
     env = {"HF_HUB_OFFLINE": "1", "PATH": os.environ.get("PATH", "")}
     first = doctor.run_doctor(hw, env=env, smoke_timeout_s=120).get("llama_smoke")
     assert first.status == "ok" and first.details["cached"] is False and first.details["use_extra_bufts"] is True

@@ -144,7 +144,8 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize("argv,code,message", BAD_INPUT)
-def test_bad_input_is_one_line(capsys: pytest.CaptureFixture[str], smollm2: Path, argv: list[str], code: int, message: str) -> None:
+def test_bad_input_is_one_line(capsys: pytest.CaptureFixture[str], smollm2: Path, argv: list[str], code: int,
+                               message: str) -> None:
     argv = [str(smollm2) if a == "MODEL" else a for a in argv]
     with pytest.raises(SystemExit) if code == 2 else _no_exit() as _:
         got = main(["fit", *argv])

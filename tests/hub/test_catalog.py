@@ -81,7 +81,8 @@ def variants_repo(hub: LocalHub, smollm2_variants: dict[str, Path]) -> str:
     return "fitchat-test/SmolLM2-135M-Instruct-GGUF"
 
 
-def test_list_variants_exact_sizes_sha_and_split_sets(hub: LocalHub, variants_repo: str, smollm2_variants: dict[str, Path]) -> None:
+def test_list_variants_exact_sizes_sha_and_split_sets(hub: LocalHub, variants_repo: str,
+                                                      smollm2_variants: dict[str, Path]) -> None:
     variants = catalog.list_variants(variants_repo)
     by_quant = {v.quant: v for v in variants}
     assert set(by_quant) == {"Q4_1", "Q8_0", "Q5_K_M", "Q4_K_M", "F16"}  # no projector, no incomplete split set

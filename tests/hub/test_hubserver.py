@@ -45,7 +45,8 @@ def test_resolve_redirects_to_cdn_on_another_host(hub: LocalHub, repo: str) -> N
 
 
 def test_cdn_honours_range(hub: LocalHub, repo: str) -> None:
-    r = httpx2.get(hf_hub_url(repo, "tiny-Q8_0.gguf", endpoint=hub.endpoint), headers={"Range": "bytes=10-19"}, follow_redirects=True)
+    r = httpx2.get(hf_hub_url(repo, "tiny-Q8_0.gguf", endpoint=hub.endpoint), headers={"Range": "bytes=10-19"},
+                   follow_redirects=True)
     assert r.status_code == 206
     assert r.content == PAYLOAD[10:20]
     assert r.headers["Content-Range"] == f"bytes 10-19/{len(PAYLOAD)}"
