@@ -69,7 +69,7 @@ def test_json_contract(capsys: pytest.CaptureFixture[str], smollm2: Path) -> Non
     data = fit_json(capsys, smollm2, "--ctx", "2048", "--kv-type", "q8_0", "--n-ubatch", "256")
     assert data["context"] == 2048
     assert data["settings"] == {"flash_attn": True, "swa_full": True, "n_batch": 512, "n_ubatch": 256,
-                                "type_k": "q8_0", "type_v": "q8_0"}
+                                "type_k": "q8_0", "type_v": "q8_0", "use_extra_bufts": True}
     assert {"backend", "gpus", "ram", "cpu"} <= set(data["hardware"])
     [v] = data["variants"]
     assert CONTRACT <= set(v)
