@@ -345,6 +345,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
         assert proc.stderr.startswith(f"fitchat-install: error: {message}") and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.fresh_smoke_cache  # the smoke step must find no verdict yet
 def test_install_script_is_idempotent_on_an_installed_venv(wheel_venv, dist, tmp_path):
     """A venv that already has fitchat and a CPU llama.cpp: the script only links the command, then does nothing."""
     fakebin = tmp_path / "bin"
@@ -475,6 +476,7 @@ def test_pyinstaller_bundle_builds_and_runs(tmp_path, smollm2):
     )
 
 
+@pytest.mark.fresh_smoke_cache  # the smoke step must find no verdict yet
 def test_install_script_rebuilds_once_with_portable_flags_when_the_native_build_crashes(wheel_venv, dist, smollm2, tmp_path):
     """The smoke decode's child is told to die with SIGILL while extra buffer types are on (a CPU faulting in
     the AMX kernels): the script rebuilds llama-cpp-python with the portable flag set. Packages come from an
