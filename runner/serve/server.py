@@ -73,54 +73,71 @@ def _quiet_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def serve(
-    config: ServeConfig,
-    load_engine: Callable[[], ServedEngine],
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    on_ready: Callable[[str], None] = print,
-    on_stopping: Callable[[int], None] | None = None,
-    sock: socket.socket | None = None,
-) -> int:
-    """Serve until ctrl+c; returns the exit status. Load failures raise (after the server stops)."""
-    import uvicorn
+class Serving:
+    """One run of the server: :meth:`run` blocks until ctrl+c, SIGTERM or :meth:`stop` (from any thread)."""
 
-    state = ServeState(config)
-    sock = sock or bind(host, port)
-    actual_port = sock.getsockname()[1]
+    def __init__(
+        self,
+        config: ServeConfig,
+        load_engine: Callable[[], ServedEngine],
+        *,
+        host: str = "127.0.0.1",
+        sock: socket.socket | None = None,
+        port: int = 8080,
+        on_ready: Callable[[str], None] = print,
+        on_stopping: Callable[[int], None] | None = None,
+    ) -> None:
+        import uvicorn
 
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            if not self.should_exit and on_stopping is not None:
-                on_stopping(state.active)
-            super().handle_exit(sig, frame)
+        self.state = state = ServeState(config)
+        self.sock = sock or bind(host, port)
+        self.url = url_for(host, self.sock.getsockname()[1])
+        self._load_engine = load_engine
+        self._on_ready = on_ready
 
-    server = Server(uvicorn.Config(
-        create_app(state), log_level="warning", access_log=False, lifespan="off",
-        timeout_graceful_shutdown=int(DRAIN_S), timeout_keep_alive=5,
-    ))
-    failure: list[BaseException] = []
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                if not self.should_exit and on_stopping is not None:
+                    on_stopping(state.active)
+                super().handle_exit(sig, frame)
 
-    async def main() -> None:
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        self.server = Server(uvicorn.Config(
+            create_app(state), log_level="warning", access_log=False, lifespan="off",
+            timeout_graceful_shutdown=int(DRAIN_S), timeout_keep_alive=5,
+        ))
+
+    def stop(self) -> None:
+        """Ask the server to drain and stop (thread-safe)."""
+        self.server.should_exit = True
+
+    def run(self) -> int:
+        """Serve until stopped; returns the exit status. A failed load raises (after the server stops)."""
+        failure: list[BaseException] = []
+
+        async def main() -> None:
+            serving = asyncio.create_task(self.server.serve(sockets=[self.sock]))
+            try:
+                await asyncio.to_thread(self.state.load, self._load_engine)
+            except BaseException as exc:  # a failed load stops the server, then is raised
+                failure.append(exc)
+                self.server.should_exit = True
+            else:
+                self.state.start()
+                if not self.server.should_exit:
+                    self._on_ready(self.url)
+            await serving
+
         try:
-            await asyncio.to_thread(state.load, load_engine)
-        except BaseException as exc:  # a failed load stops the server, then is raised
-            failure.append(exc)
-            server.should_exit = True
-        else:
-            state.start()
-            if not server.should_exit:
-                on_ready(url_for(host, actual_port))
-        await serving
+            with _quiet_signals():
+                asyncio.run(main())
+        finally:
+            self.sock.close()
+            self.state.close()
+        if failure:
+            raise failure[0]
+        return 0
 
-    try:
-        with _quiet_signals():
-            asyncio.run(main())
-    finally:
-        sock.close()
-        state.close()
-    if failure:
-        raise failure[0]
-    return 0
+
+def serve(config: ServeConfig, load_engine: Callable[[], ServedEngine], **options: Any) -> int:
+    """Serve until ctrl+c (see :class:`Serving` for the options); returns the exit status."""
+    return Serving(config, load_engine, **options).run()
