@@ -210,3 +210,21 @@ def test_ctrl_c_when_idle_exits_0_at_once(smollm2: Path, tmp_path: Path) -> None
         assert not any("Traceback" in line for line in proc.stderr)
     finally:
         proc.kill()
+
+
+def test_parallel_engines_serve_two_streams_at_once(smollm2: Path, tmp_path: Path) -> None:
+    proc = ServeProcess(smollm2, tmp_path / "home", "--parallel", "2")
+    try:
+        client = openai.OpenAI(base_url=proc.url, api_key="unused", max_retries=0, timeout=120)
+        kw: dict[str, Any] = {"model": proc.model_id, "temperature": 0, "max_tokens": 20}
+        expected = client.chat.completions.create(messages=QUESTION, **kw).choices[0].message.content
+        results: list[str] = []
+        threads = [threading.Thread(target=lambda: results.append(stream_text(client, QUESTION, **kw)[0]))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert results == [expected] * 3  # each engine keeps its own cache: the same answer from either
+    finally:
+        proc.kill()
