@@ -197,19 +197,11 @@ def _resolve(ref: str) -> _Model:
 
 
 def _load(model: _Model, args: argparse.Namespace) -> Any:
-    from fitchat.errors import LoadFailed
     from fitchat.llama.engine import ChatEngine
-    from fitchat.model.estimate import DEFAULT_CTX
-    from fitchat.model.gguf_spec import read_spec
-    from fitchat.model.hardware import detect_hardware
-    from fitchat.model.plan import plan_model
+    from fitchat.llama.planned import plan_load
 
-    spec = read_spec(model.path)
-    model.quant = model.quant or spec.quant
-    plan = plan_model(spec, detect_hardware(), args.ctx or DEFAULT_CTX, settings_from_args(args))
-    if plan.verdict == "too_big" and args.gpu_layers is None:
-        levers = f"; options: {'; '.join(plan.levers)}" if plan.levers else ""
-        raise LoadFailed(f"{model.name} does not fit this machine at context {plan.context}: {plan.reason}{levers}")
+    plan = plan_load(model.path, model.name, ctx=args.ctx, settings=settings_from_args(args), gpu_layers=args.gpu_layers)
+    model.quant = model.quant or plan.spec.quant
     return ChatEngine.load(
         model.path, plan=plan, n_ctx=args.ctx, n_threads=args.threads, gpu_layers=args.gpu_layers, on_notice=notice
     )

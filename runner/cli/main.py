@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fitchat.cli.chat",
     "fitchat.cli.compare",
     "fitchat.cli.doctor",
+    "fitchat.cli.serve",
 )
 
 

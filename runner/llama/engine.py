@@ -141,6 +141,8 @@ class SamplingSettings:
     max_tokens: int | None = None
     system_prompt: str | None = None
     min_p: float = 0.05
+    frequency_penalty: float = 0.0  # OpenAI's: minus count × this, over the repeat penalty's window
+    presence_penalty: float = 0.0  # OpenAI's: minus this once a token has appeared in that window
 
     def __post_init__(self) -> None:
         for name, (accepts, rule) in SAMPLING_RULES.items():
@@ -827,6 +829,23 @@ class ChatEngine:
         self._check_open()
         return self._stream(list(messages), settings)
 
+    def complete(self, prompt: str, settings: SamplingSettings | None = None) -> Iterator[str]:
+        """Stream a plain continuation of ``prompt`` (no chat template): what ``/v1/completions`` serves."""
+        settings = settings or SamplingSettings()
+        self._check_open()
+        return self._stream([], settings, prompt)
+
+    def completion_tokens(self, prompt: str, settings: SamplingSettings) -> list[int]:
+        """The tokens of a plain ``prompt``; :class:`ContextOverflow` when it leaves no room for the reply."""
+        tokens = self.tokenize(prompt, special=False, add_bos=self.add_bos)
+        budget = self.n_ctx - self.reply_reserve(settings)
+        if len(tokens) > budget:
+            raise ContextOverflow(
+                f"the prompt takes {len(tokens)} tokens, but the context holds {self.n_ctx} with "
+                f"{self.n_ctx - budget} kept for the reply; shorten it or load with a larger context (--ctx)"
+            )
+        return tokens or [max(0, int(self._lc.llama_vocab_bos(self._vocab)))]
+
     def regenerate(
         self, messages: Sequence[dict[str, str]], settings: SamplingSettings | None = None, attempt: int = 1
     ) -> Iterator[str]:
@@ -873,7 +892,9 @@ class ChatEngine:
             elapsed_s=now - t0,
         )
 
-    def _stream(self, messages: list[dict[str, str]], settings: SamplingSettings) -> Iterator[str]:
+    def _stream(
+        self, messages: list[dict[str, str]], settings: SamplingSettings, prompt: str | None = None
+    ) -> Iterator[str]:
         if not self._busy.acquire(blocking=False):
             raise EngineBusy("a reply is already streaming on this model; cancel it or wait")
         lc = self._lc
@@ -896,7 +917,9 @@ class ChatEngine:
                 )
             msgs = self.with_system(messages, settings.system_prompt)
             with self._formatter.limits(cancelled=self._cancel.is_set) if self._formatter else contextlib.nullcontext():
-                tokens, _kept, dropped = self.fit_context(msgs, settings)  # ctrl+c reaches the template too
+                tokens, _kept, dropped = (  # ctrl+c reaches the template too
+                    self.fit_context(msgs, settings) if prompt is None else (self.completion_tokens(prompt, settings), [], 0)
+                )
             if dropped:
                 self._notice(
                     f"context full: left out the {dropped} oldest message{'s' if dropped != 1 else ''} to fit "
@@ -1030,7 +1053,11 @@ class TokenSampler:
         self._n_vocab = n_vocab
         self._greedy = settings.temperature <= 0
         self._penalty = np.float32(settings.repeat_penalty)
-        self._penalize = float(settings.repeat_penalty) != 1.0
+        self._repeat = float(settings.repeat_penalty) != 1.0
+        self._frequency = np.float32(settings.frequency_penalty)
+        self._presence = np.float32(settings.presence_penalty)
+        self._counted = float(settings.frequency_penalty) != 0.0 or float(settings.presence_penalty) != 0.0
+        self._penalize = self._repeat or self._counted
         self._window: deque[int] = deque()
         self._counts: dict[int, int] = {}
         self._view: Any = None
@@ -1068,7 +1095,12 @@ class TokenSampler:
             logits = self._logits()
             idx = np.fromiter(counts, dtype=np.int32, count=len(counts))
             values = logits[idx]
-            logits[idx] = np.where(values <= 0, values * self._penalty, values / self._penalty)
+            if self._repeat:
+                values = np.where(values <= 0, values * self._penalty, values / self._penalty)
+            if self._counted:  # after the repeat penalty, as llama.cpp's penalties sampler does
+                n = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+                values = values - (n * self._frequency + self._presence)
+            logits[idx] = values
         if self._greedy:
             token = int(self._logits().argmax())
         else:

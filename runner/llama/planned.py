@@ -1,0 +1,39 @@
+"""Loading a model as ``fitchat fit`` plans it: one rule shared by ``fitchat chat`` and ``fitchat serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fitchat.errors import LoadFailed
+
+if TYPE_CHECKING:
+    from fitchat.llama.engine import ChatEngine, Notice
+    from fitchat.model.plan import Plan
+
+
+def plan_load(path: str | Path, name: str, *, ctx: int | None = None, settings: Any = None,
+              gpu_layers: int | None = None) -> Plan:
+    """The fit plan for ``path`` on this machine; :class:`LoadFailed` when it does not fit (unless the
+    user named the GPU layers, which overrides the plan)."""
+    from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS
+    from fitchat.model.gguf_spec import read_spec
+    from fitchat.model.hardware import detect_hardware
+    from fitchat.model.plan import plan_model
+
+    spec = read_spec(path)
+    plan = plan_model(spec, detect_hardware(), ctx or DEFAULT_CTX, settings if settings is not None else DEFAULT_SETTINGS)
+    if plan.verdict == "too_big" and gpu_layers is None:
+        levers = f"; options: {'; '.join(plan.levers)}" if plan.levers else ""
+        raise LoadFailed(f"{name} does not fit this machine at context {plan.context}: {plan.reason}{levers}")
+    return plan
+
+
+def load_planned(path: str | Path, name: str, *, ctx: int | None = None, settings: Any = None,
+                 n_threads: int | None = None, gpu_layers: int | None = None,
+                 on_notice: Notice | None = None) -> ChatEngine:
+    """:func:`plan_load`, then :meth:`ChatEngine.load` with that plan (and its fallback ladder)."""
+    from fitchat.llama.engine import ChatEngine
+
+    plan = plan_load(path, name, ctx=ctx, settings=settings, gpu_layers=gpu_layers)
+    return ChatEngine.load(path, plan=plan, n_ctx=ctx, n_threads=n_threads, gpu_layers=gpu_layers, on_notice=on_notice)
