@@ -198,7 +198,7 @@ def _resolve(ref: str) -> _Model:
 
 def _load(model: _Model, args: argparse.Namespace) -> Any:
     from fitchat.errors import LoadFailed
-    from fitchat.llama.engine import ChatEngine
+    from fitchat.llama.process import ProcessEngine
     from fitchat.model.estimate import DEFAULT_CTX
     from fitchat.model.gguf_spec import read_spec
     from fitchat.model.hardware import detect_hardware
@@ -210,7 +210,8 @@ def _load(model: _Model, args: argparse.Namespace) -> Any:
     if plan.verdict == "too_big" and args.gpu_layers is None:
         levers = f"; options: {'; '.join(plan.levers)}" if plan.levers else ""
         raise LoadFailed(f"{model.name} does not fit this machine at context {plan.context}: {plan.reason}{levers}")
-    return ChatEngine.load(
+    # The model runs in its own process: a crash in llama.cpp is one line and exit status 1, not fitchat's end.
+    return ProcessEngine.load(
         model.path, plan=plan, n_ctx=args.ctx, n_threads=args.threads, gpu_layers=args.gpu_layers, on_notice=notice
     )
 
@@ -365,8 +366,16 @@ def _one_shot_prompt(args: argparse.Namespace) -> str | None:
 
 
 def _one_shot(session: Any, prompt: str, args: argparse.Namespace) -> int:
+    from fitchat.llama.process import EngineDied
+
     out = None if args.json else sys.stdout
-    text, interrupted = stream_to(lambda: session.send(prompt), session.engine, out)
+    try:
+        text, interrupted = stream_to(lambda: session.send(prompt), session.engine, out)
+    except EngineDied:
+        if out is not None:
+            out.write("\n")  # after the reply so far; the error follows on stderr
+            out.flush()
+        raise
     stats = session.last_stats
     if args.json:
         payload = {"reply": text, "stats": {k: getattr(stats, k) for k in JSON_STATS} if stats else None}
@@ -471,12 +480,17 @@ class Repl:
     def reply(self, factory: Any) -> None:
         from fitchat.errors import FitchatError
         from fitchat.llama.engine import RenderCancelled
+        from fitchat.llama.process import EngineDied
 
         try:
             text, interrupted = stream_to(factory, self.session.engine, self.out)
         except RenderCancelled:
             self.say("(stopped)")
             return
+        except EngineDied:
+            self.out.write("\n")  # the partial reply is saved; the error ends the command (one line, status 1)
+            self.out.flush()
+            raise
         except FitchatError as exc:
             self.say(f"fitchat: error: {printable(exc, 500, one_line=True)}")
             return
