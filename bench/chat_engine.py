@@ -23,6 +23,13 @@
    ``create_chat_completion``, same prompt and prompt-batch threads; and the engine's own time
    outside llama.cpp's prompt evaluation (template, tokenize, sampler set-up).
 
+4. Through the engine process (fitchat.llama.process, what the TUI and ``fitchat chat`` use): decode
+   and cold TTFT as the consumer sees them, against bare llama-cpp-python. The process decodes on
+   its own while this one waits, so its tokens cannot be interleaved one by one with the others:
+   each round runs the process engine, ``create_chat_completion`` and ``generate()`` one after the
+   other (alone on the machine), and the ratio is the median of per-round ratios against the
+   faster of the two. CPU time for the process engine is both processes'.
+
 Timings on a shared machine are noisy: compare the ratios, which come from the same run. Beside
 wall-clock figures the report gives this process's CPU time per token (or to the first token),
 which other programs' load does not inflate.
@@ -223,6 +230,46 @@ def ttft_bare(llm: Any) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def process_decode(engine: Any, n: int) -> tuple[float, float]:
+    """The engine process as its consumer sees it: (tokens/s after the first, CPU ms per token of both processes)."""
+    import psutil
+
+    child = psutil.Process(engine.pid)
+    first = last = 0.0
+    c0, k0 = time.process_time(), sum(child.cpu_times()[:2])
+    for _ in engine_tokens(engine, n):
+        last = time.perf_counter()
+        first = first or last
+    cpu = time.process_time() - c0 + sum(child.cpu_times()[:2]) - k0
+    tokens = engine.last_stats.completion_tokens
+    return ((tokens - 1) / (last - first) if last > first else 0.0), cpu * 1000 / max(1, tokens)
+
+
+def alone_decode(tokens: Iterator[None]) -> tuple[float, float]:
+    """One path alone: (tokens/s after the first, CPU ms per token)."""
+    times: list[float] = []
+    c0 = time.process_time()
+    for _ in tokens:
+        times.append(time.perf_counter())
+    return rate(times), (time.process_time() - c0) * 1000 / max(1, len(times))
+
+
+def ttft_process(engine: Any) -> tuple[float, float]:
+    """(TTFT seen by the consumer, CPU seconds of both processes to the first token), cold cache."""
+    import psutil
+
+    from fitchat.llama.engine import SamplingSettings
+
+    engine.reset()
+    child = psutil.Process(engine.pid)
+    t0, c0, k0 = time.perf_counter(), time.process_time(), sum(child.cpu_times()[:2])
+    t = cpu = 0.0
+    for _ in engine.stream(LONG_PROMPT, SamplingSettings(temperature=0.0, repeat_penalty=REPEAT_PENALTY, max_tokens=1)):
+        t = time.perf_counter() - t0
+        cpu = time.process_time() - c0 + sum(child.cpu_times()[:2]) - k0
+    return t, cpu
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a GGUF with a chat template (default: SmolLM2-135M Q8_0)")
@@ -320,6 +367,45 @@ def main() -> int:
     notices = list(engine.notices)
     engine.close()
 
+    # The engine process (what the TUI and `fitchat chat` use), with the threads the engine measured.
+    from fitchat.llama.process import ProcessEngine
+
+    proc = ProcessEngine.load(model, n_ctx=args.ctx, n_threads=threads.n_threads, n_threads_batch=threads.n_threads_batch)
+    llm = load_bare(model, kwargs, bare_threads, threads.n_threads_batch, args.ctx)
+    llm_gen = load_bare(model, kwargs, bare_threads, threads.n_threads_batch, args.ctx)
+    proc_rows: dict[str, list[float]] = {"process": [], "bare_chat": [], "bare_generate": [], "ratio": [],
+                                         "process_cpu": [], "bare_chat_cpu": [], "bare_generate_cpu": []}
+    for i in range(args.rounds + 1):
+        p_rate, p_cpu = process_decode(proc, n)
+        c_rate, c_cpu = alone_decode(bare_chat_tokens(llm, n))
+        g_rate, g_cpu = alone_decode(bare_generate_tokens(llm_gen, n))
+        if i == 0:
+            continue
+        for key, value in (("process", p_rate), ("bare_chat", c_rate), ("bare_generate", g_rate),
+                           ("process_cpu", p_cpu), ("bare_chat_cpu", c_cpu), ("bare_generate_cpu", g_cpu)):
+            proc_rows[key].append(value)
+        proc_rows["ratio"].append(p_rate / max(c_rate, g_rate))
+    proc_ttft: dict[str, list[float]] = {"process": [], "bare_chat": [], "process_cpu": [], "bare_chat_cpu": []}
+    for _ in range(args.rounds):
+        t, cpu = ttft_process(proc)
+        proc_ttft["process"].append(t)
+        proc_ttft["process_cpu"].append(cpu)
+        t, cpu = ttft_bare(llm)
+        proc_ttft["bare_chat"].append(t)
+        proc_ttft["bare_chat_cpu"].append(cpu)
+    proc.close()
+    llm.close()
+    llm_gen.close()
+    process = {
+        "decode_tokens_per_s": {k: statistics.median(proc_rows[k]) for k in ("process", "bare_chat", "bare_generate")},
+        "decode_cpu_ms_per_token": {k: statistics.median(proc_rows[k + "_cpu"])
+                                    for k in ("process", "bare_chat", "bare_generate")},
+        "decode_ratio_vs_best_bare": statistics.median(proc_rows["ratio"]),
+        "ttft_s": {k: statistics.median(v) for k, v in proc_ttft.items()},
+        "ttft_ratio": statistics.median(p / b for p, b in zip(proc_ttft["process"], proc_ttft["bare_chat"])),
+        "ttft_cpu_ratio": statistics.median(p / b for p, b in zip(proc_ttft["process_cpu"], proc_ttft["bare_chat_cpu"])),
+    }
+
     result = {
         "model": str(model),
         "tokens": n,
@@ -344,6 +430,7 @@ def main() -> int:
         "ttft_cpu_ratio": ttft_cpu_ratio,
         "llama_bench": bench,
         "llama_bench_skipped": skipped,
+        "engine_process": process,
         "load_average": os.getloadavg(),
     }
     if args.json:
@@ -371,6 +458,14 @@ def main() -> int:
           f"create_chat_completion {ttft['bare_chat'] * 1000:.1f} ms -> ratio {result['ttft_ratio']:.3f} "
           f"(CPU time ratio {result['ttft_cpu_ratio']:.3f}); "
           f"engine time outside prompt evaluation {ttft['engine_outside_eval'] * 1000:.2f} ms")
+    pd, pc, pt = process["decode_tokens_per_s"], process["decode_cpu_ms_per_token"], process["ttft_s"]
+    print("through the engine process (runs one after another, medians):")
+    for k in ("process", "bare_chat", "bare_generate"):
+        print(f"  {k:<14} {pd[k]:8.1f} tok/s   ({pc[k]:.2f} ms CPU per token)")
+    print(f"  engine process / best bare llama-cpp-python = {process['decode_ratio_vs_best_bare']:.3f}")
+    print(f"  TTFT, cold cache: engine process {pt['process'] * 1000:.1f} ms, create_chat_completion "
+          f"{pt['bare_chat'] * 1000:.1f} ms -> ratio {process['ttft_ratio']:.3f} "
+          f"(CPU time of both processes, ratio {process['ttft_cpu_ratio']:.3f})")
     return 0
 
 

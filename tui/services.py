@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # the core's types, without importing the core before the fir
     from fitchat.compare.run import Candidate, CompareReport, CompareSettings, Progress
     from fitchat.hub.catalog import CatalogEntry, Recommendation, SearchHit
     from fitchat.hub.store import LocalModel
-    from fitchat.llama.engine import ChatEngine, SamplingSettings
+    from fitchat.llama.engine import SamplingSettings
+    from fitchat.llama.process import ProcessEngine
     from fitchat.model.gguf_spec import ModelSpec
     from fitchat.model.hardware import HardwareInfo
     from fitchat.model.plan import Plan
@@ -208,18 +209,20 @@ class Services:
     # ------------------------------------------------------------------ chat
 
     def load_engine(self, path: Path, *, plan: Plan | None, n_ctx: int | None,
-                    on_notice: Callable[[str], None]) -> ChatEngine:
-        """Load a model into llama.cpp for chatting."""
-        from fitchat.llama.engine import ChatEngine
+                    on_notice: Callable[[str], None]) -> ProcessEngine:
+        """Load a model for chatting, in its own process (fitchat.llama.process): a crash in llama.cpp ends
+        that process with a :class:`fitchat.llama.process.EngineDied`, never the app. The engine runs
+        ``LLAMA_NICENESS`` steps less urgent than the UI, as the llama.cpp thread did in this process."""
+        from fitchat.llama.process import ProcessEngine
 
-        return self.on_llama_thread(
-            ChatEngine.load, path, plan=plan, n_ctx=n_ctx, n_threads=self.n_threads, on_notice=on_notice
+        return ProcessEngine.load(
+            path, plan=plan, n_ctx=n_ctx, n_threads=self.n_threads, on_notice=on_notice, niceness=LLAMA_NICENESS
         )
 
     def new_chat(
         self,
         *,
-        engine: ChatEngine | None,
+        engine: ProcessEngine | None,
         model_name: str,
         quant: str | None,
         model_path: str,
@@ -241,7 +244,7 @@ class Services:
             session.unsaved_reason = "the history could not be opened"
         return session
 
-    def resume_chat(self, conversation_id: int, *, engine: ChatEngine | None,
+    def resume_chat(self, conversation_id: int, *, engine: ProcessEngine | None,
                     on_warning: Callable[[str], None]) -> ChatSession:
         """A saved conversation, continued as the CLI's ``--resume`` continues it."""
         from fitchat.chat.session import ChatSession
@@ -262,7 +265,7 @@ class Services:
 
         self.on_llama_thread(run)
 
-    def close_engine(self, engine: ChatEngine) -> None:
+    def close_engine(self, engine: ProcessEngine) -> None:
         """Free ``engine`` on the llama.cpp thread once its reply (already cancelled) has ended; returns at once.
 
         :meth:`close` waits for it, so the model is never freed mid-decode nor left to the
@@ -296,7 +299,7 @@ class Services:
             pool.shutdown(wait=True)
 
 
-def _close_quietly(engine: ChatEngine) -> None:
+def _close_quietly(engine: ProcessEngine) -> None:
     try:
         engine.close()
     except Exception:  # noqa: BLE001 - nothing left to tell

@@ -3,8 +3,10 @@ turns, used by the CLI's REPL and the TUI's chat screen alike.
 
 The user's message is committed before the reply starts and the reply when it ends (a stopped
 reply is kept with what was written, marked ``cancelled``), so a crash mid-reply loses at most
-that reply. A save that fails (a full disk, a read-only or locked file) costs the history, not the
-chat: the user is warned once and the conversation goes on unsaved. A message the engine refuses
+that reply. When the engine process dies mid-reply (:class:`fitchat.llama.process.EngineDied`), the
+reply so far is kept too, marked ``interrupted``, and the error goes on to the caller. A save that
+fails (a full disk, a read-only or locked file) costs the history, not the chat: the user is warned
+once and the conversation goes on unsaved. A message the engine refuses
 before replying (it does not fit the context, the template fails) is taken back, from the history
 too, so it can be edited and sent again. A session may start before its engine is loaded (the TUI
 saves the question while the model loads) and may change engines (the TUI switches models).
@@ -16,11 +18,15 @@ import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypeAlias, TypedDict, TypeVar
 
 from fitchat.chat.history import Conversation, History
 from fitchat.errors import HistoryError
 from fitchat.llama.engine import ChatEngine, ChatStats, EngineError, InvalidSampling, SamplingSettings
+from fitchat.llama.process import EngineDied, ProcessEngine
+
+#: Either engine: in this process, or in its own (fitchat.llama.process); the same public methods.
+Engine: TypeAlias = ChatEngine | ProcessEngine
 
 _T = TypeVar("_T")
 
@@ -44,7 +50,7 @@ class ChatSession:
 
     def __init__(
         self,
-        engine: ChatEngine | None,
+        engine: Engine | None,
         history: History | None = None,
         *,
         settings: SamplingSettings | None = None,
@@ -74,7 +80,7 @@ class ChatSession:
     @classmethod
     def resume(
         cls,
-        engine: ChatEngine | None,
+        engine: Engine | None,
         history: History,
         conversation_id: int,
         *,
@@ -177,7 +183,7 @@ class ChatSession:
         """The conversation as the engine takes it."""
         return [{"role": m["role"], "content": m["content"]} for m in self.messages]
 
-    def _engine(self) -> ChatEngine:
+    def _engine(self) -> Engine:
         if self.engine is None:
             raise EngineError("no model is loaded yet")
         return self.engine
@@ -222,13 +228,16 @@ class ChatSession:
         pieces = engine.regenerate(self.chat_messages(), self.settings, attempt=self._regen_attempt)
         return self._reply(engine, pieces)
 
-    def _reply(self, engine: ChatEngine, pieces: Iterator[str], taken_back: Turn | None = None) -> Iterator[str]:
+    def _reply(self, engine: Engine, pieces: Iterator[str], taken_back: Turn | None = None) -> Iterator[str]:
         parts: list[str] = []
         before = engine.last_stats
         try:
             for piece in pieces:
                 parts.append(piece)
                 yield piece
+        except EngineDied:
+            self._record("".join(parts), None, finish="interrupted")
+            raise
         except Exception:
             if not parts and taken_back is not None and engine.last_stats is before:
                 self._take_back(taken_back)
@@ -248,9 +257,9 @@ class ChatSession:
         if isinstance(message_id, int):
             self._save(lambda h: h.delete_message(message_id))
 
-    def _record(self, text: str, stats: ChatStats | None) -> None:
-        finish = stats.finish_reason if stats else "stop"
-        if not text and finish == "cancelled":
+    def _record(self, text: str, stats: ChatStats | None, finish: str | None = None) -> None:
+        finish = finish or (stats.finish_reason if stats else "stop")
+        if not text and finish in ("cancelled", "interrupted"):
             return  # stopped before any text: nothing to keep
         stats_json = stats.to_json() if stats else None
         entry = _turn("assistant", text, stats=stats_json, finish_reason=finish)

@@ -197,12 +197,13 @@ def _resolve(ref: str) -> _Model:
 
 
 def _load(model: _Model, args: argparse.Namespace) -> Any:
-    from fitchat.llama.engine import ChatEngine
     from fitchat.llama.planned import plan_load
+    from fitchat.llama.process import ProcessEngine
 
     plan = plan_load(model.path, model.name, ctx=args.ctx, settings=settings_from_args(args), gpu_layers=args.gpu_layers)
     model.quant = model.quant or plan.spec.quant
-    return ChatEngine.load(
+    # The model runs in its own process: a crash in llama.cpp is one line and exit status 1, not fitchat's end.
+    return ProcessEngine.load(
         model.path, plan=plan, n_ctx=args.ctx, n_threads=args.threads, gpu_layers=args.gpu_layers, on_notice=notice
     )
 
@@ -357,8 +358,16 @@ def _one_shot_prompt(args: argparse.Namespace) -> str | None:
 
 
 def _one_shot(session: Any, prompt: str, args: argparse.Namespace) -> int:
+    from fitchat.llama.process import EngineDied
+
     out = None if args.json else sys.stdout
-    text, interrupted = stream_to(lambda: session.send(prompt), session.engine, out)
+    try:
+        text, interrupted = stream_to(lambda: session.send(prompt), session.engine, out)
+    except EngineDied:
+        if out is not None:
+            out.write("\n")  # after the reply so far; the error follows on stderr
+            out.flush()
+        raise
     stats = session.last_stats
     if args.json:
         payload = {"reply": text, "stats": {k: getattr(stats, k) for k in JSON_STATS} if stats else None}
@@ -463,12 +472,17 @@ class Repl:
     def reply(self, factory: Any) -> None:
         from fitchat.errors import FitchatError
         from fitchat.llama.engine import RenderCancelled
+        from fitchat.llama.process import EngineDied
 
         try:
             text, interrupted = stream_to(factory, self.session.engine, self.out)
         except RenderCancelled:
             self.say("(stopped)")
             return
+        except EngineDied:
+            self.out.write("\n")  # the partial reply is saved; the error ends the command (one line, status 1)
+            self.out.flush()
+            raise
         except FitchatError as exc:
             self.say(f"fitchat: error: {printable(exc, 500, one_line=True)}")
             return

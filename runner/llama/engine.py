@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fitchat.errors import FitchatError, LoadFailed
 from fitchat.format import printable
@@ -42,9 +42,21 @@ if TYPE_CHECKING:
     from fitchat.llama.chat_template import BoundedChatFormatter
     from fitchat.model.estimate import LoadSettings
     from fitchat.model.hardware import CpuInfo
-    from fitchat.model.plan import Plan
 
 Notice = Callable[[str], None]
+
+
+class LoadPlan(Protocol):
+    """What a load reads of a plan (``fitchat.model.plan.Plan``, or the same fields sent to the engine process)."""
+
+    @property
+    def settings(self) -> LoadSettings | dict[str, Any]: ...
+    @property
+    def context(self) -> int: ...
+    @property
+    def gpu_layers(self) -> int: ...
+    @property
+    def n_layers(self) -> int: ...
 #: Builds the ``llama_cpp.Llama`` for a path and ``Llama`` keyword arguments (replaceable in tests).
 Loader = Callable[..., "Llama"]
 
@@ -394,7 +406,7 @@ class ChatEngine:
         cls,
         path: str | Path,
         *,
-        plan: Plan | None = None,
+        plan: LoadPlan | None = None,
         n_ctx: int | None = None,
         n_threads: int | None = None,
         n_threads_batch: int | None = None,

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from fitchat.errors import LoadFailed
 
 if TYPE_CHECKING:
-    from fitchat.llama.engine import ChatEngine, Notice
+    from fitchat.llama.engine import Notice
+    from fitchat.llama.process import ProcessEngine
     from fitchat.model.plan import Plan
 
 
@@ -31,9 +32,13 @@ def plan_load(path: str | Path, name: str, *, ctx: int | None = None, settings: 
 
 def load_planned(path: str | Path, name: str, *, ctx: int | None = None, settings: Any = None,
                  n_threads: int | None = None, gpu_layers: int | None = None,
-                 on_notice: Notice | None = None) -> ChatEngine:
-    """:func:`plan_load`, then :meth:`ChatEngine.load` with that plan (and its fallback ladder)."""
-    from fitchat.llama.engine import ChatEngine
+                 on_notice: Notice | None = None) -> ProcessEngine:
+    """:func:`plan_load`, then the engine process loads it with that plan (and its fallback ladder).
+
+    The model runs in its own process (fitchat.llama.process): a crash in llama.cpp ends that process,
+    not the caller.
+    """
+    from fitchat.llama.process import ProcessEngine
 
     plan = plan_load(path, name, ctx=ctx, settings=settings, gpu_layers=gpu_layers)
-    return ChatEngine.load(path, plan=plan, n_ctx=ctx, n_threads=n_threads, gpu_layers=gpu_layers, on_notice=on_notice)
+    return ProcessEngine.load(path, plan=plan, n_ctx=ctx, n_threads=n_threads, gpu_layers=gpu_layers, on_notice=on_notice)

@@ -294,6 +294,28 @@ def test_kill_9_mid_reply_loses_only_that_reply_then_resume(smollm2: Path, priva
     assert messages[3].finish_reason == "length" and messages[3].content
 
 
+def test_engine_killed_mid_reply_is_one_line_exit_1_and_the_reply_so_far_is_saved(smollm2: Path,
+                                                                                  open_terminal: Any) -> None:
+    import psutil
+
+    term = open_terminal(["chat", str(smollm2), *REPL_ARGS, "--max-tokens", "600"])
+    mark = term.read_until(">>> ")
+    term.type(STORY)
+    mark = term.read_until("bread.", start=mark)
+    mark = term.read_chars(40, start=mark)  # the reply is streaming, from the engine process
+    (engine,) = psutil.Process(term.pid).children()
+    engine.send_signal(signal.SIGKILL)
+    assert term.wait() == 1
+    errors = [line for line in term.buffer.splitlines() if "fitchat: error:" in line]
+    assert len(errors) == 1 and "SIGKILL" in errors[0] and "out-of-memory killer" in errors[0]
+    assert "Traceback" not in term.buffer
+    with History() as h:
+        messages = h.load(h.list_conversations()[0].id).messages
+    assert [m.role for m in messages] == ["user", "assistant"]
+    assert messages[1].finish_reason == "interrupted" and messages[1].content.strip()
+    assert messages[1].content.strip()[:20] in term.buffer.replace("\r\n", "\n")
+
+
 def test_history_commands(smollm2: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with History() as h:
         conv = h.create("HuggingFaceTB/SmolLM2-135M-Instruct", quant="Q4_1", model_path=str(smollm2))

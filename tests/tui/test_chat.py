@@ -263,3 +263,40 @@ async def test_model_switch_and_load_error_is_a_notification(smollm2: Path, tmp_
         await wait_for(pilot, lambda: any(n.severity == "error" for n in app._notifications), what="the error")
         assert app.is_running
         assert screen.engine is None
+
+
+async def test_engine_killed_mid_reply_keeps_the_app_and_the_reply_and_offers_a_reload(
+    smollm2: Path, tmp_path: Path, unreachable_endpoint: str
+) -> None:
+    import os
+    import signal
+
+    link_starter(smollm2)
+    app = make_app(tmp_path, unreachable_endpoint, dataclasses.replace(GREEDY, max_tokens=2000))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_chat(pilot, app)
+        engine = screen.engine
+        assert engine is not None and engine.pid != os.getpid()  # the model runs in its own process
+        await pilot.press(*"Write a very long story about a dragon who learns to cook.")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen._count >= 8, what="a few tokens")
+        os.kill(engine.pid, signal.SIGKILL)
+        await wait_for(pilot, lambda: not screen.generating, timeout=10, what="the reply to end")
+        assert app.is_running and app.screen is screen
+        lost = [n.message for n in app._notifications if n.severity == "error"]
+        assert len(lost) == 1 and "SIGKILL" in lost[0] and "ctrl+l" in lost[0] and "\n" not in lost[0]
+        assert screen.engine is None and screen.engine_lost
+        reply = replies(screen)[-1]
+        assert reply.text.strip()
+        saved = app.services.history().load(screen.conversation_id).messages
+        assert [m.role for m in saved] == ["user", "assistant"]
+        assert saved[-1].finish_reason == "interrupted" and saved[-1].content == reply.text
+        assert "interrupted" in screen_text(app)
+
+        await pilot.press("ctrl+l")  # the reload
+        await wait_for(pilot, lambda: screen.engine is not None, timeout=60, what="the model to load again")
+        assert screen.engine.pid != engine.pid and not screen.engine_lost
+        app.sampling = GREEDY
+        again = await ask(pilot, screen, "Say hi.")
+        assert again.text.strip()
+        assert len(app.services.history().load(screen.conversation_id).messages) == 4

@@ -54,29 +54,27 @@ async def test_the_app_shortens_the_gil_switch_interval_while_it_runs() -> None:
     assert sys.getswitchinterval() == before
 
 
-def thread_niceness() -> dict[int, int]:
-    """Each thread of this process: its nice value, from /proc (field 19 of a task's stat)."""
+def thread_niceness(pid: int | str = "self") -> dict[int, int]:
+    """Each thread of a process: its nice value, from /proc (field 19 of a task's stat)."""
     out: dict[int, int] = {}
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/stat") as fh:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         out[int(tid)] = int(fields[16])
     return out
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
-def test_the_llama_thread_and_its_openmp_threads_yield_to_the_ui(smollm2: Path) -> None:
+def test_the_engine_process_and_its_openmp_threads_yield_to_the_ui(smollm2: Path) -> None:
     services = Services(hardware=cpu_machine(), n_threads=2)
     before = thread_niceness()
     ui = threading.get_native_id()
     engine = services.load_engine(smollm2, plan=None, n_ctx=512, on_notice=lambda _m: None)
     services.stream_reply(engine.stream(HELLO, GREEDY), lambda _piece: None)
-    llama = services.on_llama_thread(threading.get_native_id)
+    in_engine = thread_niceness(engine.pid)  # its main thread, its control thread and llama.cpp's OpenMP workers
     after = thread_niceness()
     services.close_engine(engine)
     services.close()
-    assert after[llama] == before[ui] + LLAMA_NICENESS
+    assert engine.pid != os.getpid() and len(in_engine) >= 3
+    assert all(nice == before[ui] + LLAMA_NICENESS for nice in in_engine.values())
     assert after[ui] == before[ui]  # the UI keeps its priority
-    # llama.cpp's OpenMP workers, started by the llama thread for 2-thread decoding, inherit it.
-    started = {tid: nice for tid, nice in after.items() if tid not in before and tid != llama}
-    assert started and all(nice == before[ui] + LLAMA_NICENESS for nice in started.values())

@@ -1,4 +1,9 @@
-"""The chat screen: streamed Markdown replies, Esc to stop, history, settings, live stats."""
+"""The chat screen: streamed Markdown replies, Esc to stop, history, settings, live stats.
+
+The model runs in its own process (fitchat.llama.process). When that process dies (a crash in llama.cpp,
+the out-of-memory killer), the screen stays: the reply so far is kept (saved as ``interrupted``), the
+notification names the signal, and ctrl+l (or "Reload the model" in the palette) loads the model again.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ from fitchat.tui.widgets.status_line import StatusLine
 
 if TYPE_CHECKING:
     from fitchat.chat.session import ChatSession, Turn
-    from fitchat.llama.engine import ChatEngine, ChatStats, SamplingSettings
+    from fitchat.llama.engine import ChatStats, SamplingSettings
+    from fitchat.llama.process import ProcessEngine
     from fitchat.model.plan import Plan
 
 #: The status line (tok/s, sparkline) is refreshed with a screen update of the reply at most this
@@ -92,12 +98,14 @@ class ChatScreen(Guarded, Screen[None]):
         Binding("ctrl+o", "switch_model", "Model"),
         Binding("ctrl+r", "copy_reply", "Copy"),
         Binding("ctrl+g", "copy_code", "Copy code", show=False),
+        Binding("ctrl+l", "reload_model", "Reload", show=False),
     ]
     PALETTE = (
         ("New chat", "Start a new conversation with this model", "new_chat"),
         ("Stop the reply", "Stop generating (Esc)", "stop"),
         ("Chat settings", "System prompt, temperature, top-p, top-k, seed, max tokens", "settings"),
         ("Switch model", "Continue with another model on disk", "switch_model"),
+        ("Reload the model", "Load this model again (after its engine stopped)", "reload_model"),
         ("Copy the last reply", "Copy it to the clipboard", "copy_reply"),
         ("Copy a code block", "Copy one code block of the last reply", "copy_code"),
         ("Toggle the history sidebar", "Resume (Enter), delete (d) or export (e) conversations", "toggle_history"),
@@ -127,7 +135,9 @@ class ChatScreen(Guarded, Screen[None]):
         self.model = model
         self.context = context
         self._resume_id = conversation_id
-        self.engine: ChatEngine | None = None
+        self.engine: ProcessEngine | None = None
+        #: The engine process died; nothing is sent until the model is loaded again (ctrl+l).
+        self.engine_lost = False
         self.plan: Plan | None = None
         #: The conversation (fitchat.chat.session): turns, saving, taking back a refused message. None until
         #: the first message or a resume; a new chat starts a new one (which tries the history again).
@@ -222,14 +232,39 @@ class ChatScreen(Guarded, Screen[None]):
         self.app.call_from_thread(self._engine_ready, engine, plan, ctx)
 
     def _load_failed(self, exc: BaseException) -> None:
+        from fitchat.llama.process import EngineDied
+
+        if isinstance(exc, EngineDied):
+            self._engine_lost(exc)
+            return
         self.status.set_state("no model")
         self.app.report_error(exc)
 
-    async def _engine_ready(self, engine: ChatEngine, plan: Plan | None, ctx: int) -> None:
+    def _engine_lost(self, exc: BaseException) -> None:
+        """The engine process died: say why in one line and offer the reload; the conversation stays."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            self.app.services.close_engine(engine)  # reaps the process
+        self.engine_lost = True
+        self.waiting_for_engine = False
+        self.status.set_state("engine stopped · ctrl+l reloads the model")
+        self.notify(f"{exc}. Press ctrl+l to reload the model.", title="Engine stopped", severity="error",
+                    timeout=20, markup=False)
+
+    def action_reload_model(self) -> None:
+        """Load the model on screen again (the way back after its engine stopped)."""
+        if self.generating:
+            self.notify("Wait for the reply to finish, or press Esc to stop it", severity="warning")
+            return
+        self.engine_lost = False
+        self._switch_to(self.model)
+
+    async def _engine_ready(self, engine: ProcessEngine, plan: Plan | None, ctx: int) -> None:
         if not self.is_attached:
             engine.close()
             return
         self.engine, self.plan = engine, plan
+        self.engine_lost = False
         if self.session is not None:
             self.session.engine = engine
         self.app.settle_heap()
@@ -267,6 +302,9 @@ class ChatScreen(Guarded, Screen[None]):
             return
         if self.generating or self.waiting_for_engine:
             self.notify("A reply is still coming: Esc stops it", severity="warning")
+            return
+        if self.engine_lost:
+            self.notify("The model's engine stopped: press ctrl+l to reload the model", severity="warning")
             return
         self.query_one(ChatInput).clear()
         self._question = await self._add_message("user", text)
@@ -395,10 +433,17 @@ class ChatScreen(Guarded, Screen[None]):
 
     async def _end_reply(self, reply: ChatMessage, message: Finished) -> None:
         """Show how the reply ended; the session has saved it already (on the llama.cpp thread)."""
-        stats = message.stats.to_json() if message.stats is not None else None
+        from fitchat.llama.process import EngineDied
+
+        died = isinstance(message.error, EngineDied)
+        stats = message.stats.to_json() if message.stats is not None and not died else None
         finish = "cancelled" if message.stopped else (message.stats.finish_reason if message.stats else "stop")
+        finish = "interrupted" if died else finish
         state = "stopped" if message.stopped else "ready"
-        if message.error is not None:
+        if died and message.error is not None:
+            self._engine_lost(message.error)
+            state = "engine stopped · ctrl+l reloads the model"
+        elif message.error is not None:
             self.app.report_error(message.error)
         question, self._question = self._question, None
         if not reply.text:
