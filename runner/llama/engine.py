@@ -134,6 +134,8 @@ SAMPLING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_tokens": (lambda v: v is None or (_whole(v) and v >= 1), "must be at least 1"),
     "system_prompt": (lambda v: v is None or isinstance(v, str), "must be text"),
     "min_p": (lambda v: _real(v) and 0 <= v <= 1, "must be 0 or more and at most 1 (e.g. 0.05)"),
+    "frequency_penalty": (lambda v: _real(v) and -2 <= v <= 2, "must be between -2 and 2 (0 turns it off)"),
+    "presence_penalty": (lambda v: _real(v) and -2 <= v <= 2, "must be between -2 and 2 (0 turns it off)"),
 }
 
 

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fitchat.llama.engine import DEFAULT_SAMPLING, SamplingSettings
+from fitchat.llama.engine import DEFAULT_SAMPLING, InvalidSampling, SamplingSettings
 
 #: Largest request body read (bytes); a longer one is a 413.
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -124,15 +124,20 @@ def sampling(data: dict[str, Any], default_max_tokens: int | None = None) -> Sam
     n = _integer(data, "n", 1)
     if n not in (None, 1):
         raise bad("'n' must be 1: one engine gives one choice per request", "n")
-    return replace(
-        DEFAULT_SAMPLING,
-        temperature=_number(data, "temperature", 0.0, 2.0, DEFAULT_SAMPLING.temperature),
-        top_p=_number(data, "top_p", 0.0, 1.0, DEFAULT_SAMPLING.top_p),
-        frequency_penalty=_number(data, "frequency_penalty", -2.0, 2.0, 0.0),
-        presence_penalty=_number(data, "presence_penalty", -2.0, 2.0, 0.0),
-        seed=seed,
-        max_tokens=max_tokens,
-    )
+    # OpenAI's own bounds first (a client gets the error OpenAI would give), then the engine's rules,
+    # which every front end shares (SamplingSettings checks them when it is made).
+    try:
+        return replace(
+            DEFAULT_SAMPLING,
+            temperature=_number(data, "temperature", 0.0, 2.0, DEFAULT_SAMPLING.temperature),
+            top_p=_number(data, "top_p", 0.0, 1.0, DEFAULT_SAMPLING.top_p),
+            frequency_penalty=_number(data, "frequency_penalty", -2.0, 2.0, 0.0),
+            presence_penalty=_number(data, "presence_penalty", -2.0, 2.0, 0.0),
+            seed=seed,
+            max_tokens=max_tokens,
+        )
+    except InvalidSampling as exc:
+        raise bad(f"'{exc.field}' {exc.rule}", exc.field) from None
 
 
 def _content(value: Any, where: str) -> str:
