@@ -514,7 +514,7 @@ def _umask() -> int:
 async def test_tui_chat_tells_a_failed_save_once_and_goes_on(smollm2: Path, tmp_path: Path,
                                                             unreachable_endpoint: str) -> None:
     from tests.tui.test_chat import ask, make_app, open_chat
-    from tests.tui_support import link_starter
+    from tests.tui_support import link_starter, notifications
 
     link_starter(smollm2)
     app = make_app(tmp_path, unreachable_endpoint)
@@ -524,6 +524,6 @@ async def test_tui_chat_tells_a_failed_save_once_and_goes_on(smollm2: Path, tmp_
         first = await ask(pilot, screen, "Hi")
         second = await ask(pilot, screen, "Bye")
         assert first.text and second.text
-        told = [n.message for n in app._notifications if "unsaved" in n.message]
+        told = [m for m in notifications(app) if "unsaved" in m]
         assert len(told) == 1 and "read-only" in told[0]
         assert [m["role"] for m in screen.messages] == ["user", "assistant", "user", "assistant"]

@@ -144,8 +144,7 @@ def test_a_slow_consumer_does_not_lower_the_decode_rate(engine: ChatEngine) -> N
         time.sleep(0.05)  # a display taking 50 ms a token
     wall_rate = pieces / (time.perf_counter() - start)
     s = engine.last_stats
-    assert wall_rate < 20
-    assert s.decode_tokens_per_s > 2 * wall_rate
+    assert s.decode_tokens_per_s > 2 * wall_rate  # the display's 50 ms are not counted as decoding
 
 
 def run_in_thread(engine: ChatEngine, messages: list[dict[str, str]], settings: SamplingSettings,
@@ -444,13 +443,15 @@ def test_close_releases_memory_before_the_next_load(smollm2: Path) -> None:
 
 
 @pytest.mark.slow
-def test_calibration_with_the_other_core_busy_prefers_one_thread(smollm2: Path, tmp_path: Path) -> None:
+def test_calibration_with_every_core_but_one_busy_prefers_one_thread(smollm2: Path, tmp_path: Path) -> None:
+    """With one core left free, measuring must find that a second decode thread only waits for a busy core."""
     import subprocess
     import sys
 
-    if _cores()[0] != 2:
-        pytest.skip("written for a 2-core machine")
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    logical = _cores()[1]
+    if logical < 2:
+        pytest.skip("needs two cores, one to keep busy")
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(logical - 1)]
     try:
         time.sleep(0.5)
         e = ChatEngine.load(smollm2, n_ctx=1024, thread_cache=tp.ThreadCache(tmp_path / "threads.json"))
@@ -459,5 +460,6 @@ def test_calibration_with_the_other_core_busy_prefers_one_thread(smollm2: Path, 
         finally:
             e.close()
     finally:
-        burner.kill()
-        burner.wait()
+        for burner in burners:
+            burner.kill()
+            burner.wait()

@@ -20,14 +20,14 @@ from fitchat.tui.services import Services
 from fitchat.tui.widgets.chat_message import ChatMessage
 from fitchat.tui.widgets.history_sidebar import HistorySidebar
 from fitchat.tui.widgets.local_models import LocalModels
-from tests.tui_support import cpu_machine, link_starter, screen_text, wait_for
+from tests.tui_support import RecordingApp, cpu_machine, link_starter, notifications, screen_text, wait_for
 
 GREEDY = SamplingSettings(temperature=0.0, seed=1, max_tokens=24)
 
 
 def make_app(tmp_path: Path, endpoint: str, sampling: SamplingSettings = GREEDY) -> FitchatApp:
     services = Services(hardware=cpu_machine(), endpoint=endpoint, n_threads=1, export_dir=tmp_path)
-    app = FitchatApp(services)
+    app = RecordingApp(services)
     app.sampling = sampling
     return app
 
@@ -104,7 +104,7 @@ async def test_escape_stops_the_reply(smollm2: Path, tmp_path: Path, unreachable
         screen = await open_chat(pilot, app)
         await pilot.press(*"Write a very long story about a dragon who learns to cook.")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: screen._count >= 8, what="a few tokens")
+        await wait_for(pilot, lambda: len(screen.query(ChatMessage).last().text) >= 30, what="a few tokens")
         await pilot.press("escape")
         await wait_for(pilot, lambda: not screen.generating, timeout=5, what="the reply to stop")
         assert screen.app.screen is screen, "Esc while streaming must stop, not leave"
@@ -176,7 +176,7 @@ async def test_a_refused_message_is_taken_back_as_in_the_cli(smollm2: Path, tmp_
         box.load_text(too_long)
         box.focus()
         await pilot.press("enter")
-        await wait_for(pilot, lambda: any("the message takes" in n.message for n in app._notifications)
+        await wait_for(pilot, lambda: any("the message takes" in m for m in notifications(app))
                        and not screen.generating, what="the refusal")
         # Gone from the conversation, the history and the screen; back in the input to be edited.
         assert [m["role"] for m in screen.messages] == ["user", "assistant"]
@@ -224,14 +224,14 @@ async def test_settings_modal_and_code_block_copy(smollm2: Path, tmp_path: Path,
         dialog.query_one("#set-temperature").value = "warm"
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, SettingsScreen)
-        assert any("Temperature must be a number" in n.message for n in app._notifications)
+        assert any("Temperature must be a number" in m for m in notifications(app))
         # A value out of range is refused by the settings themselves, told by its label; nothing changes.
         before = app.sampling
         dialog.query_one("#set-temperature").value = "0.3"
         dialog.query_one("#set-repeat_penalty").value = "0"
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, SettingsScreen)
-        assert any(n.message == "Repeat penalty must be more than 0 (1 turns it off)" for n in app._notifications)
+        assert "Repeat penalty must be more than 0 (1 turns it off)" in notifications(app)
         assert app.sampling is before
         dialog.query_one("#set-repeat_penalty").value = "1.1"
         dialog.query_one("#set-temperature").value = "0.3"
@@ -259,8 +259,8 @@ async def test_model_switch_and_load_error_is_a_notification(smollm2: Path, tmp_
         # A file llama.cpp cannot load ends in a notification; the app keeps running.
         bad = tmp_path / "broken.gguf"
         bad.write_bytes(b"GGUF" + b"\0" * 64)
-        screen._switch_to(dataclasses.replace(screen.model, path=bad, quant="Q4_1"))
-        await wait_for(pilot, lambda: any(n.severity == "error" for n in app._notifications), what="the error")
+        screen.switch_to(dataclasses.replace(screen.model, path=bad, quant="Q4_1"))
+        await wait_for(pilot, lambda: bool(notifications(app, "error")), what="the error")
         assert app.is_running
         assert screen.engine is None
 
@@ -279,11 +279,11 @@ async def test_engine_killed_mid_reply_keeps_the_app_and_the_reply_and_offers_a_
         assert engine is not None and engine.pid != os.getpid()  # the model runs in its own process
         await pilot.press(*"Write a very long story about a dragon who learns to cook.")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: screen._count >= 8, what="a few tokens")
+        await wait_for(pilot, lambda: len(screen.query(ChatMessage).last().text) >= 30, what="a few tokens")
         os.kill(engine.pid, signal.SIGKILL)
         await wait_for(pilot, lambda: not screen.generating, timeout=10, what="the reply to end")
         assert app.is_running and app.screen is screen
-        lost = [n.message for n in app._notifications if n.severity == "error"]
+        lost = notifications(app, "error")
         assert len(lost) == 1 and "SIGKILL" in lost[0] and "ctrl+l" in lost[0] and "\n" not in lost[0]
         assert screen.engine is None and screen.engine_lost
         reply = replies(screen)[-1]

@@ -257,7 +257,7 @@ class ChatScreen(Guarded, Screen[None]):
             self.notify("Wait for the reply to finish, or press Esc to stop it", severity="warning")
             return
         self.engine_lost = False
-        self._switch_to(self.model)
+        self.switch_to(self.model)
 
     async def _engine_ready(self, engine: ProcessEngine, plan: Plan | None, ctx: int) -> None:
         if not self.is_attached:
@@ -544,7 +544,7 @@ class ChatScreen(Guarded, Screen[None]):
         if path is not None and path != Path(self.model.path) and path.is_file():
             self.notify(f"Continuing with {session.model_name}" + (f" {session.quant}" if session.quant else ""),
                         markup=False)
-            self._switch_to(_ConversationModel(session.model_name, session.quant, path))
+            self.switch_to(_ConversationModel(session.model_name, session.quant, path))
         elif self.engine is not None:
             self.count_context()
 
@@ -645,11 +645,12 @@ class ChatScreen(Guarded, Screen[None]):
 
         def chosen(index: int | None) -> None:
             if index is not None:
-                self._switch_to(models[index])
+                self.switch_to(models[index])
 
         self.app.push_screen(PickScreen("Switch model", labels), chosen)
 
-    def _switch_to(self, model: Any) -> None:
+    def switch_to(self, model: Any) -> None:
+        """Chat with ``model`` instead: the engine is closed and the new one loads (the model picker's choice)."""
         self.model = model
         self.sub_title = self._model_title()
         self.status.set_state("loading model…")
