@@ -42,6 +42,7 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytes
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("FITCHAT_STORES", "none")  # other runners' stores: only the ones a test builds
     return home
 
 

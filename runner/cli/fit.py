@@ -69,8 +69,10 @@ def resolve_source(source: str) -> tuple[str, Any]:
         return "local", [path]
     if source.lower().endswith(".gguf") or source.startswith((".", "/", "~")):
         raise ModelNotFound(f"no such file: {source}")
-    from fitchat.hub.store import parse_ref, resolve_model
+    from fitchat.hub.store import other_store, parse_ref, resolve_model
 
+    if other_store(source):  # another runner's model (ollama/…, lmstudio/…, llamacpp/…) is never on the Hub
+        return "local", [Path(resolve_model(source).path)]
     repo, quant = parse_ref(source)
     if quant is not None or repo.lower() == "starter" or repo.lower().startswith("local/"):
         try:

@@ -1,4 +1,5 @@
-"""The models on this machine: Hub downloads in the shared Hugging Face cache, imported files, the starter.
+"""The models on this machine: Hub downloads in the shared Hugging Face cache, imported files, the starter,
+and (read-only, :mod:`fitchat.hub.stores`) the GGUFs Ollama, LM Studio and llama.cpp downloaded.
 
 - Hub downloads live in the standard HF cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, read at call time),
   so other tools share them. Only finished blobs are linked from a snapshot, so partial and failed
@@ -40,11 +41,15 @@ class LocalModel:
     size_bytes: int
     path: Path
     sha256: str | None
-    source: str = "hub"  # "hub" | "imported" | "starter"
+    source: str = "hub"  # "hub" | "imported" | "starter" | "file" | "ollama" | "lmstudio" | "llamacpp"
+    #: What to type, for models another runner names its own way (``ollama/llama3.2:1b``, ``llamacpp/STEM``).
+    name: str | None = None
 
     @property
     def ref(self) -> str:
-        """What to type to use it: ``starter``, ``local/NAME`` or ``repo:QUANT``."""
+        """What to type to use it: ``starter``, ``local/NAME``, ``repo:QUANT`` or the name another runner gives it."""
+        if self.name:
+            return self.name
         if self.source == "starter":
             return STARTER_REF
         if self.source == "imported":
@@ -53,7 +58,7 @@ class LocalModel:
 
     def to_json(self) -> dict[str, Any]:
         return {"repo": self.repo, "file": self.file, "quant": self.quant, "size_bytes": self.size_bytes,
-                "path": str(self.path)}
+                "path": str(self.path), "source": self.source}
 
 
 # -- locations ------------------------------------------------------------------------------------
@@ -87,14 +92,24 @@ def _registry_path() -> Path:
 # -- listing --------------------------------------------------------------------------------------
 
 def list_local() -> list[LocalModel]:
-    """Every usable model on disk: the starter, Hub downloads (HF cache) and imported files."""
+    """Every usable model on disk: the starter, Hub downloads (HF cache), imported files, then other runners'."""
+    from fitchat.hub import stores
+
     found: list[LocalModel] = []
     starter = _starter_model()
     if starter is not None:
         found.append(starter)
     found.extend(sorted(_cached_models(), key=lambda m: (m.repo.lower(), m.size_bytes, m.file)))
     found.extend(_imported_models())
+    others, warnings = stores.list_models()
+    for line in warnings:
+        _warn_once(line)
+    found.extend(sorted(others, key=lambda m: (STORE_ORDER.get(m.source, 9), m.ref.lower())))
     return found
+
+
+#: Other runners' stores, in listing order.
+STORE_ORDER = {"ollama": 0, "lmstudio": 1, "llamacpp": 2}
 
 
 def _starter_model() -> LocalModel | None:
@@ -313,8 +328,10 @@ def resolve_model(ref: str) -> LocalModel:
     if text.startswith(("/", ".", "~")):
         raise ModelNotFound(f"no such file: {text} ('fitchat ls' lists the models here)")
     models = list_local()
-    by_ref = [m for m in models if m.source == "imported" and m.ref.lower() == text.lower()]
-    if len(by_ref) == 1:  # an imported name exactly as stored (older names may hold ':')
+    by_ref = [m for m in models if (m.source == "imported" or m.name) and m.ref.lower() == text.lower()]
+    if not by_ref and text.lower().startswith("ollama/") and ":" not in text:  # Ollama's own default tag
+        by_ref = [m for m in models if m.source == "ollama" and m.ref.lower() == text.lower() + ":latest"]
+    if len(by_ref) == 1:  # an imported name exactly as stored (older names may hold ':'), another runner's name
         return by_ref[0]
     by_file = [m for m in models if text.lower() in (m.file.lower(), m.file.rsplit("/", 1)[-1].lower())]
     if len(by_file) == 1:
@@ -328,6 +345,9 @@ def resolve_model(ref: str) -> LocalModel:
         raise ModelNotFound(f"{text} matches {len(hits)} local models; name one: {choices}")
     if text.lower().endswith(".gguf"):
         raise ModelNotFound(f"no such file: {text} ('fitchat ls' lists the models here)")
+    store_name = other_store(text)
+    if store_name is not None:
+        raise ModelNotFound(_not_in_store(text, store_name))
     if repo.lower().startswith(LOCAL_PREFIX):
         raise ModelNotFound(f"no imported model named {repo}; 'fitchat ls' lists them, 'fitchat import PATH' adds one")
     if "/" in repo:
@@ -340,6 +360,24 @@ def resolve_model(ref: str) -> LocalModel:
         f"no local model called {text!r}: give a .gguf path, 'starter', or org/name[:QUANT] "
         "('fitchat ls' lists what is here; 'fitchat pull starter' gets a small model)"
     )
+
+
+def other_store(text: str) -> str | None:
+    """The other runner a reference names by its prefix (``ollama/…`` -> ``ollama``), if any."""
+    from fitchat.hub import stores
+
+    prefix = text.split("/", 1)[0].lower()
+    return prefix if prefix in stores.STORES and "/" in text else None
+
+
+def _not_in_store(text: str, store_name: str) -> str:
+    from fitchat.hub import stores
+
+    title = stores.TITLES[store_name]
+    if store_name not in stores.enabled()[0]:
+        return (f"{text}: fitchat is not reading {title}'s models (turned off by {stores.ENV} or "
+                "[stores] in config.toml)")
+    return f"{title} has no model {text} here ('fitchat ls' lists the models fitchat found)"
 
 
 def _model_for_path(path: Path) -> LocalModel:
@@ -387,7 +425,17 @@ def remove(ref: str) -> list[LocalModel]:
             repo, quant = parse_ref(text)
             targets = [m for m in models if _matches(m, repo, quant)]
         if not targets:
+            targets = [m for m in models if m.name and m.ref.lower() == text.lower()]
+        if not targets:
+            store_name = other_store(text)
+            if store_name is not None:
+                raise ModelNotFound(_not_in_store(text, store_name) + "; nothing removed")
             raise ModelNotFound(f"no local model matches {text} ('fitchat ls' lists them); nothing removed")
+    theirs = [m for m in targets if m.source in STORE_ORDER]
+    if theirs:  # read-only: nothing is removed, not even the ones fitchat owns among the matches
+        from fitchat.hub import stores
+
+        raise stores.refuse_removal(theirs[0])
     for m in targets:
         if m.source == "starter":
             m.path.unlink(missing_ok=True)
