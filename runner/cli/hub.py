@@ -40,11 +40,13 @@ def register(subparsers: Any) -> None:
                    help='print {"path", "sha256", "size_bytes", "repo", "file", "quant"} when done')
     p.set_defaults(func=run_pull)
 
-    p = subparsers.add_parser("ls", help="list downloaded and imported models")
+    p = subparsers.add_parser("ls", help="list downloaded and imported models, and those Ollama, LM Studio and "
+                              "llama.cpp downloaded (FITCHAT_STORES=none leaves those out)")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=run_ls)
 
-    p = subparsers.add_parser("rm", help="remove downloaded models (imported files are only unregistered)")
+    p = subparsers.add_parser("rm", help="remove downloaded models (imported files are only unregistered; "
+                              "other runners' models are left to their own tools)")
     p.add_argument("refs", nargs="+", metavar="REPO[:QUANT]",
                    help="what to remove: org/name[:QUANT], local/NAME, starter or a path")
     p.set_defaults(func=run_rm)

@@ -203,7 +203,7 @@ def test_offline_pull_returns_what_is_here(smol: Path, hub: LocalHub, monkeypatc
         download.pull("org/other:Q4_K_M")
     assert main(["ls", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [
-        {"repo": REPO, "file": FILE, "quant": "Q4_1", "size_bytes": smol.stat().st_size, "path": str(model.path)}
+        {"repo": REPO, "file": FILE, "quant": "Q4_1", "size_bytes": smol.stat().st_size, "path": str(model.path), "source": "hub"}
     ]
 
 

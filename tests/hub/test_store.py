@@ -30,7 +30,8 @@ def test_ls_lists_downloads_as_json_and_text(two_variants: dict[str, store.Local
     listed = json.loads(capsys.readouterr().out)
     assert listed == sorted(
         ({"repo": REPO, "file": f"SmolLM2-135M-Instruct-{q}.gguf", "quant": q,
-          "size_bytes": smollm2_variants[q].stat().st_size, "path": str(two_variants[q].path)} for q in ("Q4_K_M", "Q8_0")),
+          "size_bytes": smollm2_variants[q].stat().st_size, "path": str(two_variants[q].path), "source": "hub"}
+         for q in ("Q4_K_M", "Q8_0")),
         key=lambda m: m["size_bytes"],
     )
     assert main(["ls"]) == 0
@@ -78,7 +79,7 @@ def test_import_validates_registers_and_rm_unregisters(gemma3: Path, tmp_path: P
     assert main(["import", str(link), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data == {"repo": "local/my-gemma.Q4_K_M", "file": link.name, "quant": "Q4_K_M",
-                    "size_bytes": gemma3.stat().st_size, "path": str(link)}
+                    "size_bytes": gemma3.stat().st_size, "path": str(link), "source": "imported"}
     (model,) = store.list_local()
     assert model.source == "imported" and model.ref == "local/my-gemma.Q4_K_M"
     assert store.resolve_model("local/my-gemma.Q4_K_M") == model

@@ -337,3 +337,30 @@ def test_listing_200_models_is_quick(home: Home, smollm2: Path, capsys: pytest.C
         assert len(found) == 200
     assert statistics.median(times) < 0.3, times
     assert max(times) < 3.0, times
+
+
+# -- the home screen ------------------------------------------------------------------------------
+
+async def test_home_screen_lists_them_by_where_they_are_from(home: Home, smollm2: Path,
+                                                             unreachable_endpoint: str) -> None:
+    from fitchat.tui.services import Services
+    from fitchat.tui.widgets.local_models import LocalModels
+    from tests.tui_support import RecordingApp, cpu_machine, notifications, screen_text, wait_for
+
+    home.ollama_model("smollm2", "135m", smollm2)
+    home.llamacpp.mkdir(parents=True)
+    os.link(smollm2, home.llamacpp / "org_repo_m-Q4_1.gguf")
+    app = RecordingApp(Services(hardware=cpu_machine(), endpoint=unreachable_endpoint, n_threads=1))
+    async with app.run_test(size=(120, 30)) as pilot:
+        table = app.screen.query_one(LocalModels)
+        await wait_for(pilot, lambda: len(table.models) == 2, what="the local models")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "ollama/smollm2:135m" in text and "llamacpp/org_repo_m-Q4_1" in text
+        assert [m.source for m in table.models] == ["ollama", "llamacpp"]
+        table.focus()
+        table.move_cursor(row=0)
+        await pilot.press("delete")
+        await wait_for(pilot, lambda: bool(notifications(app, "error")), what="the refusal")
+        assert any("ollama rm smollm2:135m" in n for n in notifications(app, "error"))
+        assert (home.ollama / "blobs" / f"sha256-{_sha256(smollm2)}").is_file()

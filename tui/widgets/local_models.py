@@ -16,7 +16,11 @@ from fitchat.tui.render import muted_text, outside_cell, verdict_text
 
 
 def model_name(model: Any) -> str:
-    """What a user calls a local model: its repo, or the file name for imported files."""
+    """What a user calls a local model: its repo, or the file name for imported files; another runner's model
+    by the name that says where it is from (``ollama/llama3.2:1b``, ``lmstudio/PUB/REPO``, ``llamacpp/FILE``)."""
+    name = getattr(model, "name", None)
+    if isinstance(name, str) and name:
+        return name
     repo = getattr(model, "repo", None)
     return repo or str(getattr(model, "file", "") or getattr(model, "path", "?"))
 
