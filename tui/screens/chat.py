@@ -105,7 +105,7 @@ class ChatScreen(Guarded, Screen[None]):
         Binding("ctrl+r", "copy_reply", "Copy"),
         Binding("ctrl+g", "copy_code", "Copy code", show=False),
         Binding("ctrl+l", "reload_model", "Reload", show=False),
-        Binding("f5", "toggle_serving", "Serve"),
+        Binding("f5", "toggle_serving", "Serve", show=False),
     ]
     PALETTE = (
         ("New chat", "Start a new conversation with this model", "new_chat"),
@@ -688,6 +688,8 @@ class ChatScreen(Guarded, Screen[None]):
         """Serve the loaded model over the OpenAI-compatible API on 127.0.0.1, or stop serving it."""
         if self.app.services.serving_status().serving:
             self.stop_serving()
+        elif self._busy():
+            return  # a reply started before the server would hold the engine outside its queue
         elif self.engine is None:
             self.notify("Load the model first" if self.engine_lost else "The model is still loading",
                         severity="warning")
