@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,8 +28,11 @@ if TYPE_CHECKING:  # the core's types, without importing the core before the fir
     from fitchat.model.gguf_spec import ModelSpec
     from fitchat.model.hardware import HardwareInfo
     from fitchat.model.plan import Plan
+    from fitchat.serve.controller import ServeController, ServingStatus
 
 T = TypeVar("T")
+#: The UI serves the loaded model on this machine only (the CLI's ``fitchat serve --host`` is the way to more).
+SERVE_HOST = "127.0.0.1"
 #: The name (prefix) of the one thread that computes with llama.cpp.
 LLAMA_THREAD = "fitchat-llama"
 #: How much less urgent than the UI that thread is (nice steps; Linux only). With every core
@@ -52,9 +56,12 @@ class Services:
     first_model_candidates: list[CatalogEntry] | None = None
     #: How ``compare`` measures (fitchat.compare.run.CompareSettings); None: its defaults with ``n_threads``.
     compare_settings: CompareSettings | None = None
+    #: The port the loaded model is served on first (the next free one when it is taken).
+    serve_port: int = 8080
     _history: History | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _llama: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _server: ServeController | None = field(default=None, init=False, repr=False)
 
     # ------------------------------------------------------------------ the llama.cpp thread
 
@@ -251,27 +258,89 @@ class Services:
 
         return ChatSession.resume(engine, self.history(), conversation_id, on_warning=on_warning)
 
-    def stream_reply(self, pieces: Iterator[str], on_piece: Callable[[str], None]) -> None:
-        """Run a session's reply (``session.reply()``), calling ``on_piece`` with each piece, on the llama.cpp thread."""
+    def stream_reply(self, pieces: Iterator[str], on_piece: Callable[[str], None],
+                     cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Run a session's reply (``session.reply()``), calling ``on_piece`` with each piece, on the llama.cpp thread.
 
-        def run() -> None:
-            try:
-                for piece in pieces:
-                    on_piece(piece)
-            finally:
-                close = getattr(pieces, "close", None)
-                if close is not None:
-                    close()  # ends the reply (and frees the engine) even when on_piece failed
+        While the model is served the reply first waits its turn (:meth:`engine_turn`); False when
+        ``cancelled()`` turned true before it came (the reply never started).
+        """
+        with self.engine_turn(cancelled) as mine:
+            if not mine:
+                return False
 
-        self.on_llama_thread(run)
+            def run() -> None:
+                try:
+                    for piece in pieces:
+                        on_piece(piece)
+                finally:
+                    close = getattr(pieces, "close", None)
+                    if close is not None:
+                        close()  # ends the reply (and frees the engine) even when on_piece failed
+
+            self.on_llama_thread(run)
+        return True
 
     def close_engine(self, engine: ProcessEngine) -> None:
         """Free ``engine`` on the llama.cpp thread once its reply (already cancelled) has ended; returns at once.
 
         :meth:`close` waits for it, so the model is never freed mid-decode nor left to the
-        interpreter's exit (where a half-freed model aborts the process).
+        interpreter's exit (where a half-freed model aborts the process). An engine being served
+        stops being served first (its API replies drain).
         """
-        self._llama_pool().submit(_close_quietly, engine)
+        self._llama_pool().submit(self._close_engine, engine)
+
+    def _close_engine(self, engine: ProcessEngine) -> None:
+        server = self._server
+        if server is not None and server.serves(engine):
+            server.stop()
+        _close_quietly(engine)
+
+    # ------------------------------------------------------------------ serving the loaded model
+
+    def start_serving(self, engine: ProcessEngine, model_id: str, aliases: tuple[str, ...] = ()) -> ServingStatus:
+        """Serve ``engine`` over the OpenAI-compatible API on 127.0.0.1 (fitchat.serve.controller); the
+        chat and the API then take turns on it. One line (FitchatError) when that is not possible."""
+        return self._serving().start(engine, model_id, aliases=aliases, host=SERVE_HOST, port=self.serve_port)
+
+    def stop_serving(self) -> ServingStatus:
+        """Stop serving (API replies in progress get a few seconds to finish); harmless when not serving."""
+        server = self._server
+        if server is None:
+            from fitchat.serve.controller import ServingStatus
+
+            return ServingStatus(False)
+        return server.stop()
+
+    def serving_status(self) -> ServingStatus:
+        """Whether the loaded model is served, where, and how busy the API is."""
+        server = self._server
+        if server is None:
+            from fitchat.serve.controller import ServingStatus
+
+            return ServingStatus(False)
+        return server.status()
+
+    @contextmanager
+    def engine_turn(self, cancelled: Callable[[], bool] = lambda: False) -> Iterator[bool]:
+        """Hold the chat's engine against the API's requests while it is served (at once when it is not).
+
+        Yields False when ``cancelled()`` turned true while waiting; the engine must then be left alone.
+        """
+        server = self._server
+        if server is None:
+            yield True
+            return
+        with server.turn(cancelled) as mine:
+            yield mine
+
+    def _serving(self) -> ServeController:
+        with self._lock:
+            if self._server is None:
+                from fitchat.serve.controller import ServeController
+
+                self._server = ServeController()
+            return self._server
 
     def default_sampling(self) -> SamplingSettings:
         """The engine's default sampling settings."""
@@ -290,6 +359,7 @@ class Services:
 
     def close(self) -> None:
         """Close what was opened."""
+        self.stop_serving()
         with self._lock:
             if self._history is not None:
                 self._history.close()

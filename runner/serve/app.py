@@ -147,6 +147,12 @@ class Disconnected(Exception):
     """The client went away."""
 
 
+class Client(Protocol):
+    """Who waits for an engine: an HTTP request, or another program's own turn (fitchat.serve.controller)."""
+
+    async def is_disconnected(self) -> bool: ...
+
+
 def _engine_error(exc: FitchatError) -> ApiError:
     from fitchat.llama.engine import ChatTemplateError, ContextOverflow
 
@@ -193,7 +199,7 @@ def _work(slot: Slot, job: Job, emit: Any, abandon: threading.Event) -> None:
         emit(("error", ApiError(500, f"{type(exc).__name__}: {exc}", type="server_error", code="engine_error")))
 
 
-async def _acquire(pool: EnginePool, request: Request) -> Slot:
+async def acquire_for(pool: EnginePool, request: Client) -> Slot:
     """An engine for this request, in arrival order; :class:`Disconnected` if the client leaves first."""
     task = asyncio.ensure_future(pool.acquire())
     try:
@@ -221,7 +227,7 @@ async def run_job(state: ServeState, job: Job, request: Request) -> AsyncIterato
 
     state.active += 1
     try:
-        slot = await _acquire(state.pool, request)
+        slot = await acquire_for(state.pool, request)
     except BaseException:
         state.active -= 1
         raise

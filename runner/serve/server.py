@@ -94,6 +94,8 @@ class Serving:
         self.url = url_for(host, self.sock.getsockname()[1])
         self._load_engine = load_engine
         self._on_ready = on_ready
+        #: The server's event loop while :meth:`run` runs (None before and after).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
         class Server(uvicorn.Server):
             def handle_exit(self, sig: int, frame: Any) -> None:
@@ -115,6 +117,7 @@ class Serving:
         failure: list[BaseException] = []
 
         async def main() -> None:
+            self.loop = asyncio.get_running_loop()
             serving = asyncio.create_task(self.server.serve(sockets=[self.sock]))
             try:
                 await asyncio.to_thread(self.state.load, self._load_engine)
@@ -131,6 +134,7 @@ class Serving:
             with _quiet_signals():
                 asyncio.run(main())
         finally:
+            self.loop = None
             self.sock.close()
             self.state.close()
         if failure:

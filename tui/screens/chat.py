@@ -3,6 +3,11 @@
 The model runs in its own process (fitchat.llama.process). When that process dies (a crash in llama.cpp,
 the out-of-memory killer), the screen stays: the reply so far is kept (saved as ``interrupted``), the
 notification names the signal, and ctrl+l (or "Reload the model" in the palette) loads the model again.
+
+F5 (or "Serve the model" in the palette) serves the loaded model over the OpenAI-compatible API on
+127.0.0.1 (fitchat.serve.controller), and stops serving it; the status line shows the URL meanwhile.
+The chat and the API take turns on the one engine: a reply sent while the API is answering waits
+for it (Esc gives up waiting). Serving stops when the model is switched, reloaded or closed.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +105,7 @@ class ChatScreen(Guarded, Screen[None]):
         Binding("ctrl+r", "copy_reply", "Copy"),
         Binding("ctrl+g", "copy_code", "Copy code", show=False),
         Binding("ctrl+l", "reload_model", "Reload", show=False),
+        Binding("f5", "toggle_serving", "Serve", show=False),
     ]
     PALETTE = (
         ("New chat", "Start a new conversation with this model", "new_chat"),
@@ -108,6 +115,8 @@ class ChatScreen(Guarded, Screen[None]):
         ("Reload the model", "Load this model again (after its engine stopped)", "reload_model"),
         ("Copy the last reply", "Copy it to the clipboard", "copy_reply"),
         ("Copy a code block", "Copy one code block of the last reply", "copy_code"),
+        ("Serve the model", "Start or stop serving it over the OpenAI-compatible API on 127.0.0.1 (F5)",
+         "toggle_serving"),
         ("Toggle the history sidebar", "Resume (Enter), delete (d) or export (e) conversations", "toggle_history"),
     )
 
@@ -147,6 +156,8 @@ class ChatScreen(Guarded, Screen[None]):
         self.waiting_for_engine = False
         self._reply: ChatMessage | None = None
         self._stopped = False
+        #: The reply in progress holds the engine (it may wait its turn while the model is served).
+        self._engine_held = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
         self._t_submit = 0.0
@@ -207,6 +218,9 @@ class ChatScreen(Guarded, Screen[None]):
         self._idle.wait(30)
         old, self.engine = self.engine, None
         if old is not None:
+            if services.serving_status().serving:
+                services.stop_serving()
+                self.app.call_from_thread(self._serving_stopped)
             services.close_engine(old)
         hw = self.app.hardware or services.detect_hardware()
         ctx = self.context or services.default_ctx()
@@ -247,6 +261,8 @@ class ChatScreen(Guarded, Screen[None]):
             self.app.services.close_engine(engine)  # reaps the process
         self.engine_lost = True
         self.waiting_for_engine = False
+        if self.app.services.serving_status().serving:
+            self.stop_serving()
         self.status.set_state("engine stopped · ctrl+l reloads the model")
         self.notify(f"{exc}. Press ctrl+l to reload the model.", title="Engine stopped", severity="error",
                     timeout=20, markup=False)
@@ -287,8 +303,12 @@ class ChatScreen(Guarded, Screen[None]):
         messages = session.chat_messages()
         if not messages:
             return
+        worker = get_current_worker()
         try:
-            used = int(engine.count_tokens(messages))
+            with self.app.services.engine_turn(lambda: worker.is_cancelled) as mine:
+                if not mine:
+                    return
+                used = int(engine.count_tokens(messages))
         except Exception:  # noqa: BLE001 - the figure is informative only
             return
         self.app.call_from_thread(lambda: self.status.set_context(used, self.status.context_size))
@@ -333,6 +353,7 @@ class ChatScreen(Guarded, Screen[None]):
         self.query_one("#messages", MessageLog).anchor()
         self.generating = True
         self._stopped = False
+        self._engine_held.clear()
         self._t_submit = time.perf_counter()
         self._t_first = None
         self._count = 0
@@ -376,8 +397,13 @@ class ChatScreen(Guarded, Screen[None]):
             if (worker.is_cancelled or self._stopped) and engine is not None:
                 engine.cancel()
 
+        def holding(pieces: Iterator[str]) -> Iterator[str]:
+            self._engine_held.set()  # runs once the reply has its turn on the engine
+            yield from pieces
+
         try:
-            self.app.services.stream_reply(session.reply(), on_piece)
+            self.app.services.stream_reply(holding(session.reply()), on_piece,
+                                           cancelled=lambda: worker.is_cancelled or self._stopped)
         except Exception as exc:  # noqa: BLE001 - shown as a notification
             error = exc
         finally:
@@ -478,7 +504,8 @@ class ChatScreen(Guarded, Screen[None]):
     def action_stop(self) -> None:
         if self.generating and self.engine is not None:
             self._stopped = True
-            self.engine.cancel()
+            if self._engine_held.is_set():  # else it waits its turn, and the engine is the API's
+                self.engine.cancel()
             self.status.set_state("stopping…")
 
     def action_stop_or_back(self) -> None:
@@ -656,6 +683,51 @@ class ChatScreen(Guarded, Screen[None]):
         self.status.set_state("loading model…")
         self.load_engine(model)
 
+    # ------------------------------------------------------------------ serving
+
+    def action_toggle_serving(self) -> None:
+        """Serve the loaded model over the OpenAI-compatible API on 127.0.0.1, or stop serving it."""
+        if self.app.services.serving_status().serving:
+            self.stop_serving()
+        elif self._busy():
+            return  # a reply started before the server would hold the engine outside its queue
+        elif self.engine is None:
+            self.notify("Load the model first" if self.engine_lost else "The model is still loading",
+                        severity="warning")
+        else:
+            path = Path(self.model.path)
+            ref = getattr(self.model, "ref", None)
+            model_id = ref if isinstance(ref, str) and ref else path.stem
+            aliases = tuple(dict.fromkeys(a for a in (path.name, path.stem, model_name(self.model)) if a != model_id))
+            self.start_serving(self.engine, model_id, aliases)
+
+    @work(thread=True, exclusive=True, group="serve", exit_on_error=False)
+    def start_serving(self, engine: ProcessEngine, model_id: str, aliases: tuple[str, ...]) -> None:
+        try:
+            status = self.app.services.start_serving(engine, model_id, aliases)
+        except Exception as exc:  # noqa: BLE001 - a taken port range, a failed start: one line
+            self.app.call_from_thread(self.app.report_error, exc)
+            return
+        if engine is not self.engine:  # switched meanwhile: this engine is on its way out
+            self.app.services.stop_serving()
+            return
+        self.app.call_from_thread(self._serving_started, status.url or "")
+
+    def _serving_started(self, url: str) -> None:
+        self.status.set_serving(url)
+        self.notify(f"Serving {self._model_title()} on {url}", title="Serving", timeout=10)
+
+    @work(thread=True, exclusive=True, group="serve", exit_on_error=False)
+    def stop_serving(self) -> None:
+        """Stop serving (API replies in progress get a few seconds to finish, off the UI thread)."""
+        self.app.services.stop_serving()
+        self.app.call_from_thread(self._serving_stopped)
+
+    def _serving_stopped(self) -> None:
+        if self.is_attached and self.status.serving_url is not None:
+            self.status.set_serving(None)
+            self.notify("Stopped serving the model", title="Serving")
+
     def _last_reply(self) -> ChatMessage | None:
         replies = [m for m in self.query(ChatMessage) if m.role == "assistant" and m.text]
         return replies[-1] if replies else None
@@ -696,8 +768,9 @@ class ChatScreen(Guarded, Screen[None]):
             return
         if self.generating:
             self._stopped = True
-            engine.cancel()
-        self.app.services.close_engine(engine)
+            if self._engine_held.is_set():
+                engine.cancel()
+        self.app.services.close_engine(engine)  # stops serving it first
 
 
 @dataclasses.dataclass(frozen=True)

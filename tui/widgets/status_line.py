@@ -1,4 +1,5 @@
-"""The chat status line: tok/s with a sparkline over the reply, TTFT, context used, layers on GPU."""
+"""The chat status line: tok/s with a sparkline over the reply, TTFT, context used, layers on GPU, and
+where the model is served while it is."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class StatusLine(Guarded, Horizontal):
         self.context_size = 0
         self.gpu_layers: int | None = None
         self.n_layers: int | None = None
+        self.serving_url: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Sparkline([], id="status-spark")
@@ -62,6 +64,11 @@ class StatusLine(Guarded, Horizontal):
     def set_state(self, state: str) -> None:
         """``loading …``, ``ready``, ``generating``, ``stopped`` …"""
         self.state = state
+        self.refresh_text()
+
+    def set_serving(self, url: str | None) -> None:
+        """``serving on URL`` while the model is served over the API (None: not served)."""
+        self.serving_url = url
         self.refresh_text()
 
     def set_layers(self, gpu_layers: int | None, n_layers: int | None) -> None:
@@ -93,6 +100,8 @@ class StatusLine(Guarded, Horizontal):
 
     def refresh_text(self) -> None:
         parts: list[Content | str | tuple[str, str]] = [(self.state, "bold $accent")]
+        if self.serving_url:
+            parts += [" · ", (f"serving on {self.serving_url}", "bold $success")]
         if self.tokens_per_s is not None:
             parts += [" · ", (f"{self.tokens_per_s:.1f} tok/s", "bold")]
         if self.ttft_s is not None:
