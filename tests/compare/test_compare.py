@@ -332,6 +332,23 @@ def test_a_worker_killed_mid_run_is_one_line_naming_the_signal(smollm2_variants:
     assert _cache_files() == []  # no reference, no result, no partial file of the dead worker
 
 
+def test_sigterm_to_the_worker_cancels_and_keeps_nothing_partial(smollm2_variants: dict[str, Path]) -> None:
+    candidates = C.resolve_sources([str(smollm2_variants["Q8_0"]), str(smollm2_variants["Q4_K_M"])])
+    sent: list[float] = []
+
+    def progress(p: C.Progress) -> None:
+        if p.stage == "reference" and p.done > 0 and not sent:
+            (pid,) = worker.running()
+            os.kill(pid, signal.SIGTERM)
+            sent.append(time.monotonic())
+
+    with pytest.raises(Cancelled):
+        C.compare(candidates, settings=KILLED, progress=progress)
+    assert sent and time.monotonic() - sent[0] < worker.CANCEL_GRACE_S  # it stopped by itself, not killed
+    assert worker.running() == []
+    assert _cache_files() == []
+
+
 def test_cli_exits_1_with_one_line_when_the_worker_is_killed(smollm2_variants: dict[str, Path],
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["compare", str(smollm2_variants["Q8_0"]), str(smollm2_variants["Q4_K_M"]),
