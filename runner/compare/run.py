@@ -463,11 +463,16 @@ def _result_key(sha: str, ref_sha: str, text_sha: str, settings: CompareSettings
                  "budget": settings.budget, "probes": settings.probes.key()})
 
 
+def result_from_json(data: dict[str, Any]) -> VariantResult:
+    """A :class:`VariantResult` from its fields as ``dataclasses.asdict`` wrote them (the cache, the worker's answer)."""
+    data = dict(data)
+    data["answers"] = tuple(ProbeAnswer(**a) for a in data.get("answers", ()))
+    return VariantResult(**data)
+
+
 def _load_result(key: str) -> VariantResult | None:
     try:
-        data = json.loads((cache_root() / "results" / f"{key}.json").read_text())
-        data["answers"] = tuple(ProbeAnswer(**a) for a in data.get("answers", ()))
-        return VariantResult(**data)
+        return result_from_json(json.loads((cache_root() / "results" / f"{key}.json").read_text()))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -1091,7 +1096,9 @@ def compare(
     """Compare ``only`` (default: all ``candidates``) against the most precise candidate that fits.
 
     ``plans`` maps paths to ``fitchat.model.plan.Plan`` (computed with ``fitchat.model.plan.plan_model`` when None).
-    Raises :class:`Cancelled` when ``cancel`` is set; finished variants stay cached.
+    Raises :class:`Cancelled` when ``cancel`` is set; finished variants stay cached. The measuring runs
+    in a worker process (:mod:`fitchat.compare.worker`); when that dies, whatever the signal,
+    :class:`fitchat.compare.worker.WorkerDied` says so in one line and nothing partial is cached.
     """
     if not candidates:
         raise ModelNotFound("nothing to compare; give GGUF files, a folder of them, or a downloaded repo")
@@ -1137,8 +1144,10 @@ def compare(
         else:
             todo.append(c)
 
-    if todo:
-        _measure(todo, reference, shas, text, text_sha, settings, plans, results, progress, cancel)
+    if todo:  # llama.cpp runs in a worker process: a crash there is an error here, not the end of fitchat
+        from fitchat.compare import worker
+
+        results.update(worker.measure(todo, reference, shas, text, text_sha, settings, plans, progress, cancel))
 
     rows = tuple(results[c.path] for c in order)
     return CompareReport(reference=rows[0], variants=rows, ctx=settings.ctx, budget=settings.budget,

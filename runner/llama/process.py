@@ -118,18 +118,23 @@ class EngineDied(FitchatError):
         self.returncode = returncode
 
 
-def death_message(returncode: int | None) -> tuple[str, str | None]:
-    """One line for a child that ended with ``returncode`` (negative: killed by that signal), and the signal's name."""
+def death_message(returncode: int | None, *, process: str = "the model's engine process",
+                  then: str = "load the model again") -> tuple[str, str | None]:
+    """One line for a child that ended with ``returncode`` (negative: killed by that signal), and the signal's name.
+
+    ``process`` names the child and ``then`` says what to do next; every child that runs llama.cpp
+    (the engine, a compare's worker) reports its death in these words.
+    """
     if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
         meaning = SIGNAL_MEANING.get(name, "it was stopped from outside or crashed")
-        return f"the model's engine process died of {name}: {meaning}; load the model again", name
+        return f"{process} died of {name}: {meaning}; {then}", name
     if returncode is None:
-        return "the model's engine process stopped answering; load the model again", None
-    return f"the model's engine process exited with status {returncode}; load the model again", None
+        return f"{process} stopped answering; {then}", None
+    return f"{process} exited with status {returncode}; {then}", None
 
 
 # ---------------------------------------------------------------- data across the pipe

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from fitchat.cli.main import main
 from fitchat.compare import run as C
+from fitchat.compare import worker
 from fitchat.errors import Cancelled
 from tests.models import place_in_hf_cache
 
@@ -295,4 +297,74 @@ def test_ctrl_c_cancels_the_cli_and_keeps_nothing_partial(smollm2_variants: dict
             proc.communicate()
     assert proc.returncode == 130, err
     assert "compare cancelled" in err and "Traceback" not in err
+    assert _cache_files() == []
+
+
+# -- a worker that dies ---------------------------------------------------------------------------
+
+#: Long enough that the worker is still in its reference pass when it is killed.
+KILLED = C.CompareSettings(ctx=64, budget=4096, n_threads=1,
+                           probes=C.ProbeSet(arithmetic=0, needle_depths=(), speed_tokens=0))
+
+
+def _kill_worker() -> int:
+    """SIGKILL the one compare worker this process runs (as the out-of-memory killer would)."""
+    (pid,) = worker.running()
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_a_worker_killed_mid_run_is_one_line_naming_the_signal(smollm2_variants: dict[str, Path]) -> None:
+    candidates = C.resolve_sources([str(smollm2_variants["Q8_0"]), str(smollm2_variants["Q4_K_M"])])
+    killed: list[int] = []
+
+    def progress(p: C.Progress) -> None:
+        if p.stage == "reference" and p.done > 0 and not killed:
+            killed.append(_kill_worker())
+
+    with pytest.raises(worker.WorkerDied) as caught:
+        C.compare(candidates, settings=KILLED, progress=progress)
+    assert killed and killed[0] != os.getpid()
+    message = str(caught.value)
+    assert "\n" not in message and "SIGKILL" in message and "out-of-memory" in message, message
+    assert caught.value.signal_name == "SIGKILL" and caught.value.returncode == -signal.SIGKILL
+    assert worker.running() == []
+    assert _cache_files() == []  # no reference, no result, no partial file of the dead worker
+
+
+def test_sigterm_to_the_worker_cancels_and_keeps_nothing_partial(smollm2_variants: dict[str, Path]) -> None:
+    candidates = C.resolve_sources([str(smollm2_variants["Q8_0"]), str(smollm2_variants["Q4_K_M"])])
+    sent: list[float] = []
+
+    def progress(p: C.Progress) -> None:
+        if p.stage == "reference" and p.done > 0 and not sent:
+            (pid,) = worker.running()
+            os.kill(pid, signal.SIGTERM)
+            sent.append(time.monotonic())
+
+    with pytest.raises(Cancelled):
+        C.compare(candidates, settings=KILLED, progress=progress)
+    assert sent and time.monotonic() - sent[0] < worker.CANCEL_GRACE_S  # it stopped by itself, not killed
+    assert worker.running() == []
+    assert _cache_files() == []
+
+
+def test_cli_exits_1_with_one_line_when_the_worker_is_killed(smollm2_variants: dict[str, Path],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compare", str(smollm2_variants["Q8_0"]), str(smollm2_variants["Q4_K_M"]),
+            "--ctx", "64", "--budget", "4096", "--arithmetic", "0", "--needle-depths", "none", "--threads", "1"]
+    outcome: dict[str, int] = {}
+    cli = threading.Thread(target=lambda: outcome.update(rc=main(argv)), daemon=True)
+    cli.start()
+    root = C.cache_root()
+    deadline = time.monotonic() + 120
+    while not (worker.running() and list(root.rglob("*.partial"))) and time.monotonic() < deadline and cli.is_alive():
+        time.sleep(0.02)
+    assert list(root.rglob("*.partial")), "the reference pass never started"
+    _kill_worker()
+    cli.join(timeout=60)
+    assert outcome.get("rc") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fitchat: error: ") and err.count("\n") == 1, err
+    assert "died of SIGKILL" in err and "Traceback" not in err
     assert _cache_files() == []

@@ -5,10 +5,13 @@ The machine is a fixed HardwareInfo; the measuring is real (llama.cpp), at a sma
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from pathlib import Path
 
 from fitchat.compare import run as C
+from fitchat.compare import worker
 from fitchat.hub.store import import_file
 from fitchat.tui.app import FitchatApp
 from fitchat.tui.screens.compare import CompareScreen
@@ -101,6 +104,30 @@ async def test_cancel_returns_home_and_caches_nothing_partial(smollm2_variants, 
         assert any("Compare cancelled" in m for m in notifications(app))
         assert screen.report is None
     assert cache_files() == []  # no reference log-probs, no result, no partial file left behind
+
+
+async def test_a_killed_worker_leaves_the_app_up_with_a_notification(smollm2_variants, unreachable_endpoint: str) -> None:
+    """SIGKILL to the compare's worker process (as the out-of-memory killer sends it) mid-run."""
+    place_repo(smollm2_variants, ("Q8_0", "Q4_K_M"))
+    app = make_app(LONG, unreachable_endpoint)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = await open_compare(pilot, app)
+        figures = screen.query_one("#compare-figures")
+        await wait_for(pilot, lambda: re.search(r"[1-9][\d,]* of [\d,]+ tokens · Q8_0", str(figures.render()))
+                       or notifications(app, "error"), timeout=60, what="the reference pass")
+        (pid,) = worker.running()
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(pilot, lambda: notifications(app, "error"), timeout=30, what="the notification")
+        (error,) = notifications(app, "error")
+        assert "died of SIGKILL" in error and "\n" not in error, error
+        assert app.is_running and app.screen is screen and screen.report is None
+        await pilot.pause()
+        assert "The compare did not finish" in screen_text(app)
+        # the app still answers: escape goes home
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, HomeScreen), what="home again")
+    assert worker.running() == []
+    assert cache_files() == []  # nothing partial from the dead worker
 
 
 async def test_a_single_file_says_compare_needs_two_variants(smollm2_variants, unreachable_endpoint: str) -> None:
