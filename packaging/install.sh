@@ -171,7 +171,8 @@ case $BACKEND in
     metal) BACKEND_ARGS=-DGGML_METAL=on ;;
     *) BACKEND_ARGS= ;;
 esac
-BUILD_ARGS=$(printf '%s %s' "$BACKEND_ARGS" "${CMAKE_ARGS:-}" | sed 's/^ *//; s/ *$//')
+USER_CMAKE_ARGS=${CMAKE_ARGS:-}  # what the user passed, kept apart from the flags each build sets
+BUILD_ARGS=$(printf '%s %s' "$BACKEND_ARGS" "$USER_CMAKE_ARGS" | sed 's/^ *//; s/ *$//')
 JOBS=$( (getconf _NPROCESSORS_ONLN || sysctl -n hw.ncpu || echo 2) 2>/dev/null | head -n1)
 CUDA_ENV=0
 if [ "$BACKEND" = cuda ] && [ -n "$NVCC" ] && ! command -v nvcc >/dev/null 2>&1; then
@@ -400,7 +401,7 @@ else
     if [ "$SMOKE_RC" = 2 ] || [ "$SMOKE_RC" = 4 ]; then
         PORTABLE=$("$ENV_PY" -m fitchat.llama.smoke --cmake-args) || die "could not work out the portable build flags"
         say "the native build crashed here: rebuilding llama-cpp-python once with portable flags ($PORTABLE)"
-        BUILD_ARGS=$(printf '%s %s %s' "$BACKEND_ARGS" "${CMAKE_ARGS:-}" "$PORTABLE" | sed 's/^ *//; s/ *$//; s/  */ /g')
+        BUILD_ARGS=$(printf '%s %s %s' "$BACKEND_ARGS" "$USER_CMAKE_ARGS" "$PORTABLE" | sed 's/^ *//; s/ *$//; s/  */ /g')
         show_build
         rebuild "$LLAMA_VERSION"
         did "rebuilt llama-cpp-python with portable flags ($PORTABLE) because the native build crashed here"

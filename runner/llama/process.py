@@ -76,6 +76,7 @@ from fitchat.llama.engine import (
     Notice,
     SamplingSettings,
 )
+from fitchat.llama.signals import signal_meaning, signal_name
 from fitchat.llama.threads import ThreadChoice
 
 if TYPE_CHECKING:
@@ -90,14 +91,6 @@ CLOSE_TIMEOUT_S = 10.0
 LOG_TAIL = 40
 
 #: What each deadly signal likely means, for the one line :class:`EngineDied` says.
-SIGNAL_MEANING = {
-    "SIGILL": "the llama.cpp build uses instructions this CPU lacks; run 'fitchat doctor'",
-    "SIGKILL": "likely the out-of-memory killer; try a smaller quant or context",
-    "SIGABRT": "llama.cpp refused the model or ran out of memory",
-    "SIGSEGV": "a crash in llama.cpp",
-    "SIGBUS": "a crash in llama.cpp (the model file may have changed or be on a failing disk)",
-    "SIGFPE": "a crash in llama.cpp",
-}
 
 #: The engine methods a ``call`` request may run in the child.
 CALLS = frozenset({
@@ -126,12 +119,8 @@ def death_message(returncode: int | None, *, process: str = "the model's engine 
     (the engine, a compare's worker) reports its death in these words.
     """
     if returncode is not None and returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        meaning = SIGNAL_MEANING.get(name, "it was stopped from outside or crashed")
-        return f"{process} died of {name}: {meaning}; {then}", name
+        name = signal_name(returncode)
+        return f"{process} died of {name}: {signal_meaning(name)}; {then}", name
     if returncode is None:
         return f"{process} stopped answering; {then}", None
     return f"{process} exited with status {returncode}; {then}", None

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from fitchat.errors import LoadFailed
+from fitchat.llama.signals import signal_meaning, signal_name
 
 OK, CRASHED, FAILED, SKIPPED = "ok", "crashed", "failed", "skipped"
 
@@ -59,15 +60,6 @@ FAKE_SIGNAL_ENV = "FITCHAT_SMOKE_FAKE_SIGNAL"
 _RESULT_MARK = "FITCHAT-SMOKE "
 
 #: What a signal that ends llama.cpp most likely means.
-SIGNAL_MEANINGS: dict[str, str] = {
-    "SIGILL": "an instruction this CPU (or its virtual machine) does not execute: the llama.cpp build uses an "
-    "instruction set the CPU lacks or does not enable (AMX under a hypervisor, or a -march=native build from another machine)",
-    "SIGSEGV": "a memory fault inside llama.cpp (a bug in a backend kernel, or a broken build)",
-    "SIGBUS": "a bad memory access: the model file changed or shrank while it was mapped, or the disk failed",
-    "SIGABRT": "llama.cpp stopped itself on a failed internal check (GGML_ASSERT)",
-    "SIGFPE": "an arithmetic fault in a llama.cpp kernel",
-    "SIGKILL": "killed from outside, most often by the kernel's out-of-memory killer",
-}
 
 #: /proc/cpuinfo flag -> the llama.cpp CMake option that turns on the same instructions.
 _PORTABLE_FLAGS: tuple[tuple[str, str], ...] = (
@@ -303,16 +295,6 @@ class SmokeRun:
     message: str
 
 
-def signal_name(returncode: int) -> str:
-    try:
-        return signal.Signals(-returncode).name
-    except ValueError:
-        return f"signal {-returncode}"
-
-
-def signal_meaning(name: str) -> str:
-    """What a signal that ended llama.cpp most likely means (one clause)."""
-    return SIGNAL_MEANINGS.get(name, "a native crash inside llama.cpp")
 
 
 def smoke_command(model: Path, use_extra_bufts: bool, tokens: int = SMOKE_TOKENS) -> list[str]:

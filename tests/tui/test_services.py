@@ -39,7 +39,7 @@ def test_loads_and_replies_from_many_threads_run_on_one_llama_thread(smollm2: Pa
     assert len(set(seen)) == 1 and seen[0].startswith(LLAMA_THREAD)
     services.close_engine(engine)
     services.close()  # waits for the model to be freed
-    assert not engine.alive()
+    assert not engine.alive
 
 
 async def test_the_app_shortens_the_gil_switch_interval_while_it_runs() -> None:
