@@ -22,11 +22,14 @@ Range requests fetch that, never past the header bound, and gguf parses the head
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import re
 import struct
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -971,8 +974,18 @@ def split_parts(path: Path) -> list[Path]:
     return parts
 
 
+#: Specs read lately, by each part's path, size, mtime and inode: the home screen, ``ls`` and ``fit`` read the
+#: same headers again and again (tens of MiB each for a large vocabulary); a changed file is read anew.
+_SPEC_CACHE: OrderedDict[tuple[tuple[str, int, int, int], ...], ModelSpec] = OrderedDict()
+_SPEC_CACHE_SIZE = 64
+_SPEC_CACHE_LOCK = threading.Lock()
+
+
 def read_spec(path: str | Path) -> ModelSpec:
-    """Read and validate a local GGUF (every part of a split set). Raises InvalidModelFile with one line."""
+    """Read and validate a local GGUF (every part of a split set). Raises InvalidModelFile with one line.
+
+    A file already read, unchanged since (path, size, mtime, inode), is not parsed again.
+    """
     p = Path(path).expanduser()
     if p.is_dir():
         raise InvalidModelFile(f"{p} is a directory; name a .gguf file inside it")
@@ -981,6 +994,26 @@ def read_spec(path: str | Path) -> ModelSpec:
     if not p.is_file():
         raise InvalidModelFile(f"{p} is not a regular file")
     part_paths = split_parts(p)
+    try:
+        key = tuple((str(pp), (st := pp.stat()).st_size, st.st_mtime_ns, st.st_ino) for pp in part_paths)
+    except OSError:
+        key = None  # a part went missing: the parse below says which, in one line
+    if key is not None:
+        with _SPEC_CACHE_LOCK:
+            cached = _SPEC_CACHE.get(key)
+            if cached is not None:
+                _SPEC_CACHE.move_to_end(key)
+                return cached if cached.path_or_url == str(p) else dataclasses.replace(cached, path_or_url=str(p))
+    spec = _read_spec_parts(p, part_paths)
+    if key is not None:
+        with _SPEC_CACHE_LOCK:
+            _SPEC_CACHE[key] = spec
+            while len(_SPEC_CACHE) > _SPEC_CACHE_SIZE:
+                _SPEC_CACHE.popitem(last=False)
+    return spec
+
+
+def _read_spec_parts(p: Path, part_paths: list[Path]) -> ModelSpec:
     parsed: list[_Part] = []
     budget = _SetBudget()
     for i, part in enumerate(part_paths):

@@ -293,3 +293,27 @@ def test_remote_unreachable(unreachable_endpoint: str) -> None:
 
     with pytest.raises(HubError):
         read_remote_spec("org/model", "m.gguf", endpoint=unreachable_endpoint)
+
+
+def test_an_unchanged_file_is_parsed_once(smollm2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The home screen, ls and fit read the same headers again: an unchanged file is not parsed twice."""
+    import os
+    import shutil
+
+    from fitchat.model import gguf_spec
+
+    copy = tmp_path / "m-Q4_1.gguf"
+    shutil.copyfile(smollm2, copy)
+    parsed: list[str] = []
+    real_parse = gguf_spec._parse
+
+    def counting_parse(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        parsed.append(str(path))
+        return real_parse(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf_spec, "_parse", counting_parse)
+    first = read_spec(copy)
+    assert read_spec(copy) == first and len(parsed) == 1
+    st = copy.stat()
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # changed under fitchat: read anew
+    assert read_spec(copy).quant == first.quant and len(parsed) == 2
