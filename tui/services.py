@@ -21,10 +21,12 @@ if TYPE_CHECKING:  # the core's types, without importing the core before the fir
     from fitchat.chat.history import History
     from fitchat.chat.session import ChatSession
     from fitchat.compare.run import Candidate, CompareReport, CompareSettings, Progress
-    from fitchat.hub.catalog import CatalogEntry, Recommendation, SearchHit
+    from fitchat.hub.catalog import CatalogEntry, SearchHit
+    from fitchat.hub.recommend import Recommendation
     from fitchat.hub.store import LocalModel
     from fitchat.llama.engine import SamplingSettings
     from fitchat.llama.process import ProcessEngine
+    from fitchat.model.estimate import LoadSettings
     from fitchat.model.gguf_spec import ModelSpec
     from fitchat.model.hardware import HardwareInfo
     from fitchat.model.plan import Plan
@@ -115,12 +117,19 @@ class Services:
 
         return list(remove(ref))
 
+    def load_settings(self) -> LoadSettings:
+        """The load settings plans assume: fitchat's defaults as this llama.cpp build loads them here."""
+        from fitchat.llama.smoke import settings_for_this_build
+        from fitchat.model.estimate import DEFAULT_SETTINGS
+
+        return settings_for_this_build(DEFAULT_SETTINGS)
+
     def local_plan(self, path: Path, hw: HardwareInfo, ctx: int) -> Plan:
         """The fit of one local file at ``ctx``."""
         from fitchat.model.gguf_spec import read_spec
         from fitchat.model.plan import plan_model
 
-        return plan_model(read_spec(path), hw, ctx)
+        return plan_model(read_spec(path), hw, ctx, self.load_settings())
 
     def default_ctx(self) -> int:
         """The context length plans start from."""
@@ -169,7 +178,7 @@ class Services:
         """Plan already-read specs at another context (no network)."""
         from fitchat.model.plan import plan_variants
 
-        return list(plan_variants(specs, hw, ctx))
+        return list(plan_variants(specs, hw, ctx, self.load_settings()))
 
     def pull(
         self,

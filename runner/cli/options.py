@@ -93,4 +93,6 @@ def settings_from_args(args: argparse.Namespace) -> LoadSettings:
         changes["n_batch"] = args.n_batch
     if args.swa_full is not None:
         changes["swa_full"] = args.swa_full
-    return dataclasses.replace(DEFAULT_SETTINGS, **changes)
+    from fitchat.llama.smoke import settings_for_this_build
+
+    return settings_for_this_build(dataclasses.replace(DEFAULT_SETTINGS, **changes))

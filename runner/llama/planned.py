@@ -23,7 +23,10 @@ def plan_load(path: str | Path, name: str, *, ctx: int | None = None, settings: 
     from fitchat.model.plan import plan_model
 
     spec = read_spec(path)
-    plan = plan_model(spec, detect_hardware(), ctx or DEFAULT_CTX, settings if settings is not None else DEFAULT_SETTINGS)
+    from fitchat.llama.smoke import settings_for_this_build
+
+    chosen = settings_for_this_build(settings if settings is not None else DEFAULT_SETTINGS)
+    plan = plan_model(spec, detect_hardware(), ctx or DEFAULT_CTX, chosen)
     if plan.verdict == "too_big" and gpu_layers is None:
         levers = f"; options: {'; '.join(plan.levers)}" if plan.levers else ""
         raise LoadFailed(f"{name} does not fit this machine at context {plan.context}: {plan.reason}{levers}")

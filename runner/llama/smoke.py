@@ -24,6 +24,7 @@ The engine's loader calls :func:`guard_load` around its ``Llama(...)`` call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -41,6 +42,7 @@ from typing import Any
 
 from fitchat.errors import LoadFailed
 from fitchat.llama.signals import signal_meaning, signal_name
+from fitchat.model.estimate import LoadSettings
 
 OK, CRASHED, FAILED, SKIPPED = "ok", "crashed", "failed", "skipped"
 
@@ -263,6 +265,16 @@ def _write_cache(path: Path, entries: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def settings_for_this_build(settings: LoadSettings) -> LoadSettings:
+    """``settings`` as this build loads them here: without extra buffer types when the smoke decode found the
+    native build crashing with them (the cached verdict; no child is started), so the estimate counts no AMX
+    or repacked copies that the load will not make."""
+    verdict = cached_verdict()
+    if verdict is None or verdict.use_extra_bufts or not settings.use_extra_bufts:
+        return settings
+    return dataclasses.replace(settings, use_extra_bufts=False)
 
 
 def cached_verdict(key: str | None = None, path: Path | None = None) -> SmokeVerdict | None:

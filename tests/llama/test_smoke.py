@@ -145,3 +145,24 @@ def test_real_native_build_on_an_amx_cpu(smollm2: Path) -> None:
     assert v.status in ("ok", "crashed") and v.usable
     if v.status == "crashed":
         assert v.signal == "SIGILL" and v.fallback == "ok" and v.use_extra_bufts is False
+
+
+def test_plans_leave_out_extra_buffers_the_build_cannot_use_here(smollm2_variants: dict[str, Path]) -> None:
+    """After a crash with extra buffer types, fit and chat estimate what the load will make: no repacked copies."""
+    from fitchat.cli.options import add_load_settings_arguments, settings_from_args
+    from fitchat.model.estimate import DEFAULT_SETTINGS, estimate
+    from fitchat.model.gguf_spec import read_spec
+
+    assert smoke.settings_for_this_build(DEFAULT_SETTINGS).use_extra_bufts  # no verdict yet: the defaults
+    smoke._store(smoke.cache_key(), SmokeVerdict(False, "crashed", "SIGILL", "m", 0.0, fallback="ok"),
+                 smoke.cache_path())
+    chosen = smoke.settings_for_this_build(DEFAULT_SETTINGS)
+    assert not chosen.use_extra_bufts
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_load_settings_arguments(parser)
+    assert not settings_from_args(parser.parse_args([])).use_extra_bufts  # what fit, chat and serve plan with
+    spec = read_spec(smollm2_variants["Q4_K_M"])  # Q4_K weights are repacked (or go to AMX) by default
+    assert estimate(spec, 2048, DEFAULT_SETTINGS).repack_bytes > 0
+    assert estimate(spec, 2048, chosen).repack_bytes == 0
