@@ -7,6 +7,9 @@ line and an empty config, never a traceback.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,37 @@ from fitchat import paths
 from fitchat.format import printable
 
 _warned: set[str] = set()
+
+#: Largest config file read; a real one is a few hundred bytes.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_small(path: Path | str, limit: int) -> bytes:
+    """A small settings file of ours or another program's, read without trusting what is at ``path``.
+
+    Only a regular file is read (a FIFO would block the open and the read for good, ``/dev/zero`` never ends),
+    and at most ``limit`` bytes: anything else is an ``OSError`` with a short reason, which every caller
+    already turns into one warning line. A directory is ``IsADirectoryError``, as ``open()`` gives.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder")
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def config_path() -> Path:
@@ -32,7 +66,7 @@ def load() -> dict[str, Any]:
     """The config file as a dict: ``{}`` when it is absent, damaged or cannot be read on this Python."""
     path = config_path()
     try:
-        data = path.read_bytes()
+        data = read_small(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         return {}
     except OSError as exc:

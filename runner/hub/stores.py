@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fitchat.config import read_small
 from fitchat.errors import FitchatError, UnsafePath
+from fitchat.format import printable
 from fitchat.hub.store import LocalModel
 from fitchat.model.quants import is_model_gguf, quant_from_filename, split_part, split_sets
 
@@ -42,6 +44,7 @@ DEFAULT_REGISTRY = "registry.ollama.ai"
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _MAX_MANIFEST = 1 << 20  # a real manifest is well under 2 KB
 _MAX_CONFIG = 1 << 20
+_MAX_SETTINGS = 1 << 20  # LM Studio's settings.json: a few KB
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class Problem:
     message: str
 
     def line(self) -> str:
-        return f"fitchat: warning: {TITLES[self.store]}: {self.message}"
+        return printable(f"fitchat: warning: {TITLES[self.store]}: {self.message}", 400, one_line=True)
 
 
 # -- which stores, where ------------------------------------------------------------------------
@@ -100,7 +103,7 @@ def lmstudio_roots() -> list[Path]:
     ``~/.cache/lm-studio/models``."""
     home = _home()
     try:
-        settings = json.loads((home / ".lmstudio" / "settings.json").read_text(encoding="utf-8"))
+        settings = json.loads(read_small(home / ".lmstudio" / "settings.json", _MAX_SETTINGS))
     except (OSError, ValueError, RecursionError):
         settings = None
     folder = settings.get("downloadsFolder") if isinstance(settings, dict) else None
@@ -222,11 +225,7 @@ def _ollama_model(root: Path, registry: str, namespace: str, model_dir: Path,
         yield problem or Problem("ollama", f"{name}: unreadable manifest; skipped")
         return
     try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_MANIFEST + 1)
-        if len(raw) > _MAX_MANIFEST:
-            raise ValueError("larger than any manifest")
-        manifest = json.loads(raw)
+        manifest = json.loads(read_small(path, _MAX_MANIFEST))
     except IsADirectoryError:
         return
     except (OSError, ValueError, RecursionError) as exc:
@@ -276,9 +275,7 @@ def _ollama_quant(root: Path, config: Any) -> str | None:
         path = root / "blobs" / f"sha256-{match[1]}"
         if not os.path.realpath(path).startswith(os.path.realpath(root) + os.sep):
             return None
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_CONFIG + 1)
-        data = json.loads(raw) if len(raw) <= _MAX_CONFIG else None
+        data = json.loads(read_small(path, _MAX_CONFIG))
     except (OSError, ValueError, RecursionError):
         return None
     value = data.get("file_type") if isinstance(data, dict) else None

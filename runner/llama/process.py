@@ -287,19 +287,22 @@ class ProcessEngine:
                 pass  # the reader sees the end and tells the waiting call
 
     def _read_events(self) -> None:
+        """Events to the queues until the child's end; a line that is not an event is skipped, and the
+        end is always told (a reader that died would leave every later call waiting for good)."""
         stdout = self._proc.stdout
         assert stdout is not None
-        for line in stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event[0] == "live":
-                self._live.put(event[1])
-            else:
-                self._events.put(event)
-        self._events.put(["dead"])
-        self._live.put(None)
+        try:
+            for line in _lines(stdout, MAX_EVENT_BYTES):
+                event = _event(line)
+                if event is None:
+                    continue
+                if event[0] == "live":
+                    self._live.put(event[1])
+                else:
+                    self._events.put(event)
+        finally:
+            self._events.put(["dead"])
+            self._live.put(None)
 
     def _read_log(self) -> None:
         stderr = self._proc.stderr
@@ -542,6 +545,49 @@ def _requeue(events: queue.Queue[Any], event: Any) -> None:
 # ---------------------------------------------------------------- the child's side
 
 
+#: Longest event line read (bytes); a longer one is skipped. Real ones: a reply piece, a load's figures
+#: (with the chat template), a tokenized prompt; well under this.
+MAX_EVENT_BYTES = 256 << 20
+#: Events the parent knows, with how many fields follow the kind.
+EVENT_FIELDS = {"p": 1, "n": 1, "done": 2, "ok": 1, "err": 3, "live": 1}
+
+
+def _lines(stream: Any, limit: int) -> Iterator[bytes]:
+    """``stream``'s lines, each cut off at ``limit`` bytes (a longer line is dropped whole, never held)."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):  # drop the rest of the overlong line
+                line = stream.readline(1 << 20)
+            continue
+        yield line
+
+
+def _parse_line(line: bytes) -> Any:
+    """One JSON line, or None when it is not JSON (the one rule for both directions of the pipe)."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _event(line: bytes) -> list[Any] | None:
+    """An event line as ``[kind, *fields]``, or None for anything else (a stray print, a damaged line)."""
+    event = _parse_line(line)
+    if not isinstance(event, list) or not event or not isinstance(event[0], str):
+        return None
+    fields = EVENT_FIELDS.get(event[0])
+    if fields is None or len(event) != fields + 1:
+        return None
+    if event[0] in ("p", "n") and not isinstance(event[1], str):
+        return None
+    if event[0] == "err" and not (isinstance(event[1], str) and isinstance(event[3], dict)):
+        return None
+    return event
+
+
 class _Child:
     """The engine process: the main thread serves requests with one ChatEngine; the control thread reads them."""
 
@@ -561,10 +607,9 @@ class _Child:
     def control(self) -> None:
         """Read requests: cancel and live figures at once, the rest for the main thread; end of input ends all."""
         for line in sys.stdin.buffer:
-            try:
-                request = json.loads(line)
-            except ValueError:
-                continue
+            request = _parse_line(line)
+            if not isinstance(request, dict):
+                continue  # not a request (the parent writes only objects): skipped, as a line that is not JSON
             op = request.get("op")
             if op == "cancel":
                 if self.engine is not None:

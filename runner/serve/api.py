@@ -13,10 +13,14 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fitchat.format import printable
 from fitchat.llama.engine import DEFAULT_SAMPLING, InvalidSampling, SamplingSettings
 
 #: Largest request body read (bytes); a longer one is a 413.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Most messages in one chat request (as OpenAI's limit). Fitting a longer conversation to the context
+#: renders it again per dropped message, which would hold the engine for minutes past any client's wait.
+MAX_MESSAGES = 2048
 #: Most stop sequences in one request (OpenAI allows 4; a few more cost nothing).
 MAX_STOPS = 16
 #: Longest stop sequence, in characters.
@@ -73,6 +77,11 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise bad(f"the request body is not valid JSON ({type(exc).__name__})", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad("the request body must be a JSON object")
+    try:  # "\\ud800" parses to a lone surrogate, which is not text: no engine, reply or error can carry it
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        raise bad("the request body holds a string that is not valid Unicode text (a lone surrogate)",
+                  code="invalid_json") from None
     return data
 
 
@@ -80,10 +89,10 @@ def _number(data: dict[str, Any], name: str, low: float, high: float, default: f
     value = data.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(f"'{name}' must be a number", name)
-    if not low <= value <= high:
-        raise bad(f"'{name}' must be between {low:g} and {high:g}, got {value!r}", name)
+    if not (low <= value <= high and math.isfinite(value)):  # compared first: a 400-digit int has no float
+        raise bad(f"'{name}' must be between {low:g} and {high:g}, got {printable(value, 40)}", name)
     return float(value)
 
 
@@ -160,13 +169,15 @@ def _messages(data: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     value = data.get("messages")
     if not isinstance(value, list) or not value:
         raise bad("'messages' must be a non-empty list", "messages")
+    if len(value) > MAX_MESSAGES:
+        raise bad(f"'messages' holds {len(value)} messages; at most {MAX_MESSAGES} are served", "messages")
     out = []
     for i, msg in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise bad(f"{where} must be an object", where)
         role = msg.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise bad(f"{where}.role must be one of {', '.join(sorted(ROLES))}", f"{where}.role")
         out.append((ROLES[role], _content(msg.get("content"), where)))
     return tuple(out)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fitchat.errors import FitchatError
+from fitchat.format import quoted
 from fitchat.serve import api
 from fitchat.serve.api import ApiError, Job
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 #: How often a waiting or generating request checks whether its client is still there (seconds).
 DISCONNECT_POLL_S = 0.25
+#: Longest wait for a request's whole body (seconds); 8 MiB arrives well within it on any real link.
+BODY_TIMEOUT_S = 60.0
 
 
 class ServedEngine(Protocol):
@@ -228,6 +231,9 @@ async def run_job(state: ServeState, job: Job, request: Request) -> AsyncIterato
     state.active += 1
     try:
         slot = await acquire_for(state.pool, request)
+    except Disconnected:  # gone while waiting: nobody to answer, nothing to log
+        state.active -= 1
+        return
     except BaseException:
         state.active -= 1
         raise
@@ -280,17 +286,27 @@ def _check_ready(state: ServeState) -> None:
 
 
 async def _read_body(request: Request) -> bytes:
+    """The body, bounded in size while it arrives (413) and in time (408: a body that never ends holds no
+    connection for good; uvicorn itself waits for a body forever)."""
     length = request.headers.get("content-length", "")
     too_big = ApiError(413, f"the request body is larger than {api.MAX_BODY_BYTES} bytes", code="body_too_large")
     if length.isdigit() and int(length) > api.MAX_BODY_BYTES:
         raise too_big
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > api.MAX_BODY_BYTES:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def collect() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > api.MAX_BODY_BYTES:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(collect(), BODY_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s",
+                       code="body_timeout") from None
 
 
 def _model_for(state: ServeState, data: dict[str, Any]) -> str:
@@ -300,8 +316,8 @@ def _model_for(state: ServeState, data: dict[str, Any]) -> str:
     if not isinstance(name, str):
         raise api.bad("'model' must be a string", "model")
     if not state.config.knows(name):
-        raise ApiError(404, f"the model '{name[:200]}' is not served here; this server serves "
-                       f"'{state.config.model_id}'", param="model", code="model_not_found")
+        raise ApiError(404, f"the model {quoted(name)} is not served here; this server serves "
+                       f"{quoted(state.config.model_id)}", param="model", code="model_not_found")
     return state.config.model_id
 
 

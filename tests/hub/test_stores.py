@@ -364,3 +364,81 @@ async def test_home_screen_lists_them_by_where_they_are_from(home: Home, smollm2
         await wait_for(pilot, lambda: bool(notifications(app, "error")), what="the refusal")
         assert any("ollama rm smollm2:135m" in n for n in notifications(app, "error"))
         assert (home.ollama / "blobs" / f"sha256-{_sha256(smollm2)}").is_file()
+
+
+# -- hostile files in a store ------------------------------------------------------------------------
+
+def _in_time(capsys: pytest.CaptureFixture[str], seconds: float = 20) -> tuple[list[dict[str, object]], str]:
+    """``fitchat ls --json`` run on a thread with a deadline: a FIFO opened for reading would block it for good."""
+    import threading
+
+    result: list[tuple[list[dict[str, object]], str]] = []
+    worker = threading.Thread(target=lambda: result.append(_ls(capsys)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert result, "fitchat ls hung"
+    return result[0]
+
+
+def test_fifos_and_endless_files_in_a_store_are_skipped(home: Home, smollm2: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    home.ollama_model("good", "1", smollm2)
+    fifo_tag = home.ollama_model("fifo", "1", smollm2)
+    fifo_tag.unlink()
+    os.mkfifo(fifo_tag)  # a manifest that is a FIFO
+    config_tag = home.ollama_model("cfg", "1", smollm2, file_type="Q8_0")
+    config_digest = json.loads(config_tag.read_text())["config"]["digest"].split(":")[1]
+    config_blob = home.ollama / "blobs" / f"sha256-{config_digest}"
+    config_blob.unlink()
+    os.mkfifo(config_blob)  # its config layer a FIFO: the quant then comes from elsewhere
+    big = home.ollama_model("big", "1", smollm2)
+    with open(big, "r+b") as f:
+        f.truncate(2 << 30)  # a 2 GB manifest (sparse)
+    settings = home.root / ".lmstudio" / "settings.json"
+    settings.parent.mkdir(parents=True)
+    os.mkfifo(settings)
+    listed, err = _in_time(capsys)
+    assert sorted(m["repo"] for m in listed) == ["ollama/cfg", "ollama/good"]
+    lines = err.splitlines()
+    assert len(lines) == 2, lines
+    assert any("ollama/fifo:1" in x and "not a regular file" in x for x in lines)
+    assert any("ollama/big:1" in x and "larger than" in x for x in lines)
+
+
+def test_lmstudio_settings_that_are_huge_or_endless_are_ignored(home: Home, smollm2: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (home.lmstudio / "pub" / "repo").mkdir(parents=True)
+    os.link(smollm2, home.lmstudio / "pub" / "repo" / "m-Q4_1.gguf")
+    settings = home.root / ".lmstudio" / "settings.json"
+    settings.symlink_to("/dev/zero")
+    assert [m["repo"] for m in _in_time(capsys)[0]] == ["lmstudio/pub/repo"]  # the default folder
+    settings.unlink()
+    settings.write_text(json.dumps({"downloadsFolder": "/nowhere", "pad": "x" * (2 << 20)}))
+    assert [m["repo"] for m in _in_time(capsys)[0]] == ["lmstudio/pub/repo"]
+
+
+def test_control_characters_in_store_names_never_reach_the_terminal(home: Home, smollm2: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    home.ollama_model("evil\x1b]0;TITLE\x07\x1b[2J", "1", smollm2, manifest="not json \x1b[31m")
+    _, err = _ls(capsys)
+    assert "\x1b" not in err and "\x07" not in err and "evil" in err
+    assert main(["ls"]) == 0
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "\x07" not in out + err
+
+
+def test_a_config_file_that_is_a_fifo_or_huge_is_one_warning(home: Home, smollm2: Path, private_home: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from fitchat import config as fitchat_config
+
+    home.ollama_model("good", "1", smollm2)
+    path = private_home / "config" / "fitchat" / "config.toml"
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    fitchat_config._warned.clear()
+    listed, err = _in_time(capsys)
+    assert [m["repo"] for m in listed] == ["ollama/good"] and "not a regular file" in err
+    path.unlink()
+    path.write_bytes(b"# " + b"\xff" * (3 << 20))
+    listed, err = _in_time(capsys)
+    assert [m["repo"] for m in listed] == ["ollama/good"] and "larger than" in err and len(err) < 300

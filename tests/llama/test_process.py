@@ -156,3 +156,71 @@ def test_a_native_crash_during_load_is_one_line_naming_the_signal(smollm2: Path,
     assert os.getpid()  # this process is still here, and loads the model as usual
     with ProcessEngine.load(smollm2, n_ctx=1024, n_threads=1) as again:
         assert "".join(again.stream(QUESTION, GREEDY))
+
+
+# -- a broken pipe protocol: lines that are not events or requests -------------------------------------
+
+POLLUTION = [b"5\n", b"{}\n", b"[]\n", b"[5]\n", b'["p", 7]\n', b'["err", 1, 2, 3]\n', b"[" * 100_000 + b"\n",
+             b"not json at all\n", b"\xff\xfe\n", b"x" * (3 << 20) + b"\n"]
+
+
+def pollute_events(path: str, **kwargs: Any) -> Any:
+    """Test seam: the engine process writes lines that are not events onto its event pipe, then fails its load."""
+    import gc
+
+    child = next(o for o in gc.get_objects() if type(o).__name__ == "_Child")
+    for line in POLLUTION:
+        os.write(child._fd, line)
+    raise RuntimeError("polluted")
+
+
+def _within(seconds: float, call: Any) -> Any:
+    import threading
+
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            result.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert result, "hung"
+    return result[0]
+
+
+def test_lines_that_are_not_events_are_skipped(smollm2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fitchat.llama import process
+
+    monkeypatch.setattr(process, "MAX_EVENT_BYTES", 1 << 20)  # the 3 MiB line is over it
+    outcome = _within(60, lambda: ProcessEngine.load(smollm2, n_threads=1, loader=f"{__name__}:pollute_events"))
+    assert isinstance(outcome, FitchatError) and str(outcome).endswith(": polluted"), outcome
+
+
+def test_requests_that_are_not_objects_leave_the_engine_process_serving() -> None:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "fitchat.llama.process", "0"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        garbage = b"".join(line for line in POLLUTION if len(line) < 1000) + b'{"op": ["x"]}\n'
+        proc.stdin.write(garbage + b'{"op": "call", "name": "count_tokens", "args": [[]]}\n')
+        proc.stdin.flush()
+        stdout = proc.stdout
+        first = _within(60, stdout.readline)
+        second = _within(60, stdout.readline)
+        assert json.loads(first)[:2] == ["err", "KeyError"]  # {}: one error, not a dead engine
+        assert json.loads(second)[:2] == ["err", "EngineError"]  # {"op": ["x"]}: unknown request
+        third = json.loads(_within(60, stdout.readline))
+        assert third[:2] == ["err", "EngineClosed"]  # the real request still answered
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
