@@ -48,6 +48,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from fitchat.child import module_command
 from fitchat.compare import run as C
 from fitchat.errors import Cancelled, FitchatError
 
@@ -146,7 +147,7 @@ def measure(todo: Sequence[C.Candidate], reference: C.Candidate, shas: dict[Path
         "settings": _settings_json(settings), "plans": {str(p): _plan_json(plans.get(p)) for p in paths_needed},
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fitchat.compare.worker"],
+        module_command("fitchat.compare.worker"),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True,  # ctrl+c in the terminal is fitchat's to handle: it cancels
     )

@@ -65,6 +65,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fitchat.child import module_command
 from fitchat.errors import FitchatError
 from fitchat.llama.engine import (
     ChatStats,
@@ -237,7 +238,7 @@ class ProcessEngine:
         if loader is not None:  # the seam's module may live where only this process looks (tests/)
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fitchat.llama.process", str(int(niceness))],
+            module_command("fitchat.llama.process", str(int(niceness))),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             start_new_session=True,  # ctrl+c in the terminal is fitchat's to handle, not the engine's
         )

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fitchat.child import module_command
 from fitchat.errors import LoadFailed
 from fitchat.llama.signals import signal_meaning, signal_name
 from fitchat.model.estimate import LoadSettings
@@ -310,7 +311,7 @@ class SmokeRun:
 
 
 def smoke_command(model: Path, use_extra_bufts: bool, tokens: int = SMOKE_TOKENS) -> list[str]:
-    cmd = [sys.executable, "-m", "fitchat.llama.smoke", "--child", str(model), "--tokens", str(tokens)]
+    cmd = module_command("fitchat.llama.smoke", "--child", str(model), "--tokens", str(tokens))
     return cmd if use_extra_bufts else [*cmd, "--no-extra-bufts"]
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fitchat.child import module_command
 from fitchat.errors import FitchatError, LoadFailed
 from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings
 
@@ -195,7 +196,7 @@ def measure_many(
     env.setdefault("OMP_NUM_THREADS", "1")
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "fitchat.model.measure", json.dumps(request)],
+            module_command("fitchat.model.measure", json.dumps(request)),
             capture_output=True,
             text=True,
             timeout=timeout,

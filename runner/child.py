@@ -1,0 +1,41 @@
+"""Starting fitchat's own child processes: the engine, a compare's worker, the smoke decode, a measurement.
+
+Each is ``python -m MODULE ARGS``. In the standalone bundle there is no Python to run with ``-m``:
+``sys.executable`` is the bundle itself, so the child is the bundle with :data:`CHILD_FLAG`, and the
+bundle's entry point runs the module (:func:`run_child_module`). Only the modules named here can be run so.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from collections.abc import Sequence
+
+#: The bundle's first argument when it is started as one of fitchat's children.
+CHILD_FLAG = "--fitchat-child"
+#: The modules fitchat runs as children.
+CHILD_MODULES = frozenset({
+    "fitchat.llama.process", "fitchat.compare.worker", "fitchat.llama.smoke", "fitchat.model.measure",
+})
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    """The command that runs ``python -m module args`` here, from a venv or from the standalone bundle."""
+    if module not in CHILD_MODULES:
+        raise ValueError(f"{module} is not one of fitchat's child processes")
+    if getattr(sys, "frozen", False):
+        return [sys.executable, CHILD_FLAG, module, *args]
+    return [sys.executable, "-m", module, *args]
+
+
+def run_child_module(argv: Sequence[str]) -> int:
+    """In the bundle: run ``argv[0]`` (one of :data:`CHILD_MODULES`) as ``__main__`` with the rest as its arguments."""
+    if not argv or argv[0] not in CHILD_MODULES:
+        print(f"fitchat: error: {CHILD_FLAG} takes one of {', '.join(sorted(CHILD_MODULES))}", file=sys.stderr)
+        return 2
+    sys.argv = list(argv)
+    try:
+        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
