@@ -774,21 +774,31 @@ class ChatEngine:
 
         Returns (tokens, messages kept, number dropped). Drops the oldest turns first (a user
         message with the reply that followed it); raises :class:`ContextOverflow` when the newest
-        message alone does not fit.
+        message alone does not fit. The tail is found by bisection over the places a turn starts, so
+        a conversation of thousands of messages is rendered a dozen times, not once per message.
         """
         msgs = list(messages)
         budget = self.n_ctx - self.reply_reserve(settings)
         system = [m for m in msgs[:1] if m["role"] == "system"]
         turns = msgs[len(system):]
-        dropped = 0
+        # Where the kept tail may start: the first message, each later one that is not a reply, the last.
+        starts = [0] + [i for i in range(1, len(turns)) if turns[i]["role"] != "assistant" or i == len(turns) - 1]
         tokens = self.prompt_tokens(system + turns)
-        while len(tokens) > budget and len(turns) > 1:
-            turns = turns[1:]
-            dropped += 1
-            while len(turns) > 1 and turns[0]["role"] == "assistant":
-                turns = turns[1:]
-                dropped += 1
-            tokens = self.prompt_tokens(system + turns)
+        dropped = 0
+        if len(tokens) > budget and len(starts) > 1:
+            lo, hi = 1, len(starts) - 1  # the smallest start whose tail fits, else the last start
+            best: tuple[int, list[int]] | None = None
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                candidate = self.prompt_tokens(system + turns[starts[mid]:])
+                if len(candidate) <= budget:
+                    best, hi = (starts[mid], candidate), mid - 1
+                else:
+                    lo = mid + 1
+            if best is None:
+                best = (starts[-1], self.prompt_tokens(system + turns[starts[-1]:]))
+            dropped, tokens = best
+            turns = turns[dropped:]
         if len(tokens) > budget:
             raise ContextOverflow(
                 f"the message takes {len(tokens)} tokens with the system prompt, but the context holds "

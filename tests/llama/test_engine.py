@@ -463,3 +463,34 @@ def test_calibration_with_every_core_but_one_busy_prefers_one_thread(smollm2: Pa
         for burner in burners:
             burner.kill()
             burner.wait()
+
+
+def _fit_one_turn_at_a_time(e: ChatEngine, messages: list[dict[str, str]], budget: int) -> tuple[list[int], int]:
+    """The rule fit_context keeps, written the slow way: drop the oldest turn until the rest fits."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    dropped = 0
+    tokens = e.prompt_tokens(system + turns)
+    while len(tokens) > budget and len(turns) > 1:
+        turns, dropped = turns[1:], dropped + 1
+        while len(turns) > 1 and turns[0]["role"] == "assistant":
+            turns, dropped = turns[1:], dropped + 1
+        tokens = e.prompt_tokens(system + turns)
+    return tokens, dropped
+
+
+def test_a_long_conversation_is_fitted_in_a_few_renders(engine: ChatEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = SamplingSettings(max_tokens=256)
+    convo = [{"role": "system", "content": "Be brief."}]
+    for i in range(300):
+        convo += [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
+                  {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]
+    convo.append({"role": "user", "content": "And the last one?"})
+    budget = engine.n_ctx - engine.reply_reserve(settings)
+    want_tokens, want_dropped = _fit_one_turn_at_a_time(engine, convo, budget)
+    renders: list[int] = []
+    real = engine.prompt_tokens
+    monkeypatch.setattr(engine, "prompt_tokens", lambda msgs: renders.append(len(msgs)) or real(msgs))
+    tokens, kept, dropped = engine.fit_context(convo, settings)
+    assert (tokens, dropped) == (want_tokens, want_dropped) and kept[0]["role"] == "system"
+    assert len(renders) <= 12  # 601 messages: bisection, not one render per dropped message
