@@ -7,9 +7,13 @@ bundle's entry point runs the module (:func:`run_child_module`). Only the module
 
 from __future__ import annotations
 
+import json
+import os
 import runpy
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 #: The bundle's first argument when it is started as one of fitchat's children.
 CHILD_FLAG = "--fitchat-child"
@@ -39,3 +43,29 @@ def run_child_module(argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
+
+
+# -- the pipe between fitchat and a child: one JSON value per line, both ways ---------------------------
+
+
+def parse_line(line: bytes) -> Any:
+    """One JSON line, or None when it is not JSON (a stray print, a damaged or absurdly nested line)."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+
+
+class LineWriter:
+    """Writes one JSON value per line to a file descriptor, whole lines only, from any thread."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, value: Any) -> None:
+        data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]

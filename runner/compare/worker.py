@@ -48,7 +48,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fitchat.child import module_command
+from fitchat.child import LineWriter, module_command, parse_line
 from fitchat.compare import run as C
 from fitchat.errors import Cancelled, FitchatError
 
@@ -201,10 +201,9 @@ def _read_events(proc: subprocess.Popen[bytes], events: queue.Queue[Any]) -> Non
     stdout = proc.stdout
     assert stdout is not None
     for line in stdout:
-        try:
-            events.put(json.loads(line))
-        except ValueError:
-            continue
+        event = parse_line(line)
+        if isinstance(event, list) and event and isinstance(event[0], str):
+            events.put(event)
     events.put(["dead"])
 
 
@@ -268,24 +267,15 @@ class _Child:
     """The worker: the main thread measures; the control thread reads requests (cancel at once)."""
 
     def __init__(self, out_fd: int) -> None:
-        self._fd = out_fd
-        self._lock = threading.Lock()
+        self.send = LineWriter(out_fd).send
         self.cancel = threading.Event()
         self._job: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
-    def send(self, event: list[Any]) -> None:
-        data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-        with self._lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
-
     def control(self) -> None:
         for line in sys.stdin.buffer:
-            try:
-                request = json.loads(line)
-            except ValueError:
-                continue
+            request = parse_line(line)
+            if not isinstance(request, dict):
+                continue  # not a request: skipped, the worker goes on
             if request.get("op") == "cancel":
                 self.cancel.set()
             elif request.get("op") == "run":

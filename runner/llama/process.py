@@ -65,7 +65,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fitchat.child import module_command
+from fitchat.child import LineWriter, module_command, parse_line
 from fitchat.errors import FitchatError
 from fitchat.llama.engine import (
     ChatStats,
@@ -566,17 +566,9 @@ def _lines(stream: Any, limit: int) -> Iterator[bytes]:
         yield line
 
 
-def _parse_line(line: bytes) -> Any:
-    """One JSON line, or None when it is not JSON (the one rule for both directions of the pipe)."""
-    try:
-        return json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-
-
 def _event(line: bytes) -> list[Any] | None:
     """An event line as ``[kind, *fields]``, or None for anything else (a stray print, a damaged line)."""
-    event = _parse_line(line)
+    event = parse_line(line)
     if not isinstance(event, list) or not event or not isinstance(event[0], str):
         return None
     fields = EVENT_FIELDS.get(event[0])
@@ -593,22 +585,15 @@ class _Child:
     """The engine process: the main thread serves requests with one ChatEngine; the control thread reads them."""
 
     def __init__(self, out_fd: int) -> None:
-        self._fd = out_fd
-        self._lock = threading.Lock()
+        self.events = LineWriter(out_fd)
+        self.send = self.events.send
         self._requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.engine: ChatEngine | None = None
-
-    def send(self, event: list[Any]) -> None:
-        data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-        with self._lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
 
     def control(self) -> None:
         """Read requests: cancel and live figures at once, the rest for the main thread; end of input ends all."""
         for line in sys.stdin.buffer:
-            request = _parse_line(line)
+            request = parse_line(line)
             if not isinstance(request, dict):
                 continue  # not a request (the parent writes only objects): skipped, as a line that is not JSON
             op = request.get("op")

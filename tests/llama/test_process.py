@@ -170,7 +170,7 @@ def pollute_events(path: str, **kwargs: Any) -> Any:
 
     child = next(o for o in gc.get_objects() if type(o).__name__ == "_Child")
     for line in POLLUTION:
-        os.write(child._fd, line)
+        os.write(child.events.fd, line)
     raise RuntimeError("polluted")
 
 
