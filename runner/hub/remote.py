@@ -8,11 +8,12 @@ the token kept on the Hub's own origin, and every request under the Hub deadline
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlparse
 
 from fitchat.errors import FitchatError, GatedRepo, HubError, InvalidModelFile, ModelNotFound, first_line
 from fitchat.format import printable
-from fitchat.hub.catalog import list_variants, pick_variant
+from fitchat.hub.catalog import Variant, list_variants, pick_variant
 from fitchat.hub.client import hub_deadline, hub_endpoint, hub_errors, hub_token, require_online
 from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, LoadSettings
 from fitchat.model.gguf_spec import ModelSpec, RangeReader, read_spec_by_ranges, split_set_names
@@ -36,16 +37,79 @@ def read_remote_spec(
     Only the header is fetched (no tensor data); a split set's parts are all read.
     ``ModelSpec.bytes_read`` says how many bytes came over the network.
     """
-    from huggingface_hub import hf_hub_url
-
     endpoint = hub_endpoint(endpoint)
     token = hub_token(token) if token is None or isinstance(token, str) else token
     require_online(endpoint)
+    return _read_remote(repo_id, filename, revision=revision, endpoint=endpoint, token=token, keep=None)
+
+
+@dataclass(frozen=True)
+class HeaderPart:
+    """The first bytes of one file of a variant on the Hub, as read for its header, and the file's full size."""
+
+    name: str
+    size_bytes: int
+    head: bytes
+
+
+@dataclass(frozen=True)
+class RemoteHeader:
+    """A variant's spec with the header bytes it was read from (one part per file of a split set).
+
+    Enough for llama.cpp's dry run on a sparse file of the full size (fitchat.model.measure.measure_header):
+    nothing is read twice.
+    """
+
+    spec: ModelSpec
+    parts: tuple[HeaderPart, ...]
+
+
+def read_remote_header(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    listed_sizes: tuple[int, ...] = (),
+) -> RemoteHeader:
+    """:func:`read_remote_spec`, keeping the bytes fetched. ``listed_sizes`` (the listing's size per part)
+    must match what the Hub announces for each file, or the read fails with one line."""
+    endpoint = hub_endpoint(endpoint)
+    token = hub_token(token) if token is None or isinstance(token, str) else token
+    require_online(endpoint)
+    keep: list[tuple[str, int, bytearray]] = []
+    spec = _read_remote(repo_id, filename, revision=revision, endpoint=endpoint, token=token, keep=keep)
+    parts = tuple(HeaderPart(name, size, bytes(head)) for name, size, head in keep)
+    if listed_sizes and tuple(p.size_bytes for p in parts) != tuple(listed_sizes):
+        label = printable(f"{repo_id}/{filename}", 200, one_line=True)
+        raise HubError(f"the Hub announced sizes for {label} that differ from its file listing; try again later")
+    return RemoteHeader(spec, parts)
+
+
+def _read_remote(repo_id: str, filename: str, *, revision: str | None, endpoint: str | None,
+                 token: str | bool | None, keep: list[tuple[str, int, bytearray]] | None) -> ModelSpec:
+    """The Range reads of :func:`read_remote_spec`; with ``keep``, each part's bytes (read from 0 on, in order)
+    are appended there as (name, size, bytes)."""
+    from huggingface_hub import hf_hub_url
+
     names = split_set_names(filename)
 
     def open_part(_index: int, name: str) -> tuple[int, RangeReader]:
-        return _open_remote(hf_hub_url(repo_id, name, revision=revision, endpoint=endpoint), repo_id, name,
-                            endpoint=endpoint, token=token)
+        size, reader = _open_remote(hf_hub_url(repo_id, name, revision=revision, endpoint=endpoint), repo_id, name,
+                                    endpoint=endpoint, token=token)
+        if keep is None:
+            return size, reader
+        head = bytearray()
+        keep.append((name, size, head))
+
+        def keeping(start: int, end: int) -> bytes:
+            data = reader(start, end)
+            if start == len(head):  # the header scan reads forward from 0; keep the contiguous prefix
+                head.extend(data)
+            return data
+
+        return size, keeping
 
     first_url = hf_hub_url(repo_id, names[0], revision=revision, endpoint=endpoint)
     return read_spec_by_ranges(first_url, names, open_part, printable(f"{repo_id}/{names[0]}", 200, one_line=True))
@@ -144,9 +208,28 @@ def fit_remote_repo(
 ) -> list[Plan]:
     """Plan every GGUF variant of a Hub repo from its headers alone (HTTP Range reads, no download).
 
-    ``quant`` keeps only that variant. Up to ``max_workers`` headers are read at once: each is a
-    few round trips and, for a large vocabulary, several MiB. Variants whose header is malformed
-    are left out; if none remain, the first error (in the repo's order) is raised.
+    ``quant`` keeps only that variant. Variants whose header is malformed are left out; if none remain,
+    the first error (in the repo's order) is raised.
+    """
+    headers = read_remote_variants(repo_id, endpoint=endpoint, token=token, quant=quant, max_workers=max_workers)
+    return plan_variants([h.spec for h in headers], hw, ctx, settings, margin_bytes)
+
+
+def read_remote_variants(
+    repo_id: str,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    quant: str | None = None,
+    max_workers: int = REMOTE_HEADER_WORKERS,
+    keep_headers: bool = False,
+) -> list[RemoteHeader]:
+    """The header of every GGUF variant of a Hub repo (or only ``quant``), read by HTTP Range requests.
+
+    Up to ``max_workers`` headers are read at once: each is a few round trips and, for a large
+    vocabulary, several MiB. ``keep_headers`` keeps the bytes read (for a dry run on them), and then
+    the sizes the Hub announces must match its listing. Variants whose header is malformed are left
+    out; if none remain, the first error (in the repo's order) is raised.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -154,25 +237,27 @@ def fit_remote_repo(
     if quant is not None:
         variants = [pick_variant(variants, quant)]
 
-    def read(file: str) -> ModelSpec | InvalidModelFile:
+    def read(v: Variant) -> RemoteHeader | InvalidModelFile:
         try:
-            return read_remote_spec(repo_id, file, endpoint=endpoint, token=token)
+            if keep_headers:
+                return read_remote_header(repo_id, v.file, endpoint=endpoint, token=token, listed_sizes=v.sizes)
+            return RemoteHeader(read_remote_spec(repo_id, v.file, endpoint=endpoint, token=token), ())
         except InvalidModelFile as exc:
             return exc
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(variants))),
                             thread_name_prefix="fitchat-header") as pool:
-        results = list(pool.map(read, [v.file for v in variants]))
-    specs: list[ModelSpec] = []
+        results = list(pool.map(read, variants))
+    headers: list[RemoteHeader] = []
     first_error: FitchatError | None = None
-    for v, spec in zip(variants, results):
-        if isinstance(spec, InvalidModelFile):
-            first_error = first_error or spec
+    for v, got in zip(variants, results):
+        if isinstance(got, InvalidModelFile):
+            first_error = first_error or got
             continue
-        if v.quant and v.quant.lower() != "unknown" and v.quant != spec.quant:
+        if v.quant and v.quant.lower() != "unknown" and v.quant != got.spec.quant:
             # The Hub's name for the variant (say UD-Q4_K_XL) is what 'fitchat pull repo:QUANT' takes.
-            spec = dataclasses.replace(spec, quant=v.quant)
-        specs.append(spec)
-    if not specs:
+            got = dataclasses.replace(got, spec=dataclasses.replace(got.spec, quant=v.quant))
+        headers.append(got)
+    if not headers:
         raise first_error or FitchatError(f"no readable GGUF variants in {repo_id}")
-    return plan_variants(specs, hw, ctx, settings, margin_bytes)
+    return headers

@@ -24,10 +24,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +79,29 @@ class Measurement:
     total_bytes: int  # what was measured, all devices (a dry run: without the weights)
     seconds: float
     buffers: tuple[Buffer, ...] = field(default=())
+    recurrent_bytes: int = 0  # llama.cpp's RS buffer (recurrent state); counted in kv_bytes too
+
+    def measured_json(self) -> dict[str, Any]:
+        """The ``"measured"`` object of a variant in ``fitchat fit --json``.
+
+        ``kv_bytes`` here is the attention KV cache alone, ``recurrent_bytes`` the RS buffer; a figure
+        llama.cpp logs no buffer for is 0. ``devices`` sums the buffers llama.cpp logged per device
+        (a dry run logs its model and KV buffers as 0).
+        """
+        per_device: dict[str, int] = {}
+        for b in self.buffers:
+            per_device[b.device] = per_device.get(b.device, 0) + b.bytes
+        return {
+            "mode": self.mode,
+            "context": self.context,
+            "gpu_layers": self.gpu_layers,
+            "weights_bytes": self.weights_bytes,
+            "kv_bytes": self.kv_bytes - self.recurrent_bytes,
+            "compute_bytes": self.compute_bytes,
+            "output_bytes": self.output_bytes,
+            "recurrent_bytes": self.recurrent_bytes,
+            "devices": [{"name": name, "bytes": n} for name, n in per_device.items()],
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,6 +154,7 @@ def measurement_from_log(
         total_bytes=(weights or 0) + kv + compute + output,
         seconds=seconds,
         buffers=tuple(buffers),
+        recurrent_bytes=total("RS"),
     )
 
 
@@ -220,6 +247,54 @@ def measure_many(
             raise MeasureFailed(f"llama.cpp could not load {spec.file} at context {c}: {r['error']}")
         out.append(measurement_from_log(r["log"], mode=mode, context=c, settings=s, gpu_layers=gpu_layers, seconds=r["seconds"]))
     return out
+
+
+#: The largest model a sparse header file is made for (the sizes come from the Hub).
+MAX_SPARSE_BYTES = 2 * 1024**4
+
+
+def measure_header(
+    parts: Sequence[tuple[int, bytes]],
+    ctx: int = DEFAULT_CTX,
+    settings: LoadSettings = DEFAULT_SETTINGS,
+    *,
+    gpu_layers: int = 0,
+    label: str = "the model",
+    timeout: float = 600,
+) -> Measurement:
+    """llama.cpp's dry run on a model of which only the header bytes are at hand (``(full size, first bytes)``
+    per file of the set, in order), as for a variant on the Hub.
+
+    Each file becomes a sparse file of its full size holding those bytes, in a temporary folder under
+    fitchat's cache folder that is removed afterwards; a dry run reads no tensor data, so the zeros
+    beyond the header are never looked at.
+    """
+    from fitchat.paths import cache_dir
+
+    if not parts:
+        raise FitchatError(f"no header bytes for {label}")
+    total = 0
+    for size, head in parts:
+        if not head or size < len(head):
+            raise FitchatError(f"{label}: the header read does not fit the announced file size")
+        total += size
+    if total > MAX_SPARSE_BYTES:
+        raise FitchatError(f"{label} is announced at {total / 1024**4:.1f} TiB, more than fitchat measures "
+                           f"({MAX_SPARSE_BYTES // 1024**4} TiB)")
+    root = cache_dir() / "dry-run"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="header-", dir=root))
+    try:
+        # Names llama.cpp derives the other parts of a split set from (llama_split_path).
+        names = ["model.gguf"] if len(parts) == 1 else [
+            f"model-{i:05d}-of-{len(parts):05d}.gguf" for i in range(1, len(parts) + 1)]
+        for name, (size, head) in zip(names, parts):
+            with open(folder / name, "wb") as fh:
+                fh.write(head)
+                fh.truncate(size)
+        return measure(folder / names[0], ctx, settings, mode="dry_run", gpu_layers=gpu_layers, timeout=timeout)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _last_line(text: str) -> str:
