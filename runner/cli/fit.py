@@ -3,7 +3,7 @@
 SOURCE is a local .gguf, a directory of them, a Hub repo id (every variant, from its header alone:
 no download), or ``repo:QUANT``. ``--gpu-mem`` / ``--ram`` plan for another machine; ``--measure``
 loads a local file with llama.cpp (in a child process) and prints its reported buffers beside the
-estimate.
+estimate; a Hub variant is measured by llama.cpp's dry run on its header alone (a sparse file).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
     add_load_settings_arguments(p)
     p.add_argument("--measure", nargs="?", const="auto", choices=("auto", "load", "dry"), default=None,
                    help="also load a local file with llama.cpp and show its reported buffers beside the estimate "
-                   "(load: a real CPU load; dry: llama.cpp's no_alloc dry run; auto: load when it fits in RAM)")
+                   "(load: a real CPU load; dry: llama.cpp's no_alloc dry run; auto: load when it fits in RAM); "
+                   "a Hub variant gets a dry run on its header alone, nothing downloaded")
     p.add_argument("--json", action="store_true", help="print the machine-readable plan")
     p.set_defaults(func=run)
 
@@ -86,7 +87,7 @@ def resolve_source(source: str) -> tuple[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fitchat.hub.remote import fit_remote_repo
+    from fitchat.hub.remote import fit_remote_repo, read_remote_variants
     from fitchat.model.estimate import DEFAULT_CTX
     from fitchat.model.gguf_spec import read_spec
     from fitchat.model.hardware import detect_hardware
@@ -96,15 +97,22 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     kind, what = resolve_source(args.source)
     hw = plan_hardware(detect_hardware(), gpu_mem=args.gpu_mem, ram=args.ram)
+    headers: dict[str, Any] = {}  # a remote variant's file -> the header bytes read (for --measure)
     if kind == "local":
         specs = [read_spec(p) for p in what]
         plans = plan_variants(specs, hw, ctx, settings, args.margin)
     else:
-        if args.measure:
-            raise BadOption("--measure needs a downloaded file; run 'fitchat pull' first, then 'fitchat fit PATH --measure'")
+        if args.measure == "load":
+            raise BadOption("--measure load needs a downloaded file; a Hub variant is measured by a dry run "
+                            "(--measure or --measure dry), or run 'fitchat pull' first")
         repo, quant = what
         try:
-            plans = fit_remote_repo(repo, hw, ctx, settings=settings, margin_bytes=args.margin, quant=quant)
+            if args.measure:
+                read = read_remote_variants(repo, quant=quant, keep_headers=True)
+                headers = {h.spec.file: h for h in read}
+                plans = plan_variants([h.spec for h in read], hw, ctx, settings, args.margin)
+            else:
+                plans = fit_remote_repo(repo, hw, ctx, settings=settings, margin_bytes=args.margin, quant=quant)
         except HubError:
             local = _downloaded(repo, quant)
             if not local:
@@ -115,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
     measurements: list[tuple[Any, Any, Any]] = []
     if args.measure:
-        measurements = [_measure(plan, hw, args.measure) for plan in plans]
+        measurements = [_measure(plan, hw, args.measure, headers.get(plan.spec.file)) for plan in plans]
+    measured = {id(p): m for p, _, m in measurements}
 
     if args.json:
         out = {
@@ -123,7 +132,10 @@ def run(args: argparse.Namespace) -> int:
             "hardware": hw.to_json(),
             "settings": settings.to_json(),
             "margin_bytes": plans[0].margin_bytes,
-            "variants": [p.to_json() for p in plans],
+            "variants": [
+                {**p.to_json(), "measured": measured[id(p)].measured_json() if id(p) in measured else None}
+                for p in plans
+            ],
         }
         if measurements:
             out["measurements"] = [
@@ -144,13 +156,21 @@ def _downloaded(repo: str, quant: str | None) -> list[Path]:
     return [Path(m.path) for m in find_local(repo, quant)]
 
 
-def _measure(plan: Any, hw: Any, how: str) -> tuple[Any, Any, Any]:
-    """Measure one local plan; returns (plan, the estimate compared, the measurement)."""
+def _measure(plan: Any, hw: Any, how: str, header: Any = None) -> tuple[Any, Any, Any]:
+    """Measure one plan; returns (plan, the estimate compared, the measurement).
+
+    ``header`` (a Hub variant's RemoteHeader) means no file is here: llama.cpp's dry run runs on
+    a sparse file built from the header bytes already read.
+    """
     from fitchat.model.estimate import estimate
-    from fitchat.model.measure import measure
+    from fitchat.model.measure import measure, measure_header
 
     isa = hw.cpu.isa or None
     cpu_est = estimate(plan.spec, plan.context, plan.settings, gpu_layers=0, cpu_isa=isa)
+    if header is not None:
+        meas = measure_header([(p.size_bytes, p.head) for p in header.parts], plan.context, plan.settings,
+                              gpu_layers=plan.gpu_layers, label=plan.spec.file)
+        return plan, plan.estimate if plan.gpu_layers else cpu_est, meas
     if plan.gpu_layers and how != "load":
         # Simulate the planned offload without allocating VRAM.
         return plan, plan.estimate, measure(plan.spec.parts[0], plan.context, plan.settings, mode="dry_run",

@@ -76,6 +76,7 @@ def test_json_contract(capsys: pytest.CaptureFixture[str], smollm2: Path) -> Non
     assert v["recommended"] is True and v["verdict"] in ("full_gpu", "partial_gpu", "cpu", "too_big")
     assert v["total_bytes"] >= v["weights_bytes"] + v["kv_bytes"] + v["compute_bytes"]
     assert v["kv_bytes"] == 30 * 2048 * 384 * 34 // 32  # q8_0 cache
+    assert v["measured"] is None  # no --measure
 
 
 def test_directory_and_another_machine(capsys: pytest.CaptureFixture[str], model_dir: Path) -> None:
@@ -115,7 +116,7 @@ def test_hub_repo_from_headers_only(capsys: pytest.CaptureFixture[str], hub, smo
     one = fit_json(capsys, f"{SMOLLM2_REPO}:Q5_K_M")
     assert [v["quant"] for v in one["variants"]] == ["Q5_K_M"]
 
-    code, _, err = run_fit(capsys, SMOLLM2_REPO, "--measure")
+    code, _, err = run_fit(capsys, SMOLLM2_REPO, "--measure", "load")
     assert code == 2 and "needs a downloaded file" in err
 
 
@@ -131,6 +132,9 @@ def test_measure_side_by_side(capsys: pytest.CaptureFixture[str], smollm2_varian
     assert m["measured"]["mode"] == "dry_run" and m["measured"]["weights_bytes"] is None
     assert m["measured"]["kv_bytes"] == 45 * MiB == m["estimate"]["kv_bytes"]
     assert abs(m["measured"]["compute_bytes"] - m["estimate"]["compute_bytes"]) < 16 * MiB
+    [v] = data["variants"]
+    assert v["measured"]["kv_bytes"] == 45 * MiB and v["measured"]["compute_bytes"] == m["measured"]["compute_bytes"]
+    assert v["measured"]["recurrent_bytes"] == 0 and v["measured"]["devices"][0]["name"] == "CPU"
 
 
 BAD_INPUT = [
