@@ -82,3 +82,39 @@ def test_sizes_from_outside_are_bounded(smollm2: Path) -> None:
     with pytest.raises(FitchatError, match="does not fit"):
         measure_header([(10, head)])
     assert not (cache_dir() / "dry-run").exists() or not any((cache_dir() / "dry-run").iterdir())
+
+
+def _split(src: Path, dst: Path, max_tensors: int) -> list[Path]:
+    """``src`` rewritten as a split set of loadable parts (gguf's writer, every key and tensor copied)."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    r = GGUFReader(src)
+    w = GGUFWriter(dst, r.fields["general.architecture"].contents(), split_max_tensors=max_tensors)
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        vt = f.types[0]
+        w.add_key_value(f.name, f.contents(), vt, sub_type=f.types[-1] if vt == GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return sorted(dst.parent.glob(f"{dst.stem}-*-of-*.gguf"))
+
+
+def test_a_split_set_is_measured_from_its_headers(hub, smollm2: Path, tmp_path: Path) -> None:
+    parts = _split(smollm2, tmp_path / "m-Q4_1.gguf", 100)
+    assert len(parts) == 3
+    hub.add_repo("org/m-GGUF", {f"Q4_1/{p.name}": p for p in parts})
+    got = read_remote_header("org/m-GGUF", f"Q4_1/{parts[0].name}",
+                             listed_sizes=tuple(p.stat().st_size for p in parts))
+    assert [p.size_bytes for p in got.parts] == [p.stat().st_size for p in parts]
+    meas = measure_header([(p.size_bytes, p.head) for p in got.parts], 1024)
+    whole = measure(parts[0], 1024, mode="dry_run")
+    assert (meas.kv_bytes, meas.compute_bytes, meas.output_bytes) == (whole.kv_bytes, whole.compute_bytes,
+                                                                        whole.output_bytes)
+    assert meas.kv_bytes == 30 * 1024 * 3 * 64 * 2 * 2
+    assert hub.bytes_served() < sum(p.stat().st_size for p in parts) // 4
+    assert not any((cache_dir() / "dry-run").iterdir())
