@@ -292,6 +292,10 @@ def measure_header(
             with open(folder / name, "wb") as fh:
                 fh.write(head)
                 fh.truncate(size)
+            if (folder / name).stat().st_blocks * 512 > len(head) + (64 << 20):
+                # The file system filled the hole with real blocks: a dry run must not cost the model's size.
+                raise FitchatError(f"{label}: the file system at {root} does not keep sparse files, so fitchat cannot "
+                                   "measure without taking the model's size on disk; measure a downloaded file instead")
         return measure(folder / names[0], ctx, settings, mode="dry_run", gpu_layers=gpu_layers, timeout=timeout)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
