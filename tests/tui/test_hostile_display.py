@@ -268,3 +268,26 @@ def test_cli_search_table_prints_mirror_repo_ids_as_text(hub, smollm2_variants) 
     assert done.returncode == 0, done.stderr
     assert_printable(done.stdout, done.stderr)
     assert "mirror/qwen [/b][red]x[/ gguf" in done.stdout
+
+
+async def test_a_reply_opens_only_web_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textual.widgets import Markdown
+
+    from fitchat.tui.widgets.reply_markdown import ReplyMarkdown, is_web_link
+
+    assert is_web_link("https://example.com/x") and is_web_link("HTTP://host")
+    assert not any(is_web_link(h) for h in ("file:///etc/passwd", "javascript:alert(1)", "https://", "x-app://do", "/etc"))
+
+    class OneReply(App[None]):
+        def compose(self) -> ComposeResult:
+            yield ReplyMarkdown("[a](file:///etc/passwd) [b](https://example.com/)")
+
+    app = OneReply()
+    opened: list[str] = []
+    monkeypatch.setattr(app, "open_url", lambda url, **kw: opened.append(url))
+    async with app.run_test(size=(60, 10)) as pilot:
+        md = app.query_one(ReplyMarkdown)
+        for href in ("file:///etc/passwd", "https://example.com/"):
+            md.post_message(Markdown.LinkClicked(md, href))
+        await pilot.pause()
+    assert opened == ["https://example.com/"]

@@ -30,6 +30,17 @@ def sized_block(block: type[MarkdownBlock]) -> type[MarkdownBlock]:
     return type(block.__name__, (SizedByLayout, block), {"__module__": block.__module__})
 
 
+def is_web_link(href: str) -> bool:
+    """Whether a link from a reply may be opened: ``http(s)://`` with a host, nothing else."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(href.strip())
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+
+
 class ReplyMarkdown(Guarded, SizedByLayout, Markdown):
     """A :class:`Markdown` laid out once per streamed update, blocks included.
 
@@ -45,6 +56,14 @@ class ReplyMarkdown(Guarded, SizedByLayout, Markdown):
 
     def get_block_class(self, block_name: str) -> type[MarkdownBlock]:
         return sized_block(super().get_block_class(block_name))
+
+    def on_markdown_link_clicked(self, event: Markdown.LinkClicked) -> None:
+        """Open only web links: a model's reply is outside text, and may link to ``file:`` or a custom scheme."""
+        event.prevent_default()  # Textual's own handler would open any scheme
+        if is_web_link(event.href):
+            self.app.open_url(event.href)
+        else:
+            self.notify(f"not opened: only http and https links open from a reply ({event.href})", severity="warning")
 
     def update(self, markdown: str) -> AwaitComplete:
         return AwaitComplete(self._then_mark_last(super().update(markdown)))
