@@ -22,6 +22,9 @@ from fitchat.serve.app import ServeConfig, ServedEngine, ServeState, create_app
 
 #: Longest wait for replies in progress after ctrl+c (seconds).
 DRAIN_S = 10.0
+#: Connections served at once; past it a request gets a 503. A client that never finishes its headers holds
+#: its connection (uvicorn has no header timeout; h11 bounds only the bytes), so the count is what is bounded.
+MAX_CONNECTIONS = 128
 
 
 def is_loopback(host: str) -> bool:
@@ -105,7 +108,7 @@ class Serving:
 
         self.server = Server(uvicorn.Config(
             create_app(state), log_level="warning", access_log=False, lifespan="off",
-            timeout_graceful_shutdown=int(DRAIN_S), timeout_keep_alive=5,
+            timeout_graceful_shutdown=int(DRAIN_S), timeout_keep_alive=5, limit_concurrency=MAX_CONNECTIONS,
         ))
 
     def stop(self) -> None:

@@ -184,3 +184,33 @@ def test_clients_that_leave_at_once_leave_no_waiters(serving: Serving, caplog: p
     logging.getLogger("uvicorn.error").removeHandler(caplog.handler)
     assert not caplog.records, caplog.text[:2000]  # a client that leaves is no traceback on the server's terminal
     still_serving(serving)
+
+
+def test_connections_that_never_finish_their_headers_are_bounded(serving: Serving) -> None:
+    """Slowloris: each half-sent request holds a connection; past the bound new requests get a 503 at once."""
+    from fitchat.serve.server import MAX_CONNECTIONS
+
+    held = [socket.create_connection(("127.0.0.1", port(serving)), timeout=30) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for s in held:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        time.sleep(0.5)
+        started = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port(serving), timeout=30)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps({"messages": HI, "max_tokens": 2}))
+        status = conn.getresponse().status  # uvicorn's own 503: the app never sees the request
+        conn.close()
+        assert status == 503 and time.monotonic() - started < 10
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the held connections are gone once the server sees them close
+        probe = http.client.HTTPConnection("127.0.0.1", port(serving), timeout=30)
+        probe.request("GET", "/health")
+        ok = probe.getresponse().status == 200
+        probe.close()
+        if ok:
+            break
+        time.sleep(0.2)
+    still_serving(serving)
