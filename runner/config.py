@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fitchat import paths
+from fitchat.errors import first_line
 from fitchat.format import printable
 
 _warned: set[str] = set()
@@ -81,8 +82,7 @@ def load() -> dict[str, Any]:
     try:
         return tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        _warn_once(f"fitchat: warning: {path} is not valid TOML ({first[:80]}); using the defaults")
+        _warn_once(f"fitchat: warning: {path} is not valid TOML ({first_line(exc, 80)}); using the defaults")
         return {}
 
 

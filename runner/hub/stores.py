@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fitchat.config import read_small
-from fitchat.errors import FitchatError, UnsafePath
+from fitchat.errors import FitchatError, UnsafePath, first_line
 from fitchat.format import printable
 from fitchat.hub.store import LocalModel
 from fitchat.model.quants import is_model_gguf, quant_from_filename, split_part, split_sets
@@ -229,7 +229,7 @@ def _ollama_model(root: Path, registry: str, namespace: str, model_dir: Path,
     except IsADirectoryError:
         return
     except (OSError, ValueError, RecursionError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:60]
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc, 60)
         yield Problem("ollama", f"{name}: the manifest {path} is unreadable ({why}); skipped")
         return
     layers = manifest.get("layers") if isinstance(manifest, dict) else None
