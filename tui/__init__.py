@@ -1,1 +1,1 @@
-"""fitchat's Textual UI. It renders what ``runner`` returns and does no work of its own."""
+"""fitchat's Textual UI. It renders what fitchat's core returns and does no work of its own."""

@@ -1,6 +1,6 @@
-"""The UI's one door into ``runner``: each method is a blocking call made from a worker.
+"""The UI's one door into fitchat's core: each method is a blocking call made from a worker.
 
-Nothing here decides anything; it forwards to the runner functions that do, importing them
+Nothing here decides anything; it forwards to the core functions that do, importing them
 on first use so that the first screen paints before llama.cpp or huggingface_hub load.
 The app holds one :class:`Services`; tests pass their own (e.g. a fixed ``HardwareInfo``).
 """
@@ -45,7 +45,7 @@ LLAMA_NICENESS = 3
 
 @dataclass
 class Services:
-    """Calls into runner. ``hardware``, when given, replaces detection (planning for another machine)."""
+    """Calls into the core. ``hardware``, when given, replaces detection (planning for another machine)."""
 
     hardware: HardwareInfo | None = None
     endpoint: str | None = field(default_factory=lambda: os.environ.get("HF_ENDPOINT") or None)
@@ -106,7 +106,7 @@ class Services:
         return list(list_local())
 
     def import_file(self, path: str) -> LocalModel:
-        """Register a local .gguf (validated by runner)."""
+        """Register a local .gguf (validated by fitchat.hub.store)."""
         from fitchat.hub.store import import_file
 
         return import_file(Path(path).expanduser())
