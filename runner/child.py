@@ -48,6 +48,11 @@ def run_child_module(argv: Sequence[str]) -> int:
 # -- the pipe between fitchat and a child: one JSON value per line, both ways ---------------------------
 
 
+def encode_line(value: Any) -> bytes:
+    """``value`` as one compact JSON line, the way both sides of the pipe write."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
 def parse_line(line: bytes) -> Any:
     """One JSON line, or None when it is not JSON (a stray print, a damaged or absurdly nested line)."""
     try:
@@ -64,7 +69,7 @@ class LineWriter:
         self._lock = threading.Lock()
 
     def send(self, value: Any) -> None:
-        data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        data = encode_line(value)
         with self._lock:
             view = memoryview(data)
             while view:

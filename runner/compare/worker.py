@@ -34,7 +34,6 @@ reaped; the tests kill one with SIGKILL to crash a compare on purpose.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import signal
@@ -48,7 +47,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fitchat.child import LineWriter, module_command, parse_line
+from fitchat.child import LineWriter, encode_line, module_command, parse_line
 from fitchat.compare import run as C
 from fitchat.errors import Cancelled, FitchatError
 
@@ -191,7 +190,7 @@ def _send(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
     stdin = proc.stdin
     assert stdin is not None
     try:
-        stdin.write(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+        stdin.write(encode_line(message))
         stdin.flush()
     except (BrokenPipeError, OSError, ValueError):
         pass  # the reader sees the end and tells the waiting loop

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import queue
 import signal
@@ -65,7 +64,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fitchat.child import LineWriter, module_command, parse_line
+from fitchat.child import LineWriter, encode_line, module_command, parse_line
 from fitchat.errors import FitchatError
 from fitchat.llama.engine import (
     ChatStats,
@@ -277,15 +276,18 @@ class ProcessEngine:
     # ------------------------------------------------------------------ the pipe
 
     def _send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        data = encode_line(message)
+        with self._write_lock:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         stdin = self._proc.stdin
         assert stdin is not None
-        with self._write_lock:
-            try:
-                stdin.write(data)
-                stdin.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                pass  # the reader sees the end and tells the waiting call
+        try:
+            stdin.write(data)
+            stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the reader sees the end and tells the waiting call
 
     def _read_events(self) -> None:
         """Events to the queues until the child's end; a line that is not an event is skipped, and the
@@ -447,13 +449,7 @@ class ProcessEngine:
         return _stats(data) or self.last_stats
 
     def _send_unlocked(self, message: dict[str, Any]) -> None:
-        stdin = self._proc.stdin
-        assert stdin is not None
-        try:
-            stdin.write(json.dumps(message).encode("utf-8") + b"\n")
-            stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass
+        self._write(encode_line(message))
 
     # ------------------------------------------------------------------ the rest of ChatEngine's API
 
