@@ -49,8 +49,12 @@ def run_child_module(argv: Sequence[str]) -> int:
 
 
 def encode_line(value: Any) -> bytes:
-    """``value`` as one compact JSON line, the way both sides of the pipe write."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    """``value`` as one compact JSON line, the way both sides of the pipe write.
+
+    ASCII with escapes, so any ``str`` crosses: a file name with bytes that are not UTF-8 holds lone
+    surrogates, which would fail a UTF-8 encode (and leave the other side waiting for the line).
+    """
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 def parse_line(line: bytes) -> Any:

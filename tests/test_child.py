@@ -23,3 +23,11 @@ def test_only_fitchats_own_children_run(capsys: pytest.CaptureFixture[str]) -> N
         child.module_command("os")
     assert child.run_child_module(["http.server"]) == 2
     assert "--fitchat-child takes one of" in capsys.readouterr().err
+
+
+def test_any_text_crosses_the_pipe() -> None:
+    """A path with bytes that are not UTF-8 (lone surrogates in Python) must not stop a message."""
+    value = ["run", {"path": "/m/caf\udce9.gguf", "text": "héllo ☃"}]
+    line = child.encode_line(value)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert child.parse_line(line) == value
