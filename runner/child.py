@@ -12,7 +12,7 @@ import os
 import runpy
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 #: The bundle's first argument when it is started as one of fitchat's children.
@@ -43,6 +43,10 @@ def run_child_module(argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
+
+
+#: Longest line read from a child (bytes); a longer one is skipped, never held. Real ones are far shorter.
+MAX_LINE_BYTES = 256 << 20
 
 
 # -- the pipe between fitchat and a child: one JSON value per line, both ways ---------------------------
@@ -78,3 +82,15 @@ class LineWriter:
             view = memoryview(data)
             while view:
                 view = view[os.write(self.fd, view):]
+
+def bounded_lines(stream: Any, limit: int = MAX_LINE_BYTES) -> Iterator[bytes]:
+    """``stream``'s lines, each at most ``limit`` bytes: a longer line is dropped whole and never held."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):  # drop the rest of the overlong line
+                line = stream.readline(1 << 20)
+            continue
+        yield line

@@ -47,7 +47,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fitchat.child import LineWriter, encode_line, module_command, parse_line
+from fitchat.child import LineWriter, bounded_lines, encode_line, module_command, parse_line
 from fitchat.compare import run as C
 from fitchat.errors import Cancelled, FitchatError
 
@@ -199,7 +199,7 @@ def _send(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
 def _read_events(proc: subprocess.Popen[bytes], events: queue.Queue[Any]) -> None:
     stdout = proc.stdout
     assert stdout is not None
-    for line in stdout:
+    for line in bounded_lines(stdout):
         event = parse_line(line)
         if isinstance(event, list) and event and isinstance(event[0], str):
             events.put(event)

@@ -64,7 +64,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fitchat.child import LineWriter, encode_line, module_command, parse_line
+from fitchat.child import MAX_LINE_BYTES, LineWriter, bounded_lines, encode_line, module_command, parse_line
 from fitchat.errors import FitchatError
 from fitchat.llama.engine import (
     ChatStats,
@@ -295,7 +295,7 @@ class ProcessEngine:
         stdout = self._proc.stdout
         assert stdout is not None
         try:
-            for line in _lines(stdout, MAX_EVENT_BYTES):
+            for line in bounded_lines(stdout, MAX_EVENT_BYTES):
                 event = _event(line)
                 if event is None:
                     continue
@@ -544,22 +544,11 @@ def _requeue(events: queue.Queue[Any], event: Any) -> None:
 
 #: Longest event line read (bytes); a longer one is skipped. Real ones: a reply piece, a load's figures
 #: (with the chat template), a tokenized prompt; well under this.
-MAX_EVENT_BYTES = 256 << 20
+MAX_EVENT_BYTES = MAX_LINE_BYTES
 #: Events the parent knows, with how many fields follow the kind.
 EVENT_FIELDS = {"p": 1, "n": 1, "done": 2, "ok": 1, "err": 3, "live": 1}
 
 
-def _lines(stream: Any, limit: int) -> Iterator[bytes]:
-    """``stream``'s lines, each cut off at ``limit`` bytes (a longer line is dropped whole, never held)."""
-    while True:
-        line = stream.readline(limit + 1)
-        if not line:
-            return
-        if len(line) > limit and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):  # drop the rest of the overlong line
-                line = stream.readline(1 << 20)
-            continue
-        yield line
 
 
 def _event(line: bytes) -> list[Any] | None:
