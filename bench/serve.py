@@ -52,14 +52,16 @@ class Proc:
         self.err: list[str] = []
         threading.Thread(target=lambda: self.err.extend(self.proc.stderr or ()), daemon=True).start()
 
-    def wait_ready(self, timeout: float = 300) -> None:
+    def wait_ready(self, path: str = "/v1/models", timeout: float = 300) -> None:
+        """Until ``path`` answers 200: fitchat's ``/health`` only once the model is loaded (its model list
+        answers at once), llama-cpp-python's model list once its server is up (it loads before it listens)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{self.name} exited: {''.join(self.err)[-1500:]}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/v1/models")
+                conn.request("GET", path)
                 if conn.getresponse().status == 200:
                     return
             except OSError:
@@ -101,6 +103,8 @@ def stream(port: int, body: dict[str, Any], on_chunk: Any = None) -> dict[str, A
                     on_chunk(len(times))
             finish = choice.get("finish_reason") or finish
     conn.close()
+    if resp.status != 200:
+        raise SystemExit(f"port {port} answered {resp.status}; the figures would be meaningless")
     decode = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 else 0.0
     return {"ttft_s": times[0] - t0 if times else float("nan"), "decode_tps": decode, "tokens": len(times),
             "finish": finish, "done": done, "text": "".join(text), "status": resp.status}
@@ -169,7 +173,7 @@ def main() -> int:
         "--flash_attn", str(bool(kw["flash_attn"])), "--verbose", "False",  # (no swa_full flag; SmolLM2 has no SWA)
     ], theirs_port, env)
     try:
-        ours.wait_ready()
+        ours.wait_ready("/health")
         theirs.wait_ready()
         base = {"temperature": 0, "max_tokens": args.tokens, "top_p": 0.95, "seed": 1}
         for port in (ours_port, theirs_port):  # warm-up
