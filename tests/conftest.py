@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests import models
+from tests.cli.test_chat import open_terminal  # noqa: F401  (fitchat in a pseudo-terminal)
 from tests.hubserver import hub, local_hub, unreachable_endpoint  # noqa: F401  (local Hub fixtures)
 
 

@@ -13,7 +13,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from fitchat.cli.main import main
 from fitchat.llama.chat_template import BoundedChatFormatter, TemplateLimitExceeded
 from fitchat.llama.engine import ChatEngine, ChatTemplateError, SamplingSettings
 from tests import REPO_ROOT
-from tests.cli.test_chat import REPL_ARGS, Terminal
+from tests.cli.test_chat import REPL_ARGS
 from tests.gguf_factory import kv_str
 
 ROOT = REPO_ROOT
@@ -38,20 +38,6 @@ NESTED_LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfo
 HUGE_STRING = "{% set s = 'x' * 2000000000 %}{{ s }}"
 SYNTAX_ERROR = "{% for m in messages %}{{ m['content'] }"
 ESCAPES_IN_ERROR = "{{ raise_exception('\x1b]0;PWNED\x07\x1b[2J bad [/] template') }}"
-
-
-@pytest.fixture
-def terminal() -> Iterator[Callable[..., Terminal]]:
-    """Start ``fitchat`` in pseudo-terminals; whatever still runs at the end of the test is killed."""
-    opened: list[Terminal] = []
-
-    def start(argv: list[str], **options: Any) -> Terminal:
-        opened.append(Terminal(argv, **options))
-        return opened[-1]
-
-    yield start
-    for term in opened:
-        term.close()
 
 
 def with_chat_template(src: Path, dst: Path, template: str) -> Path:
@@ -262,8 +248,8 @@ def test_a_long_real_conversation_is_not_mistaken_for_a_runaway(smollm2: Path) -
 # ---------------------------------------------------------------------- ctrl+c
 
 
-def test_ctrl_c_stops_a_runaway_render_and_the_repl_goes_on(hostile: dict[str, Path], terminal: Any) -> None:
-    term = terminal(["chat", str(hostile["nested-loops"]), *REPL_ARGS])
+def test_ctrl_c_stops_a_runaway_render_and_the_repl_goes_on(hostile: dict[str, Path], open_terminal: Any) -> None:
+    term = open_terminal(["chat", str(hostile["nested-loops"]), *REPL_ARGS])
     mark = term.read_until(">>> ")
     term.type("hello\r")
     mark = term.read_until("hello", start=mark)
@@ -367,10 +353,10 @@ def test_repl_warns_once_when_the_disk_is_full_and_goes_on(smollm2: Path, tmp_pa
 
 
 def test_repl_in_a_terminal_goes_on_when_history_writes_fail(smollm2: Path, private_home: Path,
-                                                             terminal: Any) -> None:
+                                                             open_terminal: Any) -> None:
     """Writes past 32 KiB fail in the child (RLIMIT_FSIZE): the history's write-ahead log soon cannot grow."""
     History().close()  # the file exists, so opening it needs no write
-    term = terminal(["chat", str(smollm2), *REPL_ARGS, "--max-tokens", "8"], file_size_limit=32 * 1024)
+    term = open_terminal(["chat", str(smollm2), *REPL_ARGS, "--max-tokens", "8"], file_size_limit=32 * 1024)
     mark = term.read_until(">>> ")
     for question in ("What is the capital of France?", "And of Italy?", "And of Spain?", "And of Peru?"):
         term.type(question + "\r")

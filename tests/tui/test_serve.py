@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from pathlib import Path
 
@@ -12,20 +11,9 @@ import openai
 from fitchat.tui.screens.chat import ChatScreen
 from fitchat.tui.services import Services
 from fitchat.tui.widgets.chat_input import ChatInput
+from tests.serve.test_controller import port_of, refused
 from tests.tui.test_chat import GREEDY, ask, open_chat, replies
 from tests.tui_support import RecordingApp, cpu_machine, link_starter, notifications, screen_text, wait_for
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1].split("/")[0])
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def api_reply(url: str, text: str = "Say hi.", max_tokens: int = 8) -> str:
