@@ -8,7 +8,7 @@ from pathlib import Path
 
 import openai
 
-from fitchat.tui.screens.chat import ChatScreen
+from fitchat.tui.screens.chat import WAITING_FOR_API, ChatScreen
 from fitchat.tui.services import Services
 from fitchat.tui.widgets.chat_input import ChatInput
 from tests.serve.test_controller import port_of, refused
@@ -52,6 +52,13 @@ async def test_serve_the_loaded_model_from_the_chat(smollm2: Path, tmp_path: Pat
         await wait_for(pilot, lambda: screen.generating, what="the chat's reply to start")
         held = screen._engine_held.is_set()
         assert app.services.serving_status().in_flight == 1 and not held  # the reply waits its turn
+        # ... and the status line says what it waits for instead of "generating" (until its turn comes).
+        await wait_for(pilot, lambda: screen._engine_held.is_set() or screen.status.state == WAITING_FOR_API,
+                       what="the status line to say the reply waits")
+        if not screen._engine_held.is_set():
+            assert WAITING_FOR_API in screen_text(app)
+        await wait_for(pilot, lambda: screen.status.state == "generating" or not screen.generating, timeout=60,
+                       what="the reply's turn")
         await wait_for(pilot, lambda: not screen.generating, timeout=60, what="the chat's reply")
         await asyncio.to_thread(api.join, 60)
         assert replies(screen)[-1].text.strip() and answers and answers[0].strip()

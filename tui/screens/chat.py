@@ -62,6 +62,8 @@ IDLE_SAMPLE_S = COALESCE_MAX_S + 0.5
 #: which takes a core from llama.cpp for a moment.
 TIMER_S = 0.5
 SIDEBAR_MIN_WIDTH = 100
+#: The status while a reply waits for the API's request to let go of the served model.
+WAITING_FOR_API = "waiting: an API request is using the model"
 
 
 def export_conversation(folder: Path, stem: str, text: str) -> Path:
@@ -424,10 +426,21 @@ class ChatScreen(Guarded, Screen[None]):
 
     def _tick_if_idle(self) -> None:
         """The timer's turn: the status line when no update has refreshed it, else the pacer's reading alone."""
+        self._show_turn()
         if time.perf_counter() - self._last_tick[0] >= IDLE_SAMPLE_S:
             self._tick()
         elif self._pacer is not None:
             self._pacer.sample()
+
+    def _show_turn(self) -> None:
+        """While the model is served, a reply may wait for an API request to finish: say so, not "generating"."""
+        if not self.generating:
+            return
+        waiting = not self._engine_held.is_set()
+        if waiting and self.status.serving_url and self.status.state == "generating":
+            self.status.set_state(WAITING_FOR_API)
+        elif not waiting and self.status.state == WAITING_FOR_API:
+            self.status.set_state("generating")
 
     def _tick(self) -> None:
         if self._pacer is not None:
