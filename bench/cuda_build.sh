@@ -4,16 +4,18 @@
 #     LLAMA_CPP_LIB_PATH=<out>/bin python bench/gpu_calibrate.py
 # runs fitchat's calibration against llama.cpp's CUDA buffers.
 #
-#   bench/cuda_build.sh [--dry-run] [--out DIR] [--arch 90] [--jobs N] [--sdist FILE] [--cublas-from-pip]
+#   bench/cuda_build.sh [--dry-run] [--configure-only] [--out DIR] [--arch 90] [--jobs N] [--sdist FILE] [--cublas-from-pip]
 #
 # --dry-run        print the commands, run none of them
+# --configure-only stop after CMake's configure step (seconds: checks the toolkit, cuBLAS and the flags)
 # --out DIR        where bin/ (the libraries) goes (default: ./llama-cuda-<version>)
 # --arch N         CUDA architecture(s) for CMAKE_CUDA_ARCHITECTURES (default 90: H100/H200)
 # --jobs N         parallel compile jobs (default: all cores)
 # --sdist FILE     the llama-cpp-python sdist to take llama.cpp from (default: pip download of the installed version)
 # --cublas-from-pip
 #                  the toolkit has no cuBLAS (ggml-cuda needs it): take it from PyPI's nvidia-cublas wheel and put
-#                  libcublas/libcublasLt beside the libraries in bin/ (chosen by itself when cublas_v2.h is missing)
+#                  libcublas/libcublasLt beside the libraries in bin/ (chosen by itself when cublas_v2.h is missing;
+#                  they add about 0.6 GB to the folder: CUDA 13.0's libcublasLt alone is 551 MB)
 #
 # PYTHON (default python3) is the interpreter whose llama-cpp-python version is matched.
 set -eu
@@ -25,18 +27,20 @@ ARCH=90
 JOBS=""
 SDIST=""
 CUBLAS_PIP=0
+CONFIGURE_ONLY=0
 
 die() { echo "cuda_build.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
+        --configure-only) CONFIGURE_ONLY=1 ;;
         --out) [ $# -ge 2 ] || die "--out needs a folder"; OUT=$2; shift ;;
         --arch) [ $# -ge 2 ] || die "--arch needs a value such as 90"; ARCH=$2; shift ;;
         --jobs) [ $# -ge 2 ] || die "--jobs needs a number"; JOBS=$2; shift ;;
         --sdist) [ $# -ge 2 ] || die "--sdist needs a file"; SDIST=$2; shift ;;
         --cublas-from-pip) CUBLAS_PIP=1 ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -99,6 +103,15 @@ run tar -xzf "$SDIST" -C "$SRC" --strip-components=3 \
     "$TOP/CMakeLists.txt" "$TOP/cmake" "$TOP/ggml" "$TOP/src" "$TOP/include" "$TOP/common" "$TOP/vendor" \
     "$TOP/licenses" "$TOP/LICENSE"
 
+# ggml-cuda links the driver (libcuda) for its VMM memory pool; a machine without a GPU often has neither the
+# driver nor the toolkit's stub of it. Without VMM the pool is the plain one; the buffers llama.cpp sizes are the same.
+VMM_ARG=""
+if ! ls "$CUDA_ROOT"/lib64/stubs/libcuda.so "$CUDA_ROOT"/targets/*/lib/stubs/libcuda.so >/dev/null 2>&1 \
+    && ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so '; then
+    echo "libcuda: neither the driver nor the toolkit's stub is here: building without VMM (-DGGML_CUDA_NO_VMM=ON)"
+    VMM_ARG=-DGGML_CUDA_NO_VMM=ON
+fi
+
 CUBLAS_ARGS=""
 if [ "$CUBLAS_PIP" -eq 1 ]; then
     if [ "$CUDA_MAJOR" -ge 13 ]; then CUBLAS_PKG="nvidia-cublas==$CUDA_MAJOR.*"; else CUBLAS_PKG="nvidia-cublas-cu$CUDA_MAJOR"; fi
@@ -119,9 +132,15 @@ run cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-    -DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DCMAKE_CUDA_COMPILER=$NVCC" $CUBLAS_ARGS
+    -DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DCMAKE_CUDA_COMPILER=$NVCC" $VMM_ARG $CUBLAS_ARGS
+if [ "$CONFIGURE_ONLY" -eq 1 ]; then
+    echo "configured in $BUILD; stopping there (--configure-only)"
+    exit 0
+fi
 run cmake --build "$BUILD" --target llama -j "$JOBS"
 run sh -c 'cp -P "$1"/bin/lib*.so* "$2"/bin/' copy "$BUILD" "$OUT"
+# The CUDA runtime goes along (small); the GPU machine needs only the NVIDIA driver.
+run sh -c 'cp -P "$1"/lib64/libcudart.so.* "$2"/bin/' copy "$CUDA_ROOT" "$OUT"
 if [ "$CUBLAS_PIP" -eq 1 ]; then
     run sh -c 'cp -P "$1"/libcublas.so.* "$1"/libcublasLt.so.* "$2"/bin/' copy "$CUBLAS_DIR" "$OUT"
 fi
