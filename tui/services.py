@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the core's types, without importing the core before the fir
     from fitchat.model.estimate import LoadSettings
     from fitchat.model.gguf_spec import ModelSpec
     from fitchat.model.hardware import HardwareInfo
+    from fitchat.model.measure import Measurement
     from fitchat.model.plan import Plan
     from fitchat.serve.controller import ServeController, ServingStatus
 
@@ -197,6 +198,36 @@ class Services:
             ref, quant=quant, ctx=ctx, progress_class=progress_class, cancel=cancel,
             notice=notice, endpoint=self.endpoint, token=self.token,
         )
+
+    def measure_variant(self, plan: Plan, *, repo: str | None, local_path: Path | None,
+                        on_stage: Callable[[str], None] = lambda _stage: None) -> Measurement:
+        """llama.cpp's dry run (fitchat.model.measure) for ``plan``'s variant at its context, settings and offload.
+
+        A file on disk is measured where it is; a variant on the Hub by its header alone, read by HTTP
+        Range into a sparse file of its full size (nothing downloaded). ``on_stage`` hears each step.
+        """
+        from fitchat.model.measure import measure, measure_header
+
+        if local_path is not None:
+            on_stage("llama.cpp dry run on the file on disk")
+            return measure(local_path, plan.context, plan.settings, mode="dry_run", gpu_layers=plan.gpu_layers)
+        if not repo:
+            from fitchat.errors import FitchatError
+
+            raise FitchatError(f"{plan.spec.file} is neither on disk nor in a Hub repo")
+        from fitchat.hub.remote import read_remote_header
+
+        on_stage("reading its header from the Hub (HTTP Range, no download)")
+        header = read_remote_header(repo, plan.spec.file, endpoint=self.endpoint, token=self.token)
+        on_stage(f"llama.cpp dry run on the header ({len(header.parts[0].head) / 1024**2:.1f} MiB read)")
+        return measure_header([(p.size_bytes, p.head) for p in header.parts], plan.context, plan.settings,
+                              gpu_layers=plan.gpu_layers, label=plan.spec.file)
+
+    def measure_checks(self, plan: Plan, measurement: Measurement) -> tuple[Any, ...]:
+        """The estimate beside ``measurement``, part by part, with the tolerance verdicts (PartCheck rows)."""
+        from fitchat.model.measure import part_checks
+
+        return part_checks(plan.estimate, measurement)
 
     # ------------------------------------------------------------------ compare
 

@@ -181,6 +181,45 @@ def accuracy_failures(est: Estimate, meas: Measurement) -> list[str]:
     return failures
 
 
+@dataclass(frozen=True)
+class PartCheck:
+    """One figure of the estimate beside llama.cpp's, for a side-by-side view."""
+
+    name: str  # weights, KV cache, compute, output, total
+    estimated: int
+    measured: int | None  # None: llama.cpp did not size it (a dry run's weights)
+    within: bool | None  # against PART_TOLERANCE (TOTAL_TOLERANCE for the total); None when not measured
+    #: True for a dry run's total: the weights in it are the estimate's (the file's tensors), not llama.cpp's.
+    weights_estimated: bool = False
+
+
+def part_checks(est: Estimate, meas: Measurement) -> tuple[PartCheck, ...]:
+    """Weights, KV cache, compute, output and total, estimated and measured, each with its tolerance verdict.
+
+    A dry run does not size the weights; its total then takes the estimate's weights (the tensor
+    bytes in the file) plus what llama.cpp measured, so the total still checks KV, compute and output.
+    """
+    rows: list[PartCheck] = []
+    for name, e, m in (("weights", est.weights_bytes, meas.weights_bytes), ("KV cache", est.kv_bytes, meas.kv_bytes),
+                       ("compute", est.compute_bytes, meas.compute_bytes),
+                       ("output", est.output_bytes, meas.output_bytes)):
+        rows.append(PartCheck(name, e, m, None if m is None else within(e, m, PART_TOLERANCE)))
+    borrowed = meas.weights_bytes is None
+    total = (est.weights_bytes if borrowed else meas.weights_bytes or 0) + meas.kv_bytes + meas.compute_bytes \
+        + meas.output_bytes
+    rows.append(PartCheck("total", est.total_bytes, total, within(est.total_bytes, total, TOTAL_TOLERANCE), borrowed))
+    return tuple(rows)
+
+
+def device_bytes(meas: Measurement) -> dict[str, dict[str, int]]:
+    """llama.cpp's buffers per device name (CUDA0, CUDA_Host, CPU, CPU_Mapped, CPU_REPACK, Metal …) and kind."""
+    out: dict[str, dict[str, int]] = {}
+    for b in meas.buffers:
+        kinds = out.setdefault(b.device, {})
+        kinds[b.kind] = kinds.get(b.kind, 0) + b.bytes
+    return out
+
+
 # --------------------------------------------------------------------------- running llama.cpp
 
 

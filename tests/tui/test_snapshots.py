@@ -84,6 +84,24 @@ def test_model_partial_offload(snap_compare, size, hub, smollm2_variants, tmp_pa
 
 
 @pytest.mark.parametrize("size", SIZES)
+def test_model_measured(snap_compare, size, hub, smollm2_variants, tmp_path: Path) -> None:
+    """Model screen: llama.cpp's dry run on the Q4_K_M header from the local Hub, beside the estimate (CPU machine)."""
+    hub.add_repo(SMOLLM2_REPO, smollm2_files(smollm2_variants))
+    app = make_app(cpu_machine(), hub.endpoint, tmp_path)
+
+    async def run_before(pilot) -> None:
+        await until_home_ready(pilot)
+        app.open_model(repo=SMOLLM2_REPO)
+        await wait_for(pilot, lambda: bool(getattr(app.screen, "specs", None)), timeout=30, what="the variants")
+        await settle(pilot)
+        await pilot.press("m")
+        await wait_for(pilot, lambda: app.screen.measuring is None, timeout=60, what="the measurement")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_chat_resumed(snap_compare, size, smollm2: Path, tmp_path: Path, unreachable_endpoint: str) -> None:
     """Chat screen: a saved conversation resumed (Markdown with code), status line with context and layers."""
     starter = link_starter(smollm2)

@@ -19,6 +19,7 @@ from fitchat.tui.widgets.context_control import ContextControl
 from fitchat.tui.widgets.download_panel import DownloadPanel
 from fitchat.tui.widgets.fit_picture import FitPicture
 from fitchat.tui.widgets.local_models import model_name
+from fitchat.tui.widgets.measure_panel import MeasurePanel
 from fitchat.tui.widgets.offline_banner import OfflineBanner
 from fitchat.tui.widgets.variants_table import VariantsTable
 
@@ -33,12 +34,15 @@ class ModelScreen(Guarded, Screen[None]):
         Binding("escape", "back", "Back"),
         Binding("d", "download", "Download"),
         Binding("c", "chat", "Chat"),
+        Binding("m", "measure", "Measure"),
         Binding("left_square_bracket", "smaller", "Less ctx"),
         Binding("right_square_bracket", "larger", "More ctx"),
     ]
     PALETTE = (
         ("Download the selected variant", "Fetch it with progress, resume and sha256 check", "download"),
         ("Chat with the selected variant", "Open a chat (downloaded variants only)", "chat"),
+        ("Measure the selected variant with llama.cpp",
+         "llama.cpp's own figures beside the estimate (a dry run; a Hub variant needs only its header)", "measure"),
     )
 
     def __init__(self, repo: str | None = None, local: Any = None) -> None:
@@ -47,6 +51,8 @@ class ModelScreen(Guarded, Screen[None]):
         self.local = local
         self.specs: list[Any] = []
         self.on_disk: dict[str, Any] = {}
+        #: The label of the variant being measured (one at a time), or None.
+        self.measuring: str | None = None
 
     @property
     def title_text(self) -> str:
@@ -63,6 +69,7 @@ class ModelScreen(Guarded, Screen[None]):
         yield VariantsTable(id="variants")
         yield Static("", id="reason")
         yield FitPicture(id="fit-picture")
+        yield MeasurePanel(id="measure")
         yield DownloadPanel(id="download")
         yield Footer()
 
@@ -186,6 +193,47 @@ class ModelScreen(Guarded, Screen[None]):
             f"{repo} {quant}", plan.spec.size_bytes,
             lambda progress, cancel: pull(repo, quant=quant, ctx=ctx, progress_class=progress, cancel=cancel),
         )
+
+    # ------------------------------------------------------------------ measuring
+
+    def action_measure(self) -> None:
+        """llama.cpp's dry run for the highlighted variant (on disk or on the Hub), in a worker."""
+        plan = self.query_one(VariantsTable).current()
+        if plan is None:
+            return
+        if self.measuring is not None:
+            self.notify(f"Already measuring {self.measuring}", severity="warning")
+            return
+        model = self.on_disk.get(plan.spec.quant)
+        label = f"{plan.spec.quant or plan.spec.file} at {plan.context:,} tokens"
+        self.measuring = label
+        self.query_one(MeasurePanel).progress(label, "starting…")
+        self.measure(plan, label, None if model is None else model.path)
+
+    @work(thread=True, exclusive=True, group="measure", exit_on_error=False)
+    def measure(self, plan: Any, label: str, local_path: Any) -> None:
+        services, panel = self.app.services, self.query_one(MeasurePanel)
+
+        def stage(text: str) -> None:
+            self.app.call_from_thread(panel.progress, label, text + "…")
+
+        try:
+            meas = services.measure_variant(plan, repo=self.repo, local_path=local_path, on_stage=stage)
+            checks = services.measure_checks(plan, meas)
+        except Exception as exc:  # noqa: BLE001 - shown as one line in the panel
+            self.app.call_from_thread(self._measure_failed, label, exc)
+            return
+        offload = f", {meas.gpu_layers} layers offloaded" if meas.gpu_layers else ""
+        how = f"llama.cpp dry run (no_alloc){offload}"
+        self.app.call_from_thread(self._measured, label, how, checks)
+
+    def _measured(self, label: str, how: str, checks: Any) -> None:
+        self.measuring = None
+        self.query_one(MeasurePanel).result(label, how, checks)
+
+    def _measure_failed(self, label: str, exc: BaseException) -> None:
+        self.measuring = None
+        self.query_one(MeasurePanel).failed(label, error_message(exc))
 
     @property
     def downloading(self) -> bool:
