@@ -33,10 +33,14 @@ def _write(path: Path, arch: str, kv: dict[str, int | float], n_vocab: int,
             w.add_float32(f"{arch}.{key}", value)
         else:
             w.add_uint32(f"{arch}.{key}", value)
+    # A SentencePiece vocabulary llama.cpp tokenizes with: control tokens, the 256 byte tokens its byte
+    # fallback looks up, then plain pieces.
+    n_plain = n_vocab - 3 - 256
     w.add_tokenizer_model("llama")
-    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(n_vocab - 3)])
+    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+                     + [f"\u2581t{i}" for i in range(n_plain)])
     w.add_token_scores([0.0] * n_vocab)
-    w.add_token_types([2, 3, 3] + [1] * (n_vocab - 3))
+    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * n_plain)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     if chat_template:

@@ -338,12 +338,15 @@ def is_expert_tensor(name: str) -> bool:
 
 
 def expert_override_pattern(moe_cpu_layers: int) -> str | None:
-    r"""The ``tensor_buft_overrides`` pattern that keeps the experts of blocks ``0..moe_cpu_layers-1`` in RAM.
+    r"""The ``tensor_buft_overrides`` pattern that keeps the experts of blocks ``0..moe_cpu_layers-1`` in RAM
+    (-1: of every block).
 
     One pattern for all of them (llama.cpp's ``--n-cpu-moe`` adds one pattern per block, and compiles each
     pattern again for every tensor); ``blk\.(0|1|2)\.`` cannot match ``blk.10.`` or ``blk.21.``.
     """
-    if moe_cpu_layers <= 0:
+    if moe_cpu_layers < 0:
+        return EXPERTS_REGEX  # every block (llama.cpp's --cpu-moe)
+    if moe_cpu_layers == 0:
         return None
     blocks = "|".join(str(i) for i in range(moe_cpu_layers))
     return rf"blk\.({blocks})" + EXPERTS_REGEX
@@ -408,14 +411,15 @@ def estimate(
 
     ``gpu_layers`` counts like llama.cpp's ``n_gpu_layers`` (``n_layers + 1`` = everything, the output
     layer included); ``cpu_isa`` is ``HardwareInfo.cpu.isa`` (decides the CPU's repacked weights);
-    ``moe_cpu_layers``: the expert tensors of the first that many blocks stay in RAM (``--n-cpu-moe``).
+    ``moe_cpu_layers``: the expert tensors of the first that many blocks stay in RAM (``--n-cpu-moe``;
+    -1: every block, ``--cpu-moe``).
     """
     if ctx < 1:
         raise InvalidSettings("the context must be at least 1 token")
     n_layers = spec.n_layers
     gpu_layers = max(0, min(gpu_layers, n_layers + 1))
     first_gpu = n_layers + 1 - gpu_layers
-    moe_cpu_layers = max(0, min(moe_cpu_layers, n_layers)) if spec.n_expert else 0
+    moe_cpu_layers = (n_layers if moe_cpu_layers < 0 else min(moe_cpu_layers, n_layers)) if spec.n_expert else 0
     rules = _extra_buft_rules(cpu_isa, settings.use_extra_bufts)
 
     gpu_w = cpu_w = repack = 0

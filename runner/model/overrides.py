@@ -56,7 +56,7 @@ def cpu_buffer_type() -> int:
 
 
 def expert_overrides(moe_cpu_layers: int) -> TensorOverrides | None:
-    """The override keeping the experts of blocks ``0..moe_cpu_layers-1`` in RAM; None for 0."""
+    """The override keeping the experts of blocks ``0..moe_cpu_layers-1`` (-1: all) in RAM; None for 0."""
     pattern = expert_override_pattern(moe_cpu_layers)
     if pattern is None:
         return None
