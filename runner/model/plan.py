@@ -483,12 +483,15 @@ def plan_variants(
     ctx: int = DEFAULT_CTX,
     settings: LoadSettings = DEFAULT_SETTINGS,
     margin_bytes: int | None = None,
+    moe_cpu_layers: int | None = None,
 ) -> list[Plan]:
-    """Plan every variant, largest file first; exactly one comes back with ``recommended=True``."""
+    """Plan every variant, largest file first; exactly one comes back with ``recommended=True``.
+
+    ``moe_cpu_layers`` (``--cpu-moe``; -1: all) fixes the blocks whose MoE experts stay in RAM."""
     specs = sorted(specs, key=lambda s: s.size_bytes, reverse=True)
     if not specs:
         raise FitchatError("no GGUF variants to plan")
-    plans = [plan_model(s, hw, ctx, settings, margin_bytes) for s in specs]
+    plans = [plan_model(s, hw, ctx, settings, margin_bytes, moe_cpu_layers) for s in specs]
     i = choose(plans)
     plans[i] = dataclasses.replace(plans[i], recommended=True, reason=_recommendation(plans, i, hw, margin_bytes))
     return plans
