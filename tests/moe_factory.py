@@ -7,6 +7,7 @@ hole of zeros (no disk, no time to write).
   file for the planner and llama.cpp's dry runs (which read no tensor data).
 - :func:`small_qwen3moe`: the same architecture scaled down (zero weights), which llama.cpp really
   loads and decodes.
+- :func:`qwen3_32b`: a dense model of about the same file size, for comparing with a layer split.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 F32, F16, Q4_K, Q6_K = "F32", "F16", "Q4_K", "Q6_K"
+
+#: Where the tensor data of each file written here starts (its header's size).
+_HEADER_SIZES: dict[Path, int] = {}
 
 #: A chat template that renders the conversation plainly, so the engine chats (not plain completion).
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
@@ -60,6 +64,7 @@ def _write(path: Path, arch: str, kv: dict[str, int | float], n_vocab: int,
     w.write_ti_data_to_file()
     assert w.fout is not None
     header = w.ggml_pad(w.fout[0].tell(), w.data_alignment)
+    _HEADER_SIZES[Path(path)] = header
     w.close()
     with open(path, "r+b") as fh:
         fh.truncate(header + data)
@@ -109,6 +114,45 @@ def qwen3moe(path: Path, *, n_layers: int, n_embd: int, n_head: int, n_head_kv: 
         ]
     t += [("output_norm.weight", (n_embd,), F32), ("output.weight", (n_embd, n_vocab), mat(None, "output"))]
     return _write(path, "qwen3moe", kv, n_vocab, t, chat_template)
+
+
+def qwen3_32b(path: Path) -> Path:
+    """Qwen3-32B Q4_K_M at real scale (dense, about 18 GiB, sparse): a model of the same size class with no
+    experts to keep in RAM, so that a GPU too small for it gets a layer split."""
+    n_layers, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab = 64, 5120, 64, 8, 128, 25600, 151936
+
+    def q(i: int, kind: str) -> str:
+        more = i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2
+        return Q6_K if kind in ("attn_v", "ffn_down") and more else Q4_K
+
+    kv: dict[str, int | float] = {
+        "block_count": n_layers, "context_length": 40960, "embedding_length": n_embd, "feed_forward_length": n_ff,
+        "attention.head_count": n_head, "attention.head_count_kv": n_head_kv, "attention.key_length": head_dim,
+        "attention.value_length": head_dim, "attention.layer_norm_rms_epsilon": 1e-6, "rope.freq_base": 1000000.0,
+    }
+    t: list[tuple[str, tuple[int, ...], str]] = [("token_embd.weight", (n_embd, n_vocab), Q4_K)]
+    for i in range(n_layers):
+        t += [
+            (f"blk.{i}.attn_norm.weight", (n_embd,), F32),
+            (f"blk.{i}.attn_q.weight", (n_embd, n_head * head_dim), q(i, "attn_q")),
+            (f"blk.{i}.attn_k.weight", (n_embd, n_head_kv * head_dim), q(i, "attn_k")),
+            (f"blk.{i}.attn_v.weight", (n_embd, n_head_kv * head_dim), q(i, "attn_v")),
+            (f"blk.{i}.attn_output.weight", (n_head * head_dim, n_embd), q(i, "attn_output")),
+            (f"blk.{i}.attn_q_norm.weight", (head_dim,), F32),
+            (f"blk.{i}.attn_k_norm.weight", (head_dim,), F32),
+            (f"blk.{i}.ffn_norm.weight", (n_embd,), F32),
+            (f"blk.{i}.ffn_gate.weight", (n_embd, n_ff), q(i, "ffn_gate")),
+            (f"blk.{i}.ffn_up.weight", (n_embd, n_ff), q(i, "ffn_up")),
+            (f"blk.{i}.ffn_down.weight", (n_ff, n_embd), q(i, "ffn_down")),
+        ]
+    t += [("output_norm.weight", (n_embd,), F32), ("output.weight", (n_embd, n_vocab), Q6_K)]
+    return _write(path, "qwen3", kv, n_vocab, t, CHAT_TEMPLATE)
+
+
+def header_bytes(path: Path) -> bytes:
+    """The first bytes of a header-only file, up to its tensor data (what a Hub Range read fetches)."""
+    with open(path, "rb") as fh:
+        return fh.read(_HEADER_SIZES[Path(path)])
 
 
 def qwen3_30b_a3b(path: Path) -> Path:
