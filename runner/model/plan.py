@@ -15,8 +15,10 @@ Safety margin (per GPU device): ``clamp(10 % of the device's memory, 512 MiB, 1 
 MoE experts in RAM: when a mixture-of-experts variant does not fit the GPU whole, the planner keeps every
 layer on the GPU and the expert tensors of the first N blocks in RAM (``moe_cpu_layers``, llama.cpp's
 ``--n-cpu-moe N``), the way llama.cpp's own ``--fit`` does: experts of all blocks in RAM first, then fewer
-while the GPU still holds it. Only a few experts run per token, so the CPU's share of the work is small and
-this runs several times faster than a layer split; it wins over the split whenever it fits (RAM too).
+while the GPU still holds it. Only a few experts run per token, so the CPU's share of the work is small
+and this runs several times faster than a layer split; it wins over the split whenever it fits (RAM
+too). When not even every layer without its experts fits, it splits layers with every expert in RAM
+(more layers fit that way than in a plain split).
 """
 
 from __future__ import annotations
@@ -236,17 +238,21 @@ def _solve(
             held = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, moe_cpu_layers=moe)
             if _fits(held, b):
                 return ("partial_gpu" if held.moe_cpu_layers else "full_gpu"), n_off, held, full
-        # The largest gpu_layers whose GPU share fits: GPU bytes grow with the layers offloaded.
-        lo, hi, best = 1, n_off - 1, None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            e = estimate(spec, ctx, settings, gpu_layers=mid, cpu_isa=isa, moe_cpu_layers=moe)
-            if _gpu_fits(e, b):
-                best, lo = (mid, e), mid + 1
-            else:
-                hi = mid - 1
-        if best is not None and _fits(best[1], b):
-            return "partial_gpu", best[0], best[1], full
+        # A layer split: for a MoE model whose layers do not all fit even without their experts, first with
+        # every expert in RAM (the GPU then holds more layers; llama.cpp's --fit does the same), then plain.
+        chosen = moe_cpu_layers is None and spec.n_expert and expert_layers(spec)
+        for split_moe in ((-1, 0) if chosen else (moe,)):
+            # The largest gpu_layers whose GPU share fits: GPU bytes grow with the layers offloaded.
+            lo, hi, best = 1, n_off - 1, None
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                e = estimate(spec, ctx, settings, gpu_layers=mid, cpu_isa=isa, moe_cpu_layers=split_moe)
+                if _gpu_fits(e, b):
+                    best, lo = (mid, e), mid + 1
+                else:
+                    hi = mid - 1
+            if best is not None and _fits(best[1], b):
+                return "partial_gpu", best[0], best[1], full
     cpu = estimate(spec, ctx, settings, gpu_layers=0, cpu_isa=isa)
     if cpu.total_bytes <= b.ram:
         return "cpu", 0, cpu, full

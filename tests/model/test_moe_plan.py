@@ -176,3 +176,14 @@ def test_a_real_load_with_experts_in_ram_matches_the_estimate(tmp_path: Path) ->
     assert {buft for _, buft in held.overridden} <= {"CPU", "CPU_REPACK", "AMX"}
     assert held.weights_bytes == plain.weights_bytes and held.total_bytes == plain.total_bytes
     assert accuracy_failures(estimate(spec, 2048, moe_cpu_layers=2), held) == []
+
+
+def test_a_gpu_too_small_for_every_layer_splits_layers_with_every_expert_in_ram(q4: ModelSpec) -> None:
+    hw = gpu_machine((2 * GiB, 2 * GiB), ram=64 * GiB)  # 1.5 GiB usable: less than the layers without experts
+    plan = plan_model(q4, hw)
+    plain = plan_model(q4, hw, moe_cpu_layers=0)
+    assert plan.verdict == plain.verdict == "partial_gpu"
+    assert plan.moe_cpu_layers == 48 and plain.gpu_layers < plan.gpu_layers < 49
+    assert verdict_label(plan) == f"GPU, {plan.gpu_layers}/49 layers, experts 48/48 in RAM"
+    assert plan.reason.startswith(f"{plan.gpu_layers} of 49 layers on GPU, experts of 48 of 48 layers in RAM")
+    assert choose([plain, plan]) == 1  # more layers on the GPU
