@@ -68,6 +68,14 @@ MoE experts in RAM (``moe_cpu_layers = N``)
     layer split). The CPU's compute buffer holds the graph inputs and, for the one-token graph llama.cpp
     also reserves, the expert FFN of a single token (the copy threshold is not reached there): with
     every block offloaded it is ``max(inputs, 4·(3·n_ff_exp·n_used + 2·n_embd))``.
+
+    Where the experts in RAM live on a GPU build: an override to the CPU buffer type picks from llama.cpp's
+    CPU buffer list (``make_cpu_buft_list``), which on a build whose GPU has a host buffer type (CUDA's
+    pinned ``CUDA_Host``) lists that first, ahead of the extra (repacked) types; with mmap on (fitchat
+    always maps) the loader then swaps the host buffer for the plain CPU buffer ("avoid using a host buffer
+    when using mmap"). So there, every CPU weight, experts or not, stays in the mapped file with no
+    repacked copy: ``gpu_host_buffer=True``, which the planner sets for CUDA machines. Read from the
+    source; not yet checked against a CUDA build's log.
 """
 
 from __future__ import annotations
@@ -406,13 +414,15 @@ def estimate(
     gpu_layers: int = 0,
     cpu_isa: tuple[str, ...] | None = None,
     moe_cpu_layers: int = 0,
+    gpu_host_buffer: bool = False,
 ) -> Estimate:
     """What llama.cpp allocates for ``spec`` at ``ctx`` with ``gpu_layers`` offloaded (see module doc).
 
     ``gpu_layers`` counts like llama.cpp's ``n_gpu_layers`` (``n_layers + 1`` = everything, the output
     layer included); ``cpu_isa`` is ``HardwareInfo.cpu.isa`` (decides the CPU's repacked weights);
     ``moe_cpu_layers``: the expert tensors of the first that many blocks stay in RAM (``--n-cpu-moe``;
-    -1: every block, ``--cpu-moe``).
+    -1: every block, ``--cpu-moe``). ``gpu_host_buffer``: the build's GPU has a host buffer type (CUDA): then
+    the CPU's weights keep no repacked copies (module docstring).
     """
     if ctx < 1:
         raise InvalidSettings("the context must be at least 1 token")
@@ -420,7 +430,7 @@ def estimate(
     gpu_layers = max(0, min(gpu_layers, n_layers + 1))
     first_gpu = n_layers + 1 - gpu_layers
     moe_cpu_layers = (n_layers if moe_cpu_layers < 0 else min(moe_cpu_layers, n_layers)) if spec.n_expert else 0
-    rules = _extra_buft_rules(cpu_isa, settings.use_extra_bufts)
+    rules = _extra_buft_rules(cpu_isa, settings.use_extra_bufts and not gpu_host_buffer)
 
     gpu_w = cpu_w = repack = 0
     largest_cpu_matrix = 0

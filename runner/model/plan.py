@@ -189,7 +189,7 @@ def _gpu_fits(e: Estimate, b: _Budget) -> bool:
 
 
 def _experts_in_ram(spec: ModelSpec, ctx: int, settings: LoadSettings, b: _Budget,
-                    isa: tuple[str, ...] | None) -> Estimate | None:
+                    isa: tuple[str, ...] | None, host: bool) -> Estimate | None:
     """Every layer on the GPU with the experts of the fewest first blocks in RAM that fits, or None.
 
     llama.cpp's ``--fit`` order: the experts of all blocks in RAM first (if even that does not fit the GPU,
@@ -199,13 +199,13 @@ def _experts_in_ram(spec: ModelSpec, ctx: int, settings: LoadSettings, b: _Budge
     if not spec.n_expert or not expert_layers(spec):
         return None
     n_off, top = spec.n_layers + 1, spec.n_layers
-    every = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, moe_cpu_layers=top)
+    every = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, moe_cpu_layers=top, gpu_host_buffer=host)
     if not _gpu_fits(every, b):
         return None
     lo, hi, best = 1, top - 1, every
     while lo <= hi:
         mid = (lo + hi) // 2
-        e = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, moe_cpu_layers=mid)
+        e = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, moe_cpu_layers=mid, gpu_host_buffer=host)
         if _gpu_fits(e, b):
             best, hi = e, mid - 1
         else:
@@ -223,19 +223,20 @@ def _solve(
     them; the estimate returned carries the count either way (``Estimate.moe_cpu_layers``).
     """
     isa = hw.cpu.isa or None
+    host = hw.backend == "cuda"  # a build with a GPU host buffer type (estimate's gpu_host_buffer)
     n_off = spec.n_layers + 1
     moe = moe_cpu_layers or 0
     full = None
     if b.gpu is not None:
-        full = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa)
+        full = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, gpu_host_buffer=host)
         if _fits(full, b) and not moe:
             return "full_gpu", n_off, full, full
         if moe_cpu_layers is None:
-            held = _experts_in_ram(spec, ctx, settings, b, isa)
+            held = _experts_in_ram(spec, ctx, settings, b, isa, host)
             if held is not None:
                 return "partial_gpu", n_off, held, full
         elif moe:
-            held = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, moe_cpu_layers=moe)
+            held = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, moe_cpu_layers=moe, gpu_host_buffer=host)
             if _fits(held, b):
                 return ("partial_gpu" if held.moe_cpu_layers else "full_gpu"), n_off, held, full
         # A layer split: for a MoE model whose layers do not all fit even without their experts, first with
@@ -246,14 +247,14 @@ def _solve(
             lo, hi, best = 1, n_off - 1, None
             while lo <= hi:
                 mid = (lo + hi) // 2
-                e = estimate(spec, ctx, settings, gpu_layers=mid, cpu_isa=isa, moe_cpu_layers=split_moe)
+                e = estimate(spec, ctx, settings, gpu_layers=mid, cpu_isa=isa, moe_cpu_layers=split_moe, gpu_host_buffer=host)
                 if _gpu_fits(e, b):
                     best, lo = (mid, e), mid + 1
                 else:
                     hi = mid - 1
             if best is not None and _fits(best[1], b):
                 return "partial_gpu", best[0], best[1], full
-    cpu = estimate(spec, ctx, settings, gpu_layers=0, cpu_isa=isa)
+    cpu = estimate(spec, ctx, settings, gpu_layers=0, cpu_isa=isa, gpu_host_buffer=host)
     if cpu.total_bytes <= b.ram:
         return "cpu", 0, cpu, full
     return "too_big", 0, cpu, full

@@ -187,3 +187,15 @@ def test_a_gpu_too_small_for_every_layer_splits_layers_with_every_expert_in_ram(
     assert verdict_label(plan) == f"GPU, {plan.gpu_layers}/49 layers, experts 48/48 in RAM"
     assert plan.reason.startswith(f"{plan.gpu_layers} of 49 layers on GPU, experts of 48 of 48 layers in RAM")
     assert choose([plain, plan]) == 1  # more layers on the GPU
+
+
+def test_on_a_cuda_machine_experts_in_ram_keep_no_repacked_copy(q4: ModelSpec) -> None:
+    """A CUDA build lists its pinned host buffer ahead of the repacked types and, with mmap, swaps it for the
+    plain CPU buffer: the experts in RAM cost their file bytes once, so 16 GB of RAM and an 8 GB GPU run it."""
+    cuda = estimate(q4, 4096, gpu_layers=49, cpu_isa=ISA, moe_cpu_layers=20, gpu_host_buffer=True)
+    cpu_build = estimate(q4, 4096, gpu_layers=49, cpu_isa=ISA, moe_cpu_layers=20)
+    assert cuda.repack_bytes == 0 < cpu_build.repack_bytes
+    assert cuda.cpu_bytes == cpu_build.cpu_bytes - cpu_build.repack_bytes
+    plan = plan_model(q4, gpu_machine((8 * GiB, 8 * GiB), ram=16 * GiB))
+    assert plan.verdict == "partial_gpu" and plan.gpu_layers == 49 and plan.moe_cpu_layers > 0
+    assert plan.estimate.repack_bytes == 0 and plan.estimate.cpu_bytes <= plan.ram_budget_bytes
