@@ -262,6 +262,8 @@ def render_measurement(plan: Any, est: Any, meas: Any) -> str:
         f"llama.cpp dry run (no_alloc), {meas.gpu_layers} layers offloaded"
         if meas.gpu_layers
         else "llama.cpp dry run (no_alloc)")
+    if getattr(meas, "moe_cpu_layers", 0):
+        how += f", experts of {meas.moe_cpu_layers} layers in RAM ({len(meas.overridden)} tensors overridden)"
     lines = [f"{plan.spec.quant} measured by {how} at context {meas.context} in {meas.seconds:.1f} s:",
              f"  {'':10} {'estimate':>12} {'llama.cpp':>12} {'diff':>11}"]
 
