@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 JSON_STATS = (
     "prompt_tokens", "completion_tokens", "ttft_s", "prompt_tokens_per_s",
-    "decode_tokens_per_s", "n_threads", "gpu_layers", "n_ctx",
+    "decode_tokens_per_s", "n_threads", "gpu_layers", "moe_cpu_layers", "n_ctx",
 )
 
 REPL_HELP = """Commands:
@@ -200,11 +200,13 @@ def _load(model: _Model, args: argparse.Namespace) -> Any:
     from fitchat.llama.planned import plan_load
     from fitchat.llama.process import ProcessEngine
 
-    plan = plan_load(model.path, model.name, ctx=args.ctx, settings=settings_from_args(args), gpu_layers=args.gpu_layers)
+    plan = plan_load(model.path, model.name, ctx=args.ctx, settings=settings_from_args(args), gpu_layers=args.gpu_layers,
+                     moe_cpu_layers=args.cpu_moe)
     model.quant = model.quant or plan.spec.quant
     # The model runs in its own process: a crash in llama.cpp is one line and exit status 1, not fitchat's end.
     return ProcessEngine.load(
-        model.path, plan=plan, n_ctx=args.ctx, n_threads=args.threads, gpu_layers=args.gpu_layers, on_notice=notice
+        model.path, plan=plan, n_ctx=args.ctx, n_threads=args.threads, gpu_layers=args.gpu_layers, on_notice=notice,
+        moe_cpu_layers=args.cpu_moe,
     )
 
 
@@ -390,8 +392,14 @@ def format_stats(stats: Any) -> str:
         f"{stats.completion_tokens} reply tokens at {stats.decode_tokens_per_s:.1f} tok/s, "
         f"TTFT {stats.ttft_s:.2f} s, context {stats.context_used}/{stats.n_ctx}, "
         f"threads {stats.n_threads}/{stats.n_threads_batch}, GPU layers {stats.gpu_layers}"
+        + (f", {_experts_words(stats.moe_cpu_layers)}" if stats.moe_cpu_layers else "")
         + (f", {stats.finish_reason}" if stats.finish_reason != "stop" else "")
     )
+
+
+def _experts_words(moe_cpu_layers: int) -> str:
+    return "MoE experts of all layers in RAM" if moe_cpu_layers < 0 else \
+        f"MoE experts of {moe_cpu_layers} layers in RAM"
 
 
 class Repl:
@@ -414,6 +422,8 @@ class Repl:
         name = printable(s.model_name + (f" ({s.quant})" if s.quant and s.quant not in s.model_name else ""), 120,
                          one_line=True)
         where = f"GPU layers {e.gpu_layers}" if e.gpu_layers else "CPU"
+        if getattr(e, "moe_cpu_layers", 0):
+            where += f", {_experts_words(e.moe_cpu_layers)}"
         self.say(
             f"Chatting with {name} · context {e.n_ctx} · {where} · threads {e.threads.n_threads} · "
             "/help for commands, ctrl+d to leave"

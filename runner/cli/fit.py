@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     headers: dict[str, Any] = {}  # a remote variant's file -> the header bytes read (for --measure)
     if kind == "local":
         specs = [read_spec(p) for p in what]
-        plans = plan_variants(specs, hw, ctx, settings, args.margin)
+        plans = plan_variants(specs, hw, ctx, settings, args.margin, args.cpu_moe)
     else:
         if args.measure == "load":
             raise BadOption("--measure load needs a downloaded file; a Hub variant is measured by a dry run "
@@ -110,16 +110,17 @@ def run(args: argparse.Namespace) -> int:
             if args.measure:
                 read = read_remote_variants(repo, quant=quant, keep_headers=True)
                 headers = {h.spec.file: h for h in read}
-                plans = plan_variants([h.spec for h in read], hw, ctx, settings, args.margin)
+                plans = plan_variants([h.spec for h in read], hw, ctx, settings, args.margin, args.cpu_moe)
             else:
-                plans = fit_remote_repo(repo, hw, ctx, settings=settings, margin_bytes=args.margin, quant=quant)
+                plans = fit_remote_repo(repo, hw, ctx, settings=settings, margin_bytes=args.margin, quant=quant,
+                                        moe_cpu_layers=args.cpu_moe)
         except HubError:
             local = _downloaded(repo, quant)
             if not local:
                 raise
             print(f"fitchat: the Hub is out of reach; planning the {len(local)} downloaded variant(s) of {quoted(repo)}",
                   file=sys.stderr)
-            plans = plan_variants([read_spec(p) for p in local], hw, ctx, settings, args.margin)
+            plans = plan_variants([read_spec(p) for p in local], hw, ctx, settings, args.margin, args.cpu_moe)
 
     measurements: list[tuple[Any, Any, Any]] = []
     if args.measure:
@@ -169,12 +170,12 @@ def _measure(plan: Any, hw: Any, how: str, header: Any = None) -> tuple[Any, Any
     cpu_est = estimate(plan.spec, plan.context, plan.settings, gpu_layers=0, cpu_isa=isa)
     if header is not None:
         meas = measure_header([(p.size_bytes, p.head) for p in header.parts], plan.context, plan.settings,
-                              gpu_layers=plan.gpu_layers, label=plan.spec.file)
+                              gpu_layers=plan.gpu_layers, label=plan.spec.file, moe_cpu_layers=plan.moe_cpu_layers)
         return plan, plan.estimate if plan.gpu_layers else cpu_est, meas
     if plan.gpu_layers and how != "load":
         # Simulate the planned offload without allocating VRAM.
         return plan, plan.estimate, measure(plan.spec.parts[0], plan.context, plan.settings, mode="dry_run",
-                                            gpu_layers=plan.gpu_layers)
+                                            gpu_layers=plan.gpu_layers, moe_cpu_layers=plan.moe_cpu_layers)
     mode = {"load": "load", "dry": "dry_run"}.get(how)
     if mode is None:
         mode = "load" if cpu_est.total_bytes <= plan.ram_budget_bytes else "dry_run"
@@ -232,6 +233,8 @@ def render(plans: list[Any], hw: Any, ctx: int, settings: Any) -> str:
     lines.append(f"Recommended: {best.reason}")
     for p in plans:
         label = p.spec.file if mixed else p.spec.quant
+        if p.moe_cpu_layers:
+            lines.append(f"  {label}: {moe_line(p)}")
         if p.levers:
             lines.append(f"  {label}: " + "; ".join(p.levers))
         for note in p.estimate.notes:
@@ -244,6 +247,13 @@ def render(plans: list[Any], hw: Any, ctx: int, settings: Any) -> str:
     return printable("\n".join(lines))
 
 
+def moe_line(plan: Any) -> str:
+    """The line a MoE plan with experts in RAM gets under the table, with the flag that loads it so."""
+    layers = "all layers" if plan.gpu_layers >= plan.n_layers else f"{plan.gpu_layers} of {plan.n_layers} layers"
+    return (f"{layers} on GPU, experts of {plan.moe_cpu_layers} of {plan.spec.n_layers} layers in RAM "
+            f"(chat loads it so; by hand: --cpu-moe {plan.moe_cpu_layers})")
+
+
 def render_measurement(plan: Any, est: Any, meas: Any) -> str:
     """Estimate and llama.cpp's reported buffers side by side."""
     from fitchat.model.measure import accuracy_failures
@@ -252,6 +262,8 @@ def render_measurement(plan: Any, est: Any, meas: Any) -> str:
         f"llama.cpp dry run (no_alloc), {meas.gpu_layers} layers offloaded"
         if meas.gpu_layers
         else "llama.cpp dry run (no_alloc)")
+    if getattr(meas, "moe_cpu_layers", 0):
+        how += f", experts of {meas.moe_cpu_layers} layers in RAM ({len(meas.overridden)} tensors overridden)"
     lines = [f"{plan.spec.quant} measured by {how} at context {meas.context} in {meas.seconds:.1f} s:",
              f"  {'':10} {'estimate':>12} {'llama.cpp':>12} {'diff':>11}"]
 

@@ -48,6 +48,16 @@ def parse_ctx(text: str) -> int:
     return value
 
 
+def parse_cpu_moe(text: str) -> int:
+    """``--cpu-moe``: ``'all'`` -> -1 (the MoE experts of every layer in RAM), ``'20'`` -> the first 20 layers'."""
+    t = str(text).strip().lower()
+    if t == "all":
+        return -1
+    if not t.isdigit():
+        raise BadOption(f"cannot read {text!r} as --cpu-moe; write a number of layers (like 20) or all")
+    return int(t)
+
+
 def option_type(parse: Callable[[str], T]) -> Callable[[str], T]:
     """An argparse ``type=`` that reports a bad value as a usage error (exit 2), not a traceback."""
 
@@ -72,6 +82,9 @@ def add_load_settings_arguments(p: argparse.ArgumentParser) -> None:
     swa.add_argument("--swa-window", dest="swa_full", action="store_false", default=None,
                      help="keep only the window for sliding-window layers (less memory, no prefix reuse)")
     swa.add_argument("--swa-full", dest="swa_full", action="store_true", help="full-size SWA cache (default)")
+    p.add_argument("--cpu-moe", type=option_type(parse_cpu_moe), default=None, metavar="N|all",
+                   help="keep the MoE experts of the first N layers (or all) in RAM, the rest on the GPU "
+                        "(default: the fit plan's choice; 0 turns it off)")
 
 
 def settings_from_args(args: argparse.Namespace) -> LoadSettings:

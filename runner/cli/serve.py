@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     def load_engine() -> Any:
         return load_planned(path, name, ctx=args.ctx, settings=settings, n_threads=args.threads,
-                            gpu_layers=args.gpu_layers, on_notice=_say)
+                            gpu_layers=args.gpu_layers, on_notice=_say, moe_cpu_layers=args.cpu_moe)
 
     def ready(url: str) -> None:
         print(f"serving {shown} on {url}", flush=True)

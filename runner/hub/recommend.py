@@ -32,7 +32,8 @@ def recommend_first_model(
 ) -> Recommendation | None:
     """The largest curated model whose recommended variant fits this machine at ``ctx``, or None.
 
-    A model fully on the GPU wins over one partly offloaded, which wins over one on the CPU; within
+    A model fully on the GPU wins over one partly offloaded (every layer on the GPU with MoE experts in
+    RAM before a layer split: :func:`fitchat.model.plan.plan_tier`), which wins over one on the CPU; within
     the best of those the largest model wins. Candidates (``curated()`` by default; gated repos only
     with a token) are planned from their remote headers (:func:`fitchat.hub.remote.fit_remote_repo`) from the
     largest down, stopping at the first that reaches the best verdict this machine allows. A repo
@@ -41,15 +42,16 @@ def recommend_first_model(
     skipped; :class:`HubUnreachable` is raised when the Hub cannot be reached (at once when offline).
     """
     from fitchat.hub.remote import fit_remote_repo
-    from fitchat.model.plan import VERDICT_RANK
+    from fitchat.model.plan import plan_tier
 
     require_online(endpoint)
     entries = curated() if candidates is None else list(candidates)
     entries = sorted((e for e in entries if not e.gated or hub_token(token)), key=lambda e: e.params_b, reverse=True)
     gpu = sum(hw.gpu_budgets())
     memory = hw.ram.available_bytes + (0 if hw.backend == "metal" else gpu)
-    best_possible = "full_gpu" if gpu else "cpu"
-    found: dict[str, Recommendation] = {}
+    full, experts_in_ram, cpu = 4, 3, 1  # plan_tier's tiers
+    best_possible = full if gpu else cpu
+    found: dict[int, Recommendation] = {}
     for entry in entries:
         try:
             variants = list_variants(entry.repo, endpoint=endpoint, token=token)
@@ -60,8 +62,9 @@ def recommend_first_model(
         smallest = min(v.size_bytes for v in variants)
         if smallest > memory:
             continue  # its weights alone exceed the machine
-        reach = "full_gpu" if gpu and smallest <= gpu else ("partial_gpu" if gpu else "cpu")
-        if any(VERDICT_RANK[v] >= VERDICT_RANK[reach] for v in found):
+        # The best it could do (a model too big for the GPU might be MoE, whose experts can stay in RAM).
+        reach = full if gpu and smallest <= gpu else (experts_in_ram if gpu else cpu)
+        if any(tier >= reach for tier in found):
             continue  # a larger model already does as well as this one could
         try:
             plans = fit_remote_repo(entry.repo, hw, ctx, endpoint=endpoint, token=token)
@@ -72,9 +75,9 @@ def recommend_first_model(
         plan = next(p for p in plans if p.recommended)
         if plan.verdict == "too_big":
             continue
-        found.setdefault(plan.verdict, Recommendation(entry, plan))
-        if plan.verdict == best_possible:
+        found.setdefault(plan_tier(plan), Recommendation(entry, plan))
+        if plan_tier(plan) == best_possible:
             break
     if not found:
         return None
-    return found[max(found, key=lambda v: VERDICT_RANK[v])]
+    return found[max(found)]

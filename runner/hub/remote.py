@@ -205,6 +205,7 @@ def fit_remote_repo(
     margin_bytes: int | None = None,
     quant: str | None = None,
     max_workers: int = REMOTE_HEADER_WORKERS,
+    moe_cpu_layers: int | None = None,
 ) -> list[Plan]:
     """Plan every GGUF variant of a Hub repo from its headers alone (HTTP Range reads, no download).
 
@@ -212,7 +213,7 @@ def fit_remote_repo(
     the first error (in the repo's order) is raised.
     """
     headers = read_remote_variants(repo_id, endpoint=endpoint, token=token, quant=quant, max_workers=max_workers)
-    return plan_variants([h.spec for h in headers], hw, ctx, settings, margin_bytes)
+    return plan_variants([h.spec for h in headers], hw, ctx, settings, margin_bytes, moe_cpu_layers)
 
 
 def read_remote_variants(

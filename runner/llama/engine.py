@@ -1,8 +1,9 @@
 """The chat engine: one llama.cpp model, streamed replies, cancel, context fitting and stats.
 
-``ChatEngine.load`` opens a GGUF with the settings the fit estimate assumed (GPU layers, context,
-flash attention, batch sizes, KV cache types) and walks a fallback ladder when that fails for lack
-of memory: fewer GPU layers, then a smaller context, then CPU only, telling the user each step.
+``ChatEngine.load`` opens a GGUF with the settings the fit estimate assumed (GPU layers, MoE experts
+kept in RAM, context, flash attention, batch sizes, KV cache types) and walks a fallback ladder when that
+fails for lack of memory: the experts of every layer in RAM (a MoE plan that kept only some there), fewer
+GPU layers, then a smaller context, then CPU only, telling the user each step.
 
 Replies are rendered through the model's own chat template on llama-cpp-python's sandboxed Jinja
 path and decoded by a lean loop on llama.cpp's C API: one decode, one sample and one piece per
@@ -57,6 +58,7 @@ class LoadPlan(Protocol):
     def gpu_layers(self) -> int: ...
     @property
     def n_layers(self) -> int: ...
+    # (and optionally ``moe_cpu_layers``: read with getattr, 0 when absent)
 #: Builds the ``llama_cpp.Llama`` for a path and ``Llama`` keyword arguments (replaceable in tests).
 Loader = Callable[..., "Llama"]
 
@@ -192,6 +194,7 @@ class ChatStats:
     context_used: int
     n_threads_batch: int = 0
     cached_tokens: int = 0  # prompt tokens reused from the KV cache (not evaluated again)
+    moe_cpu_layers: int = 0  # blocks whose MoE experts stay in RAM (-1: all)
     finish_reason: str = "stop"  # "stop", "length", "context", "cancelled"
     dropped_messages: int = 0  # oldest messages left out to fit the context
     elapsed_s: float = 0.0
@@ -207,6 +210,7 @@ class LoadStep:
     gpu_layers: int
     n_ctx: int
     label: str
+    moe_cpu_layers: int = 0  # blocks whose MoE experts stay in RAM (-1: all)
 
 
 @dataclass(frozen=True)
@@ -218,22 +222,30 @@ class LoadReport:
     load_s: float = 0.0
 
 
-def fallback_ladder(gpu_layers: int, n_ctx: int, n_layers: int | None = None) -> list[LoadStep]:
-    """The rungs tried in order: as planned, fewer GPU layers, a smaller context, CPU only.
+def fallback_ladder(gpu_layers: int, n_ctx: int, n_layers: int | None = None,
+                    moe_cpu_layers: int = 0) -> list[LoadStep]:
+    """The rungs tried in order: as planned, the experts of every layer in RAM, fewer GPU layers, a smaller
+    context, CPU only.
 
     ``gpu_layers == -1`` means all layers; halving it needs ``n_layers`` (offloadable layers, as
-    in ``Plan.n_layers``).
+    in ``Plan.n_layers``). ``moe_cpu_layers`` (-1: all) keeps the experts of that many first blocks in
+    RAM; a plan that kept only some there tries all of them before it gives up GPU layers, and the
+    rungs after it keep them there (less on the GPU costs less speed that way than fewer layers).
     """
-    steps = [LoadStep(gpu_layers, n_ctx, "as planned")]
+    steps = [LoadStep(gpu_layers, n_ctx, "as planned", moe_cpu_layers)]
+    moe = moe_cpu_layers
+    if moe > 0 and gpu_layers != 0 and (n_layers is None or moe < n_layers - 1):
+        moe = -1
+        steps.append(LoadStep(gpu_layers, n_ctx, "the experts of every layer in RAM", moe))
     offload = gpu_layers if gpu_layers >= 0 else (n_layers or 0)
     fewer = offload // 2
     layers = gpu_layers
     if offload > 0 and fewer > 0:
         layers = fewer
-        steps.append(LoadStep(fewer, n_ctx, f"fewer GPU layers ({fewer})"))
+        steps.append(LoadStep(fewer, n_ctx, f"fewer GPU layers ({fewer})", moe))
     small_ctx = max(MIN_CTX, min(n_ctx // 2, FALLBACK_CTX))
     if small_ctx < n_ctx:
-        steps.append(LoadStep(layers, small_ctx, f"a smaller context ({small_ctx})"))
+        steps.append(LoadStep(layers, small_ctx, f"a smaller context ({small_ctx})", moe))
     if gpu_layers != 0:
         steps.append(LoadStep(0, min(small_ctx, n_ctx), "CPU only"))
     return steps
@@ -309,6 +321,26 @@ def gil_holding(lc: Any, names: Sequence[str]) -> dict[str, Any]:
     return funcs
 
 
+@contextlib.contextmanager
+def experts_in_ram(moe_cpu_layers: int) -> Iterator[None]:
+    """Loads in this thread keep the MoE experts of the first ``moe_cpu_layers`` blocks (-1: all) in RAM.
+
+    ``Llama`` has no argument for llama.cpp's ``tensor_buft_overrides``; it goes in through
+    :func:`fitchat.llama.smoke.model_params_override`, with the array kept alive for the load.
+    """
+    from fitchat.model.overrides import expert_overrides
+
+    overrides = expert_overrides(moe_cpu_layers)
+    if overrides is None:
+        yield
+        return
+    from fitchat.llama.smoke import model_params_override
+
+    with model_params_override(tensor_buft_overrides=overrides.address):
+        yield
+    del overrides  # the array lived through the load
+
+
 def _default_load_kwargs() -> dict[str, Any]:
     from fitchat.model.estimate import DEFAULT_SETTINGS
 
@@ -335,12 +367,14 @@ class ChatEngine:
         load_kwargs: dict[str, Any],
         report: LoadReport,
         on_notice: Notice | None = None,
+        moe_cpu_layers: int = 0,
     ) -> None:
         import llama_cpp
         self._lc = llama_cpp
         self.llm = llm
         self.path = path
         self.gpu_layers = gpu_layers
+        self.moe_cpu_layers = moe_cpu_layers
         self.load_kwargs = load_kwargs
         self.load_report = report
         self.notices: list[str] = []
@@ -419,6 +453,7 @@ class ChatEngine:
         calibrate: bool = True,
         thread_cache: thread_policy.ThreadCache | None = None,
         validate: bool = True,
+        moe_cpu_layers: int | None = None,
     ) -> ChatEngine:
         """Load a GGUF as ``plan`` says (or with explicit settings), walking the fallback ladder.
 
@@ -427,7 +462,8 @@ class ChatEngine:
         it the thread counts are measured (``calibrate``) and cached in ``thread_cache``.
         ``loader(path, **kwargs)`` builds the ``llama_cpp.Llama`` (replaceable in tests). Without a
         plan the file is first checked with ``fitchat.model.gguf_spec.read_spec`` (``validate``), so a bad
-        file is one clear line rather than whatever llama.cpp makes of it.
+        file is one clear line rather than whatever llama.cpp makes of it. ``moe_cpu_layers`` (-1: all)
+        keeps the MoE experts of that many first blocks in RAM (``--cpu-moe``), overriding the plan's.
         """
         path = str(path)
         if not Path(path).is_file():
@@ -437,7 +473,9 @@ class ChatEngine:
 
             read_spec(path)
         n_layers: int | None = None
+        planned_moe = 0
         if plan is not None:
+            planned_moe = int(getattr(plan, "moe_cpu_layers", 0) or 0)
             kwargs = _settings_kwargs(plan.settings)
             planned_ctx = int(plan.context)
             planned_gpu = int(plan.gpu_layers)
@@ -454,6 +492,8 @@ class ChatEngine:
             planned_ctx = int(n_ctx)
         if gpu_layers is not None:
             planned_gpu = int(gpu_layers)
+        if moe_cpu_layers is not None:
+            planned_moe = int(moe_cpu_layers)
         for key in ("n_ctx", "n_gpu_layers", "model_path", "verbose"):
             kwargs.pop(key, None)
 
@@ -471,26 +511,27 @@ class ChatEngine:
         load = loader or default_loader
         failures: list[tuple[LoadStep, str]] = []
         llm = None
-        step = LoadStep(planned_gpu, planned_ctx, "as planned")
+        step = LoadStep(planned_gpu, planned_ctx, "as planned", planned_moe)
         t0 = time.perf_counter()
         log = LlamaLog.shared().install()
         try:
             # A build that dies on this CPU (the AMX crash) is found by a smoke decode in a child process,
             # cached per library and CPU; inside the block, loads leave out the extra buffer types if so.
             with guard_load(path, on_notice=notify):
-                for step in fallback_ladder(planned_gpu, planned_ctx, n_layers):
+                for step in fallback_ladder(planned_gpu, planned_ctx, n_layers, planned_moe):
                     if failures:
                         notify(f"retrying with {step.label}: {step.gpu_layers} GPU layers, context {step.n_ctx}")
                     log.take()
                     try:
-                        llm = load(
-                            path,
-                            n_gpu_layers=step.gpu_layers,
-                            n_ctx=step.n_ctx,
-                            n_threads=start_threads,
-                            n_threads_batch=start_batch,
-                            **kwargs,
-                        )
+                        with experts_in_ram(step.moe_cpu_layers):
+                            llm = load(
+                                path,
+                                n_gpu_layers=step.gpu_layers,
+                                n_ctx=step.n_ctx,
+                                n_threads=start_threads,
+                                n_threads_batch=start_batch,
+                                **kwargs,
+                            )
                         break
                     except (ValueError, RuntimeError, MemoryError, OSError) as exc:
                         lines = log.take()
@@ -512,7 +553,7 @@ class ChatEngine:
         report = LoadReport(step, tuple(failures), time.perf_counter() - t0)
         try:
             engine = cls(llm, path=path, gpu_layers=step.gpu_layers, load_kwargs=kwargs, report=report,
-                         on_notice=on_notice)
+                         on_notice=on_notice, moe_cpu_layers=step.moe_cpu_layers)
         except BaseException:
             llm.close()
             log.restore()
@@ -907,6 +948,7 @@ class ChatEngine:
             decode_tokens_per_s=steps / decode_s if steps > 0 and decode_s > 0 else 0.0,
             n_threads=self.threads.n_threads,
             gpu_layers=self.gpu_layers,
+            moe_cpu_layers=self.moe_cpu_layers,
             n_ctx=self.n_ctx,
             context_used=len(self._kv),
             n_threads_batch=self.threads.n_threads_batch,

@@ -14,9 +14,10 @@ if TYPE_CHECKING:
 
 
 def plan_load(path: str | Path, name: str, *, ctx: int | None = None, settings: Any = None,
-              gpu_layers: int | None = None) -> Plan:
+              gpu_layers: int | None = None, moe_cpu_layers: int | None = None) -> Plan:
     """The fit plan for ``path`` on this machine; :class:`LoadFailed` when it does not fit (unless the
-    user named the GPU layers, which overrides the plan)."""
+    user named the GPU layers, which overrides the plan). ``moe_cpu_layers`` (``--cpu-moe``; -1: all)
+    fixes the blocks whose MoE experts stay in RAM instead of letting the planner choose."""
     from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS
     from fitchat.model.gguf_spec import read_spec
     from fitchat.model.hardware import detect_hardware
@@ -26,7 +27,7 @@ def plan_load(path: str | Path, name: str, *, ctx: int | None = None, settings: 
     from fitchat.llama.smoke import settings_for_this_build
 
     chosen = settings_for_this_build(settings if settings is not None else DEFAULT_SETTINGS)
-    plan = plan_model(spec, detect_hardware(), ctx or DEFAULT_CTX, chosen)
+    plan = plan_model(spec, detect_hardware(), ctx or DEFAULT_CTX, chosen, moe_cpu_layers=moe_cpu_layers)
     if plan.verdict == "too_big" and gpu_layers is None:
         levers = f"; options: {'; '.join(plan.levers)}" if plan.levers else ""
         raise LoadFailed(f"{name} does not fit this machine at context {plan.context}: {plan.reason}{levers}")
@@ -35,7 +36,7 @@ def plan_load(path: str | Path, name: str, *, ctx: int | None = None, settings: 
 
 def load_planned(path: str | Path, name: str, *, ctx: int | None = None, settings: Any = None,
                  n_threads: int | None = None, gpu_layers: int | None = None,
-                 on_notice: Notice | None = None) -> ProcessEngine:
+                 on_notice: Notice | None = None, moe_cpu_layers: int | None = None) -> ProcessEngine:
     """:func:`plan_load`, then the engine process loads it with that plan (and its fallback ladder).
 
     The model runs in its own process (fitchat.llama.process): a crash in llama.cpp ends that process,
@@ -43,5 +44,6 @@ def load_planned(path: str | Path, name: str, *, ctx: int | None = None, setting
     """
     from fitchat.llama.process import ProcessEngine
 
-    plan = plan_load(path, name, ctx=ctx, settings=settings, gpu_layers=gpu_layers)
-    return ProcessEngine.load(path, plan=plan, n_ctx=ctx, n_threads=n_threads, gpu_layers=gpu_layers, on_notice=on_notice)
+    plan = plan_load(path, name, ctx=ctx, settings=settings, gpu_layers=gpu_layers, moe_cpu_layers=moe_cpu_layers)
+    return ProcessEngine.load(path, plan=plan, n_ctx=ctx, n_threads=n_threads, gpu_layers=gpu_layers,
+                              on_notice=on_notice, moe_cpu_layers=moe_cpu_layers)

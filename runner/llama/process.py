@@ -20,8 +20,9 @@ dataclasses written out field by field (``SamplingSettings``, ``ChatStats``, ``L
 
 Requests (parent -> child), one at a time except ``cancel`` and ``live``::
 
-    {"op": "load", "path", "plan": {settings, context, gpu_layers, n_layers} | null, "n_ctx", "n_threads",
-     "n_threads_batch", "gpu_layers", "settings", "calibrate", "thread_cache", "validate", "loader"}
+    {"op": "load", "path", "plan": {settings, context, gpu_layers, n_layers, moe_cpu_layers} | null, "n_ctx",
+     "n_threads", "n_threads_batch", "gpu_layers", "moe_cpu_layers", "settings", "calibrate", "thread_cache",
+     "validate", "loader"}
     {"op": "stream", "messages", "settings", "attempt": null | int}   # attempt: regenerate
     {"op": "call", "name", "args"}       # count_tokens, tokenize, render, prompt_tokens, fit_context,
                                          # reply_reserve, reset, set_threads, calibrate_threads
@@ -197,6 +198,7 @@ class ProcessEngine:
         self.last_stats: ChatStats | None = None
         self.path = ""
         self.gpu_layers = 0
+        self.moe_cpu_layers = 0
         self.load_kwargs: dict[str, Any] = {}
         self.load_report = LoadReport(LoadStep(0, 0, "as planned"))
         self.n_ctx = self.n_batch = self.n_ctx_train = 0
@@ -227,6 +229,7 @@ class ProcessEngine:
         thread_cache: ThreadCache | None = None,
         validate: bool = True,
         niceness: int = 0,
+        moe_cpu_layers: int | None = None,
     ) -> ProcessEngine:
         """Start the engine process and load ``path`` there, as :meth:`ChatEngine.load` does.
 
@@ -246,10 +249,12 @@ class ProcessEngine:
         plan_json = None
         if plan is not None:
             plan_json = {"settings": dict(plan.settings.llama_kwargs()), "context": int(plan.context),
-                         "gpu_layers": int(plan.gpu_layers), "n_layers": int(getattr(plan, "n_layers", 0) or 0)}
+                         "gpu_layers": int(plan.gpu_layers), "n_layers": int(getattr(plan, "n_layers", 0) or 0),
+                         "moe_cpu_layers": int(getattr(plan, "moe_cpu_layers", 0) or 0)}
         request = {
             "op": "load", "path": str(path), "plan": plan_json, "n_ctx": n_ctx, "n_threads": n_threads,
-            "n_threads_batch": n_threads_batch, "gpu_layers": gpu_layers, "settings": settings_json,
+            "n_threads_batch": n_threads_batch, "gpu_layers": gpu_layers, "moe_cpu_layers": moe_cpu_layers,
+            "settings": settings_json,
             "calibrate": calibrate, "validate": validate, "loader": loader,
             "thread_cache": str(thread_cache.path) if thread_cache is not None else None,
         }
@@ -264,6 +269,7 @@ class ProcessEngine:
     def _loaded(self, info: dict[str, Any]) -> None:
         self.path = info["path"]
         self.gpu_layers = int(info["gpu_layers"])
+        self.moe_cpu_layers = int(info.get("moe_cpu_layers", 0))
         self.load_kwargs = dict(info["load_kwargs"])
         self.load_report = _report(info["load_report"])
         self.n_ctx, self.n_batch, self.n_ctx_train = int(info["n_ctx"]), int(info["n_batch"]), int(info["n_ctx_train"])
@@ -634,14 +640,15 @@ class _Child:
             r["path"], plan=plan, n_ctx=r["n_ctx"], n_threads=r["n_threads"],
             n_threads_batch=r["n_threads_batch"], gpu_layers=r["gpu_layers"], settings=r["settings"],
             on_notice=lambda text: self.send(["n", text]), loader=loader, calibrate=r["calibrate"],
-            thread_cache=cache, validate=r["validate"],
+            thread_cache=cache, validate=r["validate"], moe_cpu_layers=r.get("moe_cpu_layers"),
         )
 
     @staticmethod
     def _info(e: ChatEngine) -> dict[str, Any]:
         report = e.load_report
         return {
-            "path": e.path, "gpu_layers": e.gpu_layers, "load_kwargs": e.load_kwargs,
+            "path": e.path, "gpu_layers": e.gpu_layers, "moe_cpu_layers": e.moe_cpu_layers,
+            "load_kwargs": e.load_kwargs,
             "load_report": {"step": asdict(report.step), "failures": [[asdict(s), r] for s, r in report.failures],
                             "load_s": report.load_s},
             "n_ctx": e.n_ctx, "n_batch": e.n_batch, "n_ctx_train": e.n_ctx_train, "add_bos": e.add_bos,
@@ -688,8 +695,10 @@ class _Child:
 class _PlanView:
     """The parts of a ``Plan`` that ``ChatEngine.load`` reads, as they crossed the pipe."""
 
-    def __init__(self, settings: dict[str, Any], context: int, gpu_layers: int, n_layers: int) -> None:
+    def __init__(self, settings: dict[str, Any], context: int, gpu_layers: int, n_layers: int,
+                 moe_cpu_layers: int = 0) -> None:
         self.settings, self.context, self.gpu_layers, self.n_layers = settings, context, gpu_layers, n_layers
+        self.moe_cpu_layers = moe_cpu_layers
 
 
 def main(argv: Sequence[str] | None = None) -> int:

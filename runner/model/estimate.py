@@ -48,11 +48,40 @@ Split between GPU and CPU
     layers and llama.cpp may copy a CPU weight to the GPU for large batches (op offload), so the
     largest such matrix is added to the GPU side. The CPU/GPU split of the compute buffer is
     modelled from llama.cpp's placement rules, not yet checked against llama.cpp's CUDA buffers.
+
+MoE experts in RAM (``moe_cpu_layers = N``)
+    llama.cpp's ``--n-cpu-moe N`` (``tensor_buft_overrides``, :func:`expert_override_pattern`): the expert
+    tensors of blocks ``0..N-1`` (``blk.i.ffn_{up,down,gate,gate_up}_{,ch}exps``) stay in the CPU's
+    buffer even when their block is offloaded; the rest of the block follows the block. An override to the
+    CPU buffer type still goes through the CPU's extra buffer types (llama-model-loader.cpp), so those
+    experts keep their CPU_REPACK/AMX copy as any CPU weight does. On a CPU-only load the override
+    changes nothing.
+
+    Compute buffers: ggml's scheduler runs an op on the backend of its weight, except that a GPU
+    backend takes ops on host weights for batches of 32 tokens and more (op offload, ``1.off`` in
+    ggml-backend.cpp; CUDA's ``get_op_batch_size`` counts the tokens of a MUL_MAT_ID). llama.cpp sizes
+    its compute buffers at ``n_ubatch`` tokens, so every expert MUL_MAT_ID of such a block runs on the
+    GPU with its weight *copied* into the GPU's compute buffer. Each such op starts its own split
+    ("by starting a new split, the memory of the previously offloaded weights can be reused"), and the
+    copy dies with its one consumer, so one expert tensor is alive at a time: the GPU buffer is the full
+    graph's peak plus the largest expert tensor kept in RAM (the same rule as the largest CPU matrix of a
+    layer split). The CPU's compute buffer holds the graph inputs and, for the one-token graph llama.cpp
+    also reserves, the expert FFN of a single token (the copy threshold is not reached there): with
+    every block offloaded it is ``max(inputs, 4·(3·n_ff_exp·n_used + 2·n_embd))``.
+
+    Where the experts in RAM live on a GPU build: an override to the CPU buffer type picks from llama.cpp's
+    CPU buffer list (``make_cpu_buft_list``), which on a build whose GPU has a host buffer type (CUDA's
+    pinned ``CUDA_Host``) lists that first, ahead of the extra (repacked) types; with mmap on (fitchat
+    always maps) the loader then swaps the host buffer for the plain CPU buffer ("avoid using a host buffer
+    when using mmap"). So there, every CPU weight, experts or not, stays in the mapped file with no
+    repacked copy: ``gpu_host_buffer=True``, which the planner sets for CUDA machines. Read from the
+    source; not yet checked against a CUDA build's log.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -155,6 +184,7 @@ class Estimate:
     gpu_weights_bytes: int = 0
     gpu_kv_bytes: int = 0
     gpu_compute_bytes: int = 0
+    moe_cpu_layers: int = 0  # blocks whose expert tensors stay in RAM (llama.cpp --n-cpu-moe)
     notes: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
@@ -305,14 +335,50 @@ def _extra_copy(t: TensorInfo, rules: Rules, tied: bool) -> int:
     return t.n_bytes if rows is not None and t.shape[1] % rows == 0 else 0
 
 
+#: llama.cpp's expert tensors (common.h ``LLM_FFN_EXPS_REGEX``): what ``--cpu-moe`` keeps in RAM.
+EXPERTS_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+_EXPERT_TENSOR = re.compile(r"^blk\.(\d+)" + EXPERTS_REGEX)
+
+
+def is_expert_tensor(name: str) -> bool:
+    """Whether ``name`` is a block's expert tensor (``blk.3.ffn_up_exps.weight``, …)."""
+    return _EXPERT_TENSOR.search(name) is not None
+
+
+def expert_override_pattern(moe_cpu_layers: int) -> str | None:
+    r"""The ``tensor_buft_overrides`` pattern that keeps the experts of blocks ``0..moe_cpu_layers-1`` in RAM
+    (-1: of every block).
+
+    One pattern for all of them (llama.cpp's ``--n-cpu-moe`` adds one pattern per block, and compiles each
+    pattern again for every tensor); ``blk\.(0|1|2)\.`` cannot match ``blk.10.`` or ``blk.21.``.
+    """
+    if moe_cpu_layers < 0:
+        return EXPERTS_REGEX  # every block (llama.cpp's --cpu-moe)
+    if moe_cpu_layers == 0:
+        return None
+    blocks = "|".join(str(i) for i in range(moe_cpu_layers))
+    return rf"blk\.({blocks})" + EXPERTS_REGEX
+
+
+def expert_layers(spec: ModelSpec) -> int:
+    """How many blocks have expert tensors (0 for a dense model): the top of ``moe_cpu_layers``."""
+    return len({t.name.split(".")[1] for t in spec.tensors if is_expert_tensor(t.name)})
+
+
+def _group_of(name: str) -> str:
+    """The placement group of a tensor: ``blk.N``, ``blk.N.exps`` for its expert tensors, else its first part."""
+    parts = name.split(".")
+    if parts[0] == "blk" and len(parts) > 1:
+        return f"blk.{parts[1]}.exps" if is_expert_tensor(name) else f"blk.{parts[1]}"
+    return parts[0]
+
+
 @functools.lru_cache(maxsize=256)
 def _layout(spec: ModelSpec, rules: Rules) -> dict[str, tuple[int, int, int]]:
     """Per tensor group: (bytes, bytes of the CPU's extra copies, largest matrix), computed once per spec."""
     out: dict[str, list[int]] = {}
     for t in spec.tensors:
-        parts = t.name.split(".")
-        group = f"blk.{parts[1]}" if parts[0] == "blk" and len(parts) > 1 else parts[0]
-        g = out.setdefault(group, [0, 0, 0])
+        g = out.setdefault(_group_of(t.name), [0, 0, 0])
         g[0] += t.n_bytes
         g[1] += _extra_copy(t, rules, spec.tied_embeddings)
         if len(t.shape) >= 2:
@@ -320,15 +386,20 @@ def _layout(spec: ModelSpec, rules: Rules) -> dict[str, tuple[int, int, int]]:
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
-def _on_gpu(group: str, n_layers: int, gpu_layers: int) -> bool:
-    """llama.cpp's placement for ``n_gpu_layers = gpu_layers``: output first, then the last blocks."""
+def _on_gpu(group: str, n_layers: int, gpu_layers: int, moe_cpu_layers: int = 0) -> bool:
+    """llama.cpp's placement for ``n_gpu_layers = gpu_layers``: output first, then the last blocks; the
+    experts of the first ``moe_cpu_layers`` blocks stay on the CPU."""
     if gpu_layers <= 0:
         return False
     first_gpu = max(n_layers + 1 - gpu_layers, 0)
     if group in ("output", "output_norm"):
         return True  # the output layer (index n_layers) is offloaded by any gpu_layers >= 1
     if group.startswith("blk."):
-        return int(group[4:]) >= first_gpu
+        parts = group.split(".")
+        layer = int(parts[1])
+        if len(parts) > 2 and layer < moe_cpu_layers:
+            return False  # blk.N.exps, overridden to the CPU buffer type
+        return layer >= first_gpu
     return False  # token_embd and other input tensors stay on the CPU
 
 
@@ -342,29 +413,38 @@ def estimate(
     *,
     gpu_layers: int = 0,
     cpu_isa: tuple[str, ...] | None = None,
+    moe_cpu_layers: int = 0,
+    gpu_host_buffer: bool = False,
 ) -> Estimate:
     """What llama.cpp allocates for ``spec`` at ``ctx`` with ``gpu_layers`` offloaded (see module doc).
 
     ``gpu_layers`` counts like llama.cpp's ``n_gpu_layers`` (``n_layers + 1`` = everything, the output
-    layer included); ``cpu_isa`` is ``HardwareInfo.cpu.isa`` (decides the CPU's repacked weights).
+    layer included); ``cpu_isa`` is ``HardwareInfo.cpu.isa`` (decides the CPU's repacked weights);
+    ``moe_cpu_layers``: the expert tensors of the first that many blocks stay in RAM (``--n-cpu-moe``;
+    -1: every block, ``--cpu-moe``). ``gpu_host_buffer``: the build's GPU has a host buffer type (CUDA): then
+    the CPU's weights keep no repacked copies (module docstring).
     """
     if ctx < 1:
         raise InvalidSettings("the context must be at least 1 token")
     n_layers = spec.n_layers
     gpu_layers = max(0, min(gpu_layers, n_layers + 1))
     first_gpu = n_layers + 1 - gpu_layers
-    rules = _extra_buft_rules(cpu_isa, settings.use_extra_bufts)
+    moe_cpu_layers = (n_layers if moe_cpu_layers < 0 else min(moe_cpu_layers, n_layers)) if spec.n_expert else 0
+    rules = _extra_buft_rules(cpu_isa, settings.use_extra_bufts and not gpu_host_buffer)
 
     gpu_w = cpu_w = repack = 0
     largest_cpu_matrix = 0
+    experts_held = False  # some offloaded block's experts stay in RAM
     for group, (n_bytes, group_repack, largest) in _layout(spec, rules).items():
-        if _on_gpu(group, n_layers, gpu_layers):
+        if _on_gpu(group, n_layers, gpu_layers, moe_cpu_layers):
             gpu_w += n_bytes
         else:
             cpu_w += n_bytes
             repack += group_repack
             if group != "token_embd":
                 largest_cpu_matrix = max(largest_cpu_matrix, largest)
+            if group.endswith(".exps") and int(group.split(".")[1]) >= first_gpu:
+                experts_held = True
     if gpu_layers >= 1 and spec.tied_embeddings:
         # The output projection reuses token_embd: llama.cpp loads a copy of it on the GPU.
         gpu_w += spec.tensor_bytes.get("token_embd", 0)
@@ -381,8 +461,13 @@ def estimate(
     inputs = 4 * ub * spec.n_embd  # the input embeddings, built on the CPU from token_embd
     if gpu_layers == 0:
         gpu_compute, cpu_compute = 0, full
-    elif gpu_layers >= n_layers + 1:
+    elif gpu_layers >= n_layers + 1 and not experts_held:
         gpu_compute, cpu_compute = full, inputs
+    elif gpu_layers >= n_layers + 1:
+        # Every block offloaded, some experts in RAM: the GPU copies one expert tensor at a time (op
+        # offload); the CPU runs those experts only for one-token batches (module docstring).
+        gpu_compute = full + largest_cpu_matrix
+        cpu_compute = max(inputs, 4 * (3 * spec.n_ff_expert * spec.n_expert_used + 2 * spec.n_embd))
     else:
         gpu_compute = full + largest_cpu_matrix
         cpu_compute = layers_only
@@ -423,6 +508,7 @@ def estimate(
         gpu_weights_bytes=gpu_w,
         gpu_kv_bytes=gpu_kv,
         gpu_compute_bytes=gpu_compute,
+        moe_cpu_layers=moe_cpu_layers if gpu_layers else 0,
         notes=tuple(notes),
     )
 

@@ -16,6 +16,12 @@ ends the whole process with SIGABRT) cannot take fitchat down:
     lines, which are computed from the tensors even when nothing is allocated. The weights are
     not measured. A dry run can simulate a GPU offload (``gpu_layers``) without allocating VRAM.
 
+Both take ``moe_cpu_layers``: the experts of that many first blocks stay in RAM through
+``tensor_buft_overrides`` (fitchat.model.overrides), as a planned load does; llama.cpp logs each tensor
+it overrides ("tensor blk.0.ffn_up_exps.weight (… MiB …) buffer type overridden to CPU"), kept in
+``Measurement.overridden``. A real load with an override goes through the same low-level calls as a dry
+run (``Llama`` has no argument for it).
+
 Every file is validated with ``read_spec`` before llama.cpp sees it.
 """
 
@@ -43,6 +49,7 @@ MiB = 1024 * 1024
 
 _BUFFER_RE = re.compile(r"(?P<device>\S+)\s+(?P<kind>model|KV|compute|output|RS) buffer size =\s*(?P<mib>[\d.]+) MiB")
 _KV_SIZE_RE = re.compile(r"llama_kv_cache: size =\s*(?P<mib>[\d.]+) MiB")
+_OVERRIDE_RE = re.compile(r"tensor (?P<name>\S+) \(.*\) buffer type overridden to (?P<buft>\S+)")
 _RESULT_MARK = "FITCHAT-MEASURE "
 
 #: The accuracy the estimate promises against llama.cpp's own figures: each part within
@@ -80,6 +87,8 @@ class Measurement:
     seconds: float
     buffers: tuple[Buffer, ...] = field(default=())
     recurrent_bytes: int = 0  # llama.cpp's RS buffer (recurrent state); counted in kv_bytes too
+    moe_cpu_layers: int = 0  # the experts of that many first blocks were kept in RAM (tensor_buft_overrides)
+    overridden: tuple[tuple[str, str], ...] = field(default=())  # (tensor, buffer type) llama.cpp overrode
 
     def measured_json(self) -> dict[str, Any]:
         """The ``"measured"`` object of a variant in ``fitchat fit --json``.
@@ -126,7 +135,8 @@ def parse_buffer_log(text: str) -> list[Buffer]:
 
 
 def measurement_from_log(
-    text: str, *, mode: str, context: int, settings: LoadSettings, gpu_layers: int = 0, seconds: float = 0.0
+    text: str, *, mode: str, context: int, settings: LoadSettings, gpu_layers: int = 0, seconds: float = 0.0,
+    moe_cpu_layers: int = 0,
 ) -> Measurement:
     """Turn a captured llama.cpp load log into a Measurement."""
     buffers = parse_buffer_log(text)
@@ -155,6 +165,8 @@ def measurement_from_log(
         seconds=seconds,
         buffers=tuple(buffers),
         recurrent_bytes=total("RS"),
+        moe_cpu_layers=moe_cpu_layers,
+        overridden=tuple((m.group("name"), m.group("buft")) for m in _OVERRIDE_RE.finditer(text)),
     )
 
 
@@ -231,9 +243,11 @@ def measure(
     mode: str = "load",
     gpu_layers: int = 0,
     timeout: float = 600,
+    moe_cpu_layers: int = 0,
 ) -> Measurement:
     """Load ``path`` in a child process and return llama.cpp's reported buffers (see module doc)."""
-    return measure_many(path, [(ctx, settings)], mode=mode, gpu_layers=gpu_layers, timeout=timeout)[0]
+    return measure_many(path, [(ctx, settings)], mode=mode, gpu_layers=gpu_layers, timeout=timeout,
+                        moe_cpu_layers=moe_cpu_layers)[0]
 
 
 def measure_many(
@@ -243,6 +257,7 @@ def measure_many(
     mode: str = "load",
     gpu_layers: int = 0,
     timeout: float = 600,
+    moe_cpu_layers: int = 0,
 ) -> list[Measurement]:
     """Several contexts/settings of one model in one child process (one model load each)."""
     from fitchat.model.gguf_spec import read_spec
@@ -256,6 +271,7 @@ def measure_many(
         "path": str(Path(spec.parts[0])),
         "mode": mode,
         "gpu_layers": gpu_layers,
+        "moe_cpu_layers": moe_cpu_layers,
         "jobs": [{"ctx": c, "kwargs": s.llama_kwargs()} for c, s in jobs],
     }
     env = dict(os.environ)
@@ -284,7 +300,8 @@ def measure_many(
     for (c, s), r in zip(jobs, results):
         if "error" in r:
             raise MeasureFailed(f"llama.cpp could not load {spec.file} at context {c}: {r['error']}")
-        out.append(measurement_from_log(r["log"], mode=mode, context=c, settings=s, gpu_layers=gpu_layers, seconds=r["seconds"]))
+        out.append(measurement_from_log(r["log"], mode=mode, context=c, settings=s, gpu_layers=gpu_layers,
+                                        seconds=r["seconds"], moe_cpu_layers=moe_cpu_layers))
     return out
 
 
@@ -300,6 +317,7 @@ def measure_header(
     gpu_layers: int = 0,
     label: str = "the model",
     timeout: float = 600,
+    moe_cpu_layers: int = 0,
 ) -> Measurement:
     """llama.cpp's dry run on a model of which only the header bytes are at hand (``(full size, first bytes)``
     per file of the set, in order), as for a variant on the Hub.
@@ -335,7 +353,8 @@ def measure_header(
                 # The file system filled the hole with real blocks: a dry run must not cost the model's size.
                 raise FitchatError(f"{label}: the file system at {root} does not keep sparse files, so fitchat cannot "
                                    "measure without taking the model's size on disk; measure a downloaded file instead")
-        return measure(folder / names[0], ctx, settings, mode="dry_run", gpu_layers=gpu_layers, timeout=timeout)
+        return measure(folder / names[0], ctx, settings, mode="dry_run", gpu_layers=gpu_layers, timeout=timeout,
+                       moe_cpu_layers=moe_cpu_layers)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -362,20 +381,25 @@ def _child(request: dict[str, Any]) -> list[dict[str, Any]]:
     llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
     path = request["path"]
+    from fitchat.model.overrides import expert_overrides
+
+    overrides = expert_overrides(int(request.get("moe_cpu_layers", 0)))  # alive until the child ends
     results: list[dict[str, Any]] = []
     for job in request["jobs"]:
         lines.clear()
         start = time.perf_counter()
         try:
-            if request["mode"] == "load":
+            if request["mode"] == "load" and overrides is None:
                 _real_load(llama_cpp, path, job["ctx"], job["kwargs"])
             else:
-                _dry_run(llama_cpp, path, job["ctx"], job["kwargs"], request["gpu_layers"])
+                _dry_run(llama_cpp, path, job["ctx"], job["kwargs"], request["gpu_layers"],
+                         overrides=overrides, alloc=request["mode"] == "load")
         except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
             results.append({"error": f"{type(exc).__name__}: {exc}"})
             continue
         text = "".join(lines)
-        keep = "\n".join(ln for ln in text.splitlines() if "buffer size" in ln or "llama_kv_cache: size" in ln)
+        keep = "\n".join(ln for ln in text.splitlines()
+                         if "buffer size" in ln or "llama_kv_cache: size" in ln or "buffer type overridden" in ln)
         results.append({"log": keep, "seconds": time.perf_counter() - start})
     return results
 
@@ -385,11 +409,16 @@ def _real_load(llama_cpp: Any, path: str, ctx: int, kwargs: dict[str, Any]) -> N
     llm.close()
 
 
-def _dry_run(llama_cpp: Any, path: str, ctx: int, kwargs: dict[str, Any], gpu_layers: int) -> None:
+def _dry_run(llama_cpp: Any, path: str, ctx: int, kwargs: dict[str, Any], gpu_layers: int, *,
+             overrides: Any = None, alloc: bool = False) -> None:
+    """A dry run (or with ``alloc``, a real load through the same calls, for what ``Llama`` cannot set)."""
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = gpu_layers
-    mp.no_alloc = True
-    mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # without it no_alloc aborts the process
+    if overrides is not None:
+        mp.tensor_buft_overrides = overrides.address
+    if not alloc:
+        mp.no_alloc = True
+        mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # without it no_alloc aborts the process
     model = llama_cpp.llama_model_load_from_file(path.encode(), mp)
     if not model:
         raise RuntimeError("llama_model_load_from_file failed")

@@ -11,6 +11,14 @@ Safety margin (per GPU device): ``clamp(10 % of the device's memory, 512 MiB, 1 
   the CUDA context and cuBLAS workspace (Ollama reserves 457 MiB on CUDA for the same reason)
   with room for the desktop's own use of the card.
 - RAM keeps ``clamp(5 % of total RAM, 512 MiB, 2 GiB)`` free for the operating system and the app.
+
+MoE experts in RAM: when a mixture-of-experts variant does not fit the GPU whole, the planner keeps every
+layer on the GPU and the expert tensors of the first N blocks in RAM (``moe_cpu_layers``, llama.cpp's
+``--n-cpu-moe N``), the way llama.cpp's own ``--fit`` does: experts of all blocks in RAM first, then fewer
+while the GPU still holds it. Only a few experts run per token, so the CPU's share of the work is small
+and this runs several times faster than a layer split; it wins over the split whenever it fits (RAM
+too). When not even every layer without its experts fits, it splits layers with every expert in RAM
+(more layers fit that way than in a plain split).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any
 
 from fitchat.errors import FitchatError
 from fitchat.format import human_bytes
-from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings, estimate
+from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings, estimate, expert_layers
 from fitchat.model.gguf_spec import ModelSpec
 from fitchat.model.hardware import GpuInfo, HardwareInfo, MetalInfo, RamInfo
 
@@ -70,6 +78,11 @@ class Plan:
     margin_bytes: int = 0
     full_gpu_bytes: int = 0  # what a full offload would need on the GPU
 
+    @property
+    def moe_cpu_layers(self) -> int:
+        """Blocks whose expert tensors stay in RAM (llama.cpp ``--n-cpu-moe``); 0 when not used."""
+        return self.estimate.moe_cpu_layers
+
     def to_json(self) -> dict[str, Any]:
         """One entry of ``fitchat fit --json``'s ``variants`` list."""
         e = self.estimate
@@ -83,6 +96,7 @@ class Plan:
             "compute_bytes": e.compute_bytes,
             "total_bytes": e.total_bytes,
             "gpu_layers": self.gpu_layers,
+            "moe_cpu_layers": self.moe_cpu_layers,
             "verdict": self.verdict,
             "recommended": self.recommended,
             "reason": self.reason,
@@ -170,30 +184,77 @@ def _fits(e: Estimate, b: _Budget) -> bool:
     return gpu_need <= b.gpu and ram_need <= b.ram
 
 
+def _gpu_fits(e: Estimate, b: _Budget) -> bool:
+    return b.gpu is not None and e.gpu_bytes + (b.n_devices - 1) * e.gpu_compute_bytes <= b.gpu
+
+
+def _experts_in_ram(spec: ModelSpec, ctx: int, settings: LoadSettings, b: _Budget,
+                    isa: tuple[str, ...] | None, host: bool) -> Estimate | None:
+    """Every layer on the GPU with the experts of the fewest first blocks in RAM that fits, or None.
+
+    llama.cpp's ``--fit`` order: the experts of all blocks in RAM first (if even that does not fit the GPU,
+    nothing of this kind does), then fewer while the GPU holds it. GPU bytes shrink as more experts stay
+    in RAM and RAM bytes grow, so the fewest that fit the GPU is also the easiest on RAM.
+    """
+    if not spec.n_expert or not expert_layers(spec):
+        return None
+    n_off, top = spec.n_layers + 1, spec.n_layers
+    every = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, moe_cpu_layers=top, gpu_host_buffer=host)
+    if not _gpu_fits(every, b):
+        return None
+    lo, hi, best = 1, top - 1, every
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        e = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, moe_cpu_layers=mid, gpu_host_buffer=host)
+        if _gpu_fits(e, b):
+            best, hi = e, mid - 1
+        else:
+            lo = mid + 1
+    return best if _fits(best, b) else None
+
+
 def _solve(
-    spec: ModelSpec, hw: HardwareInfo, ctx: int, settings: LoadSettings, b: _Budget
+    spec: ModelSpec, hw: HardwareInfo, ctx: int, settings: LoadSettings, b: _Budget,
+    moe_cpu_layers: int | None = None,
 ) -> tuple[str, int, Estimate, Estimate | None]:
-    """(verdict, gpu_layers, estimate at those layers, full-offload estimate or None)."""
+    """(verdict, gpu_layers, estimate at those layers, full-offload estimate or None).
+
+    ``moe_cpu_layers`` set (``--cpu-moe``) fixes the blocks whose experts stay in RAM instead of choosing
+    them; the estimate returned carries the count either way (``Estimate.moe_cpu_layers``).
+    """
     isa = hw.cpu.isa or None
+    host = hw.backend == "cuda"  # a build with a GPU host buffer type (estimate's gpu_host_buffer)
     n_off = spec.n_layers + 1
+    moe = moe_cpu_layers or 0
     full = None
     if b.gpu is not None:
-        full = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa)
-        if _fits(full, b):
+        full = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, gpu_host_buffer=host)
+        if _fits(full, b) and not moe:
             return "full_gpu", n_off, full, full
-        # The largest gpu_layers whose GPU share fits: GPU bytes grow with the layers offloaded.
-        lo, hi, best = 1, n_off - 1, None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            e = estimate(spec, ctx, settings, gpu_layers=mid, cpu_isa=isa)
-            gpu_need = e.gpu_bytes + (b.n_devices - 1) * e.gpu_compute_bytes
-            if gpu_need <= b.gpu:
-                best, lo = (mid, e), mid + 1
-            else:
-                hi = mid - 1
-        if best is not None and _fits(best[1], b):
-            return "partial_gpu", best[0], best[1], full
-    cpu = estimate(spec, ctx, settings, gpu_layers=0, cpu_isa=isa)
+        if moe_cpu_layers is None:
+            held = _experts_in_ram(spec, ctx, settings, b, isa, host)
+            if held is not None:
+                return "partial_gpu", n_off, held, full
+        elif moe:
+            held = estimate(spec, ctx, settings, gpu_layers=n_off, cpu_isa=isa, moe_cpu_layers=moe, gpu_host_buffer=host)
+            if _fits(held, b):
+                return ("partial_gpu" if held.moe_cpu_layers else "full_gpu"), n_off, held, full
+        # A layer split: for a MoE model whose layers do not all fit even without their experts, first with
+        # every expert in RAM (the GPU then holds more layers; llama.cpp's --fit does the same), then plain.
+        chosen = moe_cpu_layers is None and spec.n_expert and expert_layers(spec)
+        for split_moe in ((-1, 0) if chosen else (moe,)):
+            # The largest gpu_layers whose GPU share fits: GPU bytes grow with the layers offloaded.
+            lo, hi, best = 1, n_off - 1, None
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                e = estimate(spec, ctx, settings, gpu_layers=mid, cpu_isa=isa, moe_cpu_layers=split_moe, gpu_host_buffer=host)
+                if _gpu_fits(e, b):
+                    best, lo = (mid, e), mid + 1
+                else:
+                    hi = mid - 1
+            if best is not None and _fits(best[1], b):
+                return "partial_gpu", best[0], best[1], full
+    cpu = estimate(spec, ctx, settings, gpu_layers=0, cpu_isa=isa, gpu_host_buffer=host)
     if cpu.total_bytes <= b.ram:
         return "cpu", 0, cpu, full
     return "too_big", 0, cpu, full
@@ -205,10 +266,15 @@ def plan_model(
     ctx: int = DEFAULT_CTX,
     settings: LoadSettings = DEFAULT_SETTINGS,
     margin_bytes: int | None = None,
+    moe_cpu_layers: int | None = None,
 ) -> Plan:
-    """The verdict for one variant on ``hw`` at ``ctx``, with its reason and the levers that would help."""
+    """The verdict for one variant on ``hw`` at ``ctx``, with its reason and the levers that would help.
+
+    ``moe_cpu_layers``: keep the experts of that many first blocks in RAM (``--cpu-moe``) instead of
+    letting the planner choose (None).
+    """
     b = _budget(hw, margin_bytes)
-    verdict, gpu_layers, est, full = _solve(spec, hw, ctx, settings, b)
+    verdict, gpu_layers, est, full = _solve(spec, hw, ctx, settings, b, moe_cpu_layers)
     n_off = spec.n_layers + 1
     plan = Plan(
         spec=spec,
@@ -243,6 +309,10 @@ def verdict_label(plan: Plan | None) -> str:
     """The verdict in words, the same in the CLI, ``compare`` and the TUI: 'full GPU', 'GPU 20/31 layers',
     'CPU', 'too big'; '?' without a plan."""
     verdict = getattr(plan, "verdict", None)
+    moe = getattr(plan, "moe_cpu_layers", 0)
+    if verdict == "partial_gpu" and moe:
+        layers = "" if plan.gpu_layers == plan.n_layers else f" {plan.gpu_layers}/{plan.n_layers} layers,"  # type: ignore[union-attr]
+        return f"{VERDICT_WORDS[verdict]},{layers} experts {moe}/{plan.spec.n_layers} in RAM"  # type: ignore[union-attr]
     if verdict == "partial_gpu":
         return f"{VERDICT_WORDS[verdict]} {plan.gpu_layers}/{plan.n_layers} layers"  # type: ignore[union-attr]
     return VERDICT_WORDS.get(verdict or "", verdict or "?")
@@ -254,6 +324,13 @@ def explain(plan: Plan, hw: HardwareInfo) -> str:
     if plan.verdict == "full_gpu":
         spare = plan.gpu_budget_bytes - e.gpu_bytes
         return f"all {plan.n_layers} layers on GPU at {c} context, {human_bytes(max(spare, 0))} to spare"
+    if plan.verdict == "partial_gpu" and plan.moe_cpu_layers:
+        layers = "all layers" if plan.gpu_layers == plan.n_layers else f"{plan.gpu_layers} of {plan.n_layers} layers"
+        return (
+            f"{layers} on GPU, experts of {plan.moe_cpu_layers} of {plan.spec.n_layers} layers in RAM "
+            f"at {c} context (--cpu-moe {plan.moe_cpu_layers}; all on the GPU would need "
+            f"{human_bytes(plan.full_gpu_bytes)} of GPU memory, {human_bytes(plan.gpu_budget_bytes)} usable)"
+        )
     if plan.verdict == "partial_gpu":
         return (
             f"{plan.gpu_layers} of {plan.n_layers} layers on GPU at {c} context, the rest on the CPU "
@@ -266,6 +343,14 @@ def explain(plan: Plan, hw: HardwareInfo) -> str:
                 f"of {human_bytes(plan.ram_budget_bytes)} usable RAM")
     return (f"needs {human_bytes(e.total_bytes)} at {c} context "
             f"but only {human_bytes(plan.ram_budget_bytes)} of RAM is usable ({where})")
+
+
+def plan_tier(plan: Plan) -> int:
+    """How good a plan is, finer than :data:`VERDICT_RANK`: a partial offload that keeps every layer on the
+    GPU (MoE experts in RAM) ranks above a layer split, which it outruns several times over."""
+    if plan.verdict == "partial_gpu" and plan.moe_cpu_layers and plan.gpu_layers >= plan.n_layers:
+        return 3
+    return {"too_big": 0, "cpu": 1, "partial_gpu": 2, "full_gpu": 4}[plan.verdict]
 
 
 def _better(verdict: str, than: Plan) -> bool:
@@ -281,7 +366,9 @@ def _levers(plan: Plan, hw: HardwareInfo, b: _Budget) -> list[str]:
         v, g, e, _ = _solve(spec, hw, c, settings, b)
         return v, g, e
 
-    def words(v: str, g: int) -> str:
+    def words(v: str, g: int, e: Estimate | None = None) -> str:
+        if v == "partial_gpu" and e is not None and e.moe_cpu_layers:
+            return f"puts all layers on the GPU with the experts of {e.moe_cpu_layers} of {spec.n_layers} layers in RAM"
         return "fits fully on the GPU" if v == "full_gpu" else (
             f"puts {g} of {plan.n_layers} layers on the GPU" if v == "partial_gpu" else "fits in RAM on the CPU"
         )
@@ -300,12 +387,12 @@ def _levers(plan: Plan, hw: HardwareInfo, b: _Budget) -> list[str]:
         v, g, e = outcome(alt, ctx)
         if _better(v, plan):
             saved = plan.estimate.total_bytes - e.total_bytes
-            out.append(f"{label} {words(v, g)}" + (f", saving {human_bytes(saved)}" if saved > 0 else ""))
+            out.append(f"{label} {words(v, g, e)}" + (f", saving {human_bytes(saved)}" if saved > 0 else ""))
     c, floor = ctx // 2, min(2048, ctx // 2)
     while c >= max(floor, 256):
-        v, g, _ = outcome(s, c)
+        v, g, e = outcome(s, c)
         if _better(v, plan):
-            out.append(f"a {ctx_label(c)} context (--ctx {c}) {words(v, g)}")
+            out.append(f"a {ctx_label(c)} context (--ctx {c}) {words(v, g, e)}")
             break
         c //= 2
     return out
@@ -326,7 +413,8 @@ def choose(plans: Sequence[Plan]) -> int:
     """Index of the recommended plan.
 
     The largest of Q8_0, Q5_K_M and Q4_K_M that fits fully on the GPU; failing that, the best
-    partial offload (the largest share of layers, then the larger file); failing that, the largest
+    partial offload (the largest share of layers, so every layer on the GPU with MoE experts in RAM beats
+    any layer split; then the larger share of the weights on the GPU, then the larger file); failing that, the largest
     preferred variant that fits in RAM (any variant if none of those does); when nothing fits, the
     smallest variant.
     """
@@ -340,6 +428,7 @@ def choose(plans: Sequence[Plan]) -> int:
             on_gpu,
             key=lambda i: (
                 plans[i].gpu_layers / plans[i].n_layers,
+                plans[i].estimate.gpu_weights_bytes / max(plans[i].estimate.weights_bytes, 1),
                 plans[i].spec.quant in PREFERRED_QUANTS,
                 plans[i].spec.size_bytes,
             ),
@@ -401,12 +490,15 @@ def plan_variants(
     ctx: int = DEFAULT_CTX,
     settings: LoadSettings = DEFAULT_SETTINGS,
     margin_bytes: int | None = None,
+    moe_cpu_layers: int | None = None,
 ) -> list[Plan]:
-    """Plan every variant, largest file first; exactly one comes back with ``recommended=True``."""
+    """Plan every variant, largest file first; exactly one comes back with ``recommended=True``.
+
+    ``moe_cpu_layers`` (``--cpu-moe``; -1: all) fixes the blocks whose MoE experts stay in RAM."""
     specs = sorted(specs, key=lambda s: s.size_bytes, reverse=True)
     if not specs:
         raise FitchatError("no GGUF variants to plan")
-    plans = [plan_model(s, hw, ctx, settings, margin_bytes) for s in specs]
+    plans = [plan_model(s, hw, ctx, settings, margin_bytes, moe_cpu_layers) for s in specs]
     i = choose(plans)
     plans[i] = dataclasses.replace(plans[i], recommended=True, reason=_recommendation(plans, i, hw, margin_bytes))
     return plans

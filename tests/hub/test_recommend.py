@@ -130,3 +130,25 @@ def test_offline_asks_nothing(test_hub: LocalHub, monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(HubUnreachable):
         recommend_first_model(cpu_machine(), CTX, endpoint=unreachable_endpoint, candidates=CANDIDATES)
+
+
+def test_a_moe_model_with_experts_in_ram_beats_a_larger_layer_split(hub: LocalHub, tmp_path: Path) -> None:
+    """On an 8 GB GPU, Qwen3-30B-A3B with experts in RAM wins over a larger dense model split by layers
+    (Qwen3-32B), though the dense one is tried first: a split does not stop the search for a MoE plan."""
+    from fitchat.hub.recommend import recommend_first_model
+    from tests import moe_factory
+    from tests.hubserver import HubFile
+
+    published = {
+        "test/Qwen3-32B-GGUF": moe_factory.qwen3_32b(tmp_path / "Qwen3-32B-Q4_K_M.gguf"),
+        "test/Qwen3-30B-A3B-GGUF": moe_factory.qwen3_30b_a3b(tmp_path / "Qwen3-30B-A3B-Q4_K_M.gguf"),
+    }
+    for repo, path in published.items():  # virtual files: the real header, zeros up to the full size
+        hub.add_repo(repo, {path.name: b"placeholder"}).files[path.name] = HubFile.make(
+            path.name, moe_factory.header_bytes(path), size=path.stat().st_size)
+    hw = plan_hardware(cpu_machine(), gpu_mem=8 * GiB, ram=64 * GiB)
+    candidates = [entry("test/Qwen3-30B-A3B-GGUF", 30.5), entry("test/Qwen3-32B-GGUF", 32.8)]
+    rec = recommend_first_model(hw, CTX, endpoint=hub.endpoint, candidates=candidates)
+    assert rec is not None and rec.entry.repo == "test/Qwen3-30B-A3B-GGUF"
+    assert rec.plan.verdict == "partial_gpu" and rec.plan.gpu_layers == 49 and rec.plan.moe_cpu_layers > 0
+    assert touched(hub, "Qwen3-32B")  # the dense model was planned first (a split) and lost
