@@ -458,3 +458,42 @@ SMALL: dict[str, Callable[[], Model]] = {
 def small_model(name: str, directory: Path) -> Path:
     """The scaled-down model ``name`` (a key of SMALL) as a GGUF in ``directory``."""
     return write(SMALL[name](), directory / f"{name}.gguf")
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+def settings_grid(contexts: tuple[int, ...] = (2048, 8192, 32768)) -> list[tuple[int, Any]]:
+    """(ctx, LoadSettings) for every context × flash attention × swa_full × cache type (q8_0 V only with
+    flash attention, as llama.cpp requires)."""
+    from fitchat.model.estimate import LoadSettings
+
+    out = []
+    for ctx in contexts:
+        for fa in (True, False):
+            for swa_full in (True, False):
+                for cache in ("f16", "q8_0"):
+                    out.append((ctx, LoadSettings(flash_attn=fa, swa_full=swa_full, type_k=cache,
+                                                  type_v=cache if fa else "f16")))
+    return out
+
+
+def parts(est: Any, meas: Any) -> dict[str, tuple[int, int]]:
+    """(estimated, measured) bytes per buffer llama.cpp logs, and the total; the weights only for a real load."""
+    out = {
+        "kv": (est.kv_bytes, meas.kv_bytes - meas.recurrent_bytes),
+        "recurrent": (getattr(est, "recurrent_bytes", 0), meas.recurrent_bytes),
+        "compute": (est.compute_bytes, meas.compute_bytes),
+        "output": (est.output_bytes, meas.output_bytes),
+    }
+    if meas.weights_bytes is not None:
+        out["weights"] = (est.weights_bytes, meas.weights_bytes)
+        e_total = est.weights_bytes + est.kv_bytes + getattr(est, "recurrent_bytes", 0) + est.compute_bytes + est.output_bytes
+        out["total"] = (e_total, meas.total_bytes)
+    return out
+
+
+def loadable(spec: Any, settings: Any) -> bool:
+    """Whether llama.cpp accepts these settings for this model: with MLA's compressed cache V is a view of K,
+    so a quantized K cache needs flash attention as a quantized V does."""
+    return not (spec.kv_lora_rank and spec.key_length_mla and settings.type_k != "f16" and not settings.flash_attn)

@@ -155,6 +155,8 @@ class Estimate:
     gpu_weights_bytes: int = 0
     gpu_kv_bytes: int = 0
     gpu_compute_bytes: int = 0
+    recurrent_bytes: int = 0  # llama.cpp's RS buffer (recurrent state of Mamba-style and hybrid layers)
+    gpu_recurrent_bytes: int = 0
     notes: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
@@ -180,12 +182,27 @@ def _kv_row_bytes(n_elements: int, type_name: str) -> int:
 
 
 def _layer_kv_dims(spec: ModelSpec, il: int) -> tuple[int, int]:
-    """(n_embd_k_gqa, n_embd_v_gqa) of layer ``il``."""
-    if spec.kv_lora_rank:
-        # MLA: llama.cpp caches the compressed latent plus the rope part.
-        return spec.kv_lora_rank + spec.rope_dim, spec.kv_lora_rank
+    """(n_embd_k_gqa, n_embd_v_gqa) of layer ``il``: the K and V elements one KV cell holds for it."""
     kv_heads = spec.n_head_kv_layers[il] if il < len(spec.n_head_kv_layers) else spec.n_head_kv
+    if spec.kv_lora_rank and spec.key_length_mla:
+        # MLA in the current GGUF layout: one compressed row per cell (key_length = kv_lora_rank + n_rot),
+        # and V is a view into it (llama-kv-cache.cpp: has_v = !is_mla).
+        return kv_heads * spec.key_length, 0
+    # Everything else, MLA files without the *_mla keys included: llama.cpp decompresses with attn_kv_b
+    # and caches full K and V for every head.
     return kv_heads * spec.key_length, kv_heads * spec.value_length
+
+
+def recurrent_layer_bytes(spec: ModelSpec) -> list[int]:
+    """Recurrent-state (``RS buffer``) bytes of every layer: f32 rows of ``n_embd_r + n_embd_s`` for one
+    sequence (llama_hparams::n_embd_r/n_embd_s): Mamba ``(d_conv-1)·(d_inner + 2·groups·d_state) +
+    d_state·d_inner``, LFM2's short convolution ``n_embd·(L_cache-1)``."""
+    if spec.shortconv_l_cache:
+        row = spec.n_embd * (spec.shortconv_l_cache - 1)
+    else:
+        conv = max(spec.ssm_d_conv - 1, 0) * (spec.ssm_d_inner + 2 * spec.ssm_n_group * spec.ssm_d_state)
+        row = conv + spec.ssm_d_state * spec.ssm_d_inner
+    return [4 * row if il < len(spec.recurrent_layers) and spec.recurrent_layers[il] else 0 for il in range(spec.n_layers)]
 
 
 def kv_cells(spec: ModelSpec, il: int, n_ctx: int, n_ubatch: int, settings: LoadSettings) -> int:
@@ -208,18 +225,38 @@ def kv_layer_bytes(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_S
     return out
 
 
+def _attention_kv_dims(spec: ModelSpec) -> tuple[int, int]:
+    """The widest (n_embd_k_gqa, n_embd_v_gqa) of the attention layers (what one layer's attention holds)."""
+    dims = [_layer_kv_dims(spec, il) for il in range(spec.n_layers)] or [(0, 0)]
+    return max(d[0] for d in dims), max(d[1] for d in dims)
+
+
+def _mask_rows(spec: ModelSpec, n_ctx: int, ub: int, settings: LoadSettings) -> int:
+    """Mask elements per token of the micro-batch: one ``n_kv`` row for the full-attention layers, and a
+    second one for the window (sliding-window or chunked layers), both alive during attention."""
+    full = n_ctx
+    if not any(spec.swa_layers[: spec.n_layers]):
+        return full
+    il = spec.swa_layers.index(True)
+    return full + kv_cells(spec, il, n_ctx, ub, settings)
+
+
 def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_SETTINGS) -> dict[str, int]:
     """The graph stages whose peak is the compute buffer (see the module docstring)."""
     n_ctx = pad(max(ctx, 1))
     _, ub = effective_batches(ctx, settings)
     n_embd = spec.n_embd
-    q = max(n_embd, spec.n_head * spec.value_length)
-    k_gqa, v_gqa = _layer_kv_dims(spec, 0)
+    k_gqa, v_gqa = _attention_kv_dims(spec)
+    q = spec.n_head * spec.key_length + spec.n_head * spec.value_length  # Q and the attention output, all heads
     n_kv = n_ctx
+    # Q, K and V of the micro-batch with the residual stream and the attention output, whichever set is larger
+    # at the peak (fitted on llama.cpp 0.3.36 dry runs over head counts 4-32, widths 64-256, GQA 1-8).
+    rows = max(3 * n_embd + q, n_embd + q // 2 + 2 * (k_gqa + v_gqa))
+    masks = _mask_rows(spec, n_ctx, ub, settings)
     if settings.flash_attn:
-        attention = 4 * ub * (n_kv // 2 + 5 * q + k_gqa + v_gqa)
+        attention = 4 * ub * rows + 2 * ub * masks  # f16 masks
     else:
-        attention = 4 * ub * (spec.n_head * n_kv + n_kv + 5 * q + k_gqa + v_gqa)
+        attention = 4 * ub * (spec.n_head * n_kv + rows + masks)  # the f32 KQ scores, softmaxed in place
     n_ff = spec.n_ff
     if spec.n_expert and spec.n_expert_used:
         n_ff = max(n_ff if not spec.n_ff_expert else 0, spec.n_ff_expert * spec.n_expert_used)
@@ -373,6 +410,9 @@ def estimate(
     kv_layers = kv_layer_bytes(spec, ctx, settings)
     gpu_kv = sum(b for il, b in enumerate(kv_layers) if il >= first_gpu)
     cpu_kv = sum(kv_layers) - gpu_kv
+    rs_layers = recurrent_layer_bytes(spec)  # like the KV cache, a layer's state lives with the layer
+    gpu_rs = sum(b for il, b in enumerate(rs_layers) if il >= first_gpu)
+    cpu_rs = sum(rs_layers) - gpu_rs
 
     stages = compute_stages(spec, ctx, settings)
     _, ub = effective_batches(ctx, settings)
@@ -392,20 +432,18 @@ def estimate(
     overhead = output + n_nodes * _GRAPH_NODE_BYTES
 
     notes = []
-    if spec.architecture in _RECURRENT_ARCHS:
+    if spec.architecture in _RWKV_ARCHS:
         notes.append(
-            f"{spec.architecture} keeps a recurrent state the estimate does not model; treat the KV figure as approximate"
+            f"{spec.architecture} keeps an RWKV recurrent state the estimate does not model; treat the figures as approximate"
         )
-    if spec.kv_lora_rank:
-        notes.append("MLA attention: the KV figure follows llama.cpp's compressed cache and is approximate")
     if spec.n_ctx_train and ctx > spec.n_ctx_train:
         notes.append(f"context {ctx} exceeds the {spec.n_ctx_train} tokens the model was trained on")
 
     weights = gpu_w + cpu_w
     kv = gpu_kv + cpu_kv
     compute = gpu_compute + cpu_compute
-    gpu_total = gpu_w + gpu_kv + gpu_compute
-    cpu_total = cpu_w + cpu_kv + cpu_compute + overhead
+    gpu_total = gpu_w + gpu_kv + gpu_rs + gpu_compute
+    cpu_total = cpu_w + cpu_kv + cpu_rs + cpu_compute + overhead
     return Estimate(
         weights_bytes=weights,
         kv_bytes=kv,
@@ -423,15 +461,11 @@ def estimate(
         gpu_weights_bytes=gpu_w,
         gpu_kv_bytes=gpu_kv,
         gpu_compute_bytes=gpu_compute,
+        recurrent_bytes=gpu_rs + cpu_rs,
+        gpu_recurrent_bytes=gpu_rs,
         notes=tuple(notes),
     )
 
 
-#: Architectures with a recurrent state (Mamba/RWKV style, alone or hybrid) that llama.cpp keeps
-#: in an "RS buffer" this estimate does not model.
-_RECURRENT_ARCHS = frozenset(
-    {
-        "mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "jamba", "falcon-h1",
-        "granitehybrid", "nemotron_h", "lfm2", "lfm2moe", "qwen3next", "plamo2",
-    }
-)
+#: RWKV architectures: their recurrent state (token shift and WKV rows) is not modelled.
+_RWKV_ARCHS = frozenset({"rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
