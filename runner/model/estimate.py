@@ -257,14 +257,39 @@ def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_S
         attention = 4 * ub * rows + 2 * ub * masks  # f16 masks
     else:
         attention = 4 * ub * (spec.n_head * n_kv + rows + masks)  # the f32 KQ scores, softmaxed in place
-    n_ff = spec.n_ff
-    if spec.n_expert and spec.n_expert_used:
-        n_ff = max(n_ff if not spec.n_ff_expert else 0, spec.n_ff_expert * spec.n_expert_used)
-    return {
+    has_attention = any(k for k, _ in (_layer_kv_dims(spec, il) for il in range(spec.n_layers)))
+    if not has_attention:
+        attention, masks = 0, 0
+    # The masks are graph inputs every layer reads, so they stay alive through the feed-forward (and SSM)
+    # stages of all but the last layer; the window's mask is not counted there (it fits the measured peaks).
+    mask_bytes = (2 if settings.flash_attn else 4) * ub * n_kv if has_attention and spec.n_layers > 1 else 0
+    if spec.n_expert and spec.n_expert_used and spec.n_ff_expert:
+        # MoE: gate, up and their product for every chosen expert, and each expert's output row.
+        used = spec.n_expert_used
+        ffn = 4 * ub * (used * (3 * spec.n_ff_expert + n_embd) + 2 * n_embd)
+    else:
+        ffn = 4 * ub * (3 * spec.n_ff + 2 * n_embd)
+    stages = {
         "logits": 4 * ub * (spec.vocab_size + 3 * n_embd),
         "attention": attention,
-        "ffn": 4 * ub * (3 * n_ff + 2 * n_embd),
+        "ffn": ffn + mask_bytes,
     }
+    if spec.ssm_d_inner and spec.ssm_d_state:
+        # Mamba-2 mixer: the in-projection (z, xBC, dt), the convolution's input and output, the scan's
+        # output and gate, the residual stream, and one sequence's state.
+        conv = spec.ssm_d_inner + 2 * spec.ssm_n_group * spec.ssm_d_state
+        d_in_proj = spec.ssm_d_inner + conv + _ssm_heads(spec)
+        rows_ssm = d_in_proj + 2 * conv + 2 * spec.ssm_d_inner + n_embd
+        stages["ssm"] = 4 * ub * rows_ssm + 4 * spec.ssm_d_state * spec.ssm_d_inner + mask_bytes
+    return stages
+
+
+def _ssm_heads(spec: ModelSpec) -> int:
+    """Mamba-2 heads (the dt width), from the ssm_dt bias of the first recurrent layer."""
+    for t in spec.tensors:
+        if t.name.endswith("ssm_dt.bias") and t.shape:
+            return t.shape[0]
+    return 0
 
 
 #: Quantized types the CPU backend repacks, by instruction set (ggml-cpu/repack.cpp):
@@ -417,7 +442,7 @@ def estimate(
     stages = compute_stages(spec, ctx, settings)
     _, ub = effective_batches(ctx, settings)
     full = max(stages.values())
-    layers_only = max(stages["attention"], stages["ffn"])
+    layers_only = max(v for k, v in stages.items() if k != "logits")
     inputs = 4 * ub * spec.n_embd  # the input embeddings, built on the CPU from token_embd
     if gpu_layers == 0:
         gpu_compute, cpu_compute = 0, full
