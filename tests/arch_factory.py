@@ -31,13 +31,14 @@ class Model:
 
     arch: str
     n_vocab: int
+    matrix: str = F16  # the type of 2-D/3-D weights (real-scale headers use Q8_0)
     kv: dict[str, Any] = field(default_factory=dict)
     tensors: list[tuple[str, tuple[int, ...], str]] = field(default_factory=list)
 
-    def t(self, name: str, *shape: int, dtype: str = F16) -> None:
+    def t(self, name: str, *shape: int, dtype: str | None = None) -> None:
         if len(shape) == 1:
             dtype = F32  # norms, biases: llama.cpp keeps 1-D tensors in f32
-        self.tensors.append((name, shape, dtype))
+        self.tensors.append((name, shape, dtype or self.matrix))
 
 
 def write(model: Model, path: Path) -> Path:
@@ -203,15 +204,14 @@ def qwen3() -> Model:
     return m
 
 
-def qwen3moe() -> Model:
+def qwen3moe(n_layers: int = 2, n_embd: int = 1024, n_expert: int = 16, n_vocab: int = 8192) -> Model:
     """Qwen3-30B-A3B: 32 heads of 128, 4 KV heads, 128 experts (here 16) of 768, 8 used."""
-    m = Model("qwen3moe", 8192)
-    n_embd = 1024
-    _base(m, 2, n_embd, 2048, 32, 4, head_dim=128)
-    m.kv.update({"expert_count": 16, "expert_used_count": 8, "expert_feed_forward_length": 768})
-    for i in range(2):
+    m = Model("qwen3moe", n_vocab)
+    _base(m, n_layers, n_embd, 6144, 32, 4, head_dim=128)
+    m.kv.update({"expert_count": n_expert, "expert_used_count": 8, "expert_feed_forward_length": 768})
+    for i in range(n_layers):
         _attn(m, i, n_embd, 32, 4, 128, qk_norm=True)
-        _moe(m, i, n_embd, 768, 16)
+        _moe(m, i, n_embd, 768, n_expert)
     return m
 
 
@@ -278,9 +278,9 @@ def gemma2() -> Model:
     return _gemma("gemma2", 2, 1024, 2048, 16, 8, 256, 4096, 16384)
 
 
-def gemma3(n_layers: int = 6, n_embd: int = 768, n_vocab: int = 16384) -> Model:
+def gemma3(n_layers: int = 6, n_embd: int = 768, n_vocab: int = 16384, n_ff: int = 1536) -> Model:
     """gemma-3-12b: 16 heads of 256, 8 KV heads, 1024-token window on 5 of every 6 layers."""
-    return _gemma("gemma3", n_layers, n_embd, 1536, 16, 8, 256, 1024, n_vocab)
+    return _gemma("gemma3", n_layers, n_embd, n_ff, 16, 8, 256, 1024, n_vocab)
 
 
 def llama4() -> Model:
@@ -453,6 +453,39 @@ SMALL: dict[str, Callable[[], Model]] = {
     "deepseek2-mla": deepseek2, "deepseek2-old": lambda: deepseek2(mla_keys=False),
     "granite": granite, "olmo2": olmo2, "lfm2": lfm2, "mamba2": mamba2, "granitehybrid": granitehybrid,
 }
+
+
+def _q8(m: Model) -> Model:
+    m.matrix = Q8_0
+    m.tensors = [(n, shape, Q8_0 if d == F16 else d) for n, shape, d in m.tensors]
+    return m
+
+
+# Real scale: the dims are those of each model's public config.json on the Hugging Face Hub (the numbers
+# after each name: num_hidden_layers, hidden_size, intermediate_size [moe_intermediate_size], heads/KV heads,
+# head_dim, experts/used, vocab_size); weights Q8_0 (MXFP4 experts for gpt-oss, as OpenAI ships them).
+REAL: dict[str, Callable[[], Model]] = {
+    # meta-llama/Llama-3.1-8B: 32 layers, 4096, 14336, 32/8 heads of 128, vocab 128256
+    "Llama-3.1-8B": lambda: _q8(llama(32, 4096, 14336, 32, 8, 128256)),
+    # meta-llama/Llama-3.1-70B: 80 layers, 8192, 28672, 64/8 heads of 128, vocab 128256
+    "Llama-3.1-70B": lambda: _q8(llama(80, 8192, 28672, 64, 8, 128256)),
+    # Qwen/Qwen3-30B-A3B: 48 layers, 2048, moe 768, 32/4 heads of 128, 128 experts / 8, vocab 151936
+    "Qwen3-30B-A3B": lambda: _q8(qwen3moe(48, 2048, 128, 151936)),
+    # openai/gpt-oss-20b: 24 layers, 2880, 2880, 64/8 heads of 64, 32 experts / 4, window 128, vocab 201088
+    "gpt-oss-20b": lambda: _q8(gpt_oss(24, 2880, 32, 201088)),
+    # openai/gpt-oss-120b: 36 layers, 128 experts / 4, otherwise as 20b
+    "gpt-oss-120b": lambda: _q8(gpt_oss(36, 2880, 128, 201088)),
+    # google/gemma-3-12b-it: 48 layers, 3840, 15360, 16/8 heads of 256, window 1024, vocab 262208
+    "gemma-3-12b": lambda: _q8(gemma3(48, 3840, 262208, 15360)),
+    # deepseek-ai/DeepSeek-V2-Lite: 27 layers, 2048, 10944 [1408], 16 heads, kv_lora_rank 512, qk 128+64, v 128,
+    # 64 experts / 6, 2 shared, first_k_dense_replace 1, vocab 102400 (current GGUF layout, *_mla keys)
+    "DeepSeek-V2-Lite": lambda: _q8(deepseek2(True, 27, 2048, 64, 102400, 1, 10944, 1408)),
+}
+
+
+def real_scale(name: str, directory: Path) -> Path:
+    """The real-scale header of ``name`` (a key of REAL) as a sparse file of its full size in ``directory``."""
+    return write(REAL[name](), directory / f"{name}.gguf")
 
 
 def small_model(name: str, directory: Path) -> Path:

@@ -251,11 +251,12 @@ def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_S
     n_kv = n_ctx
     # Q, K and V of the micro-batch with the residual stream and the attention output, whichever set is larger
     # at the peak (fitted on llama.cpp 0.3.36 dry runs over head counts 4-32, widths 64-256, GQA 1-8).
-    rows = max(3 * n_embd + q, n_embd + q // 2 + 2 * (k_gqa + v_gqa))
     masks = _mask_rows(spec, n_ctx, ub, settings)
     if settings.flash_attn:
+        rows = max(3 * n_embd + q, n_embd + q // 2 + 2 * (k_gqa + v_gqa))
         attention = 4 * ub * rows + 2 * ub * masks  # f16 masks
     else:
+        rows = 3 * n_embd + q + k_gqa + v_gqa
         attention = 4 * ub * (spec.n_head * n_kv + rows + masks)  # the f32 KQ scores, softmaxed in place
     has_attention = any(k for k, _ in (_layer_kv_dims(spec, il) for il in range(spec.n_layers)))
     if not has_attention:
@@ -270,7 +271,7 @@ def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_S
     else:
         ffn = 4 * ub * (3 * spec.n_ff + 2 * n_embd)
     stages = {
-        "logits": 4 * ub * (spec.vocab_size + 3 * n_embd),
+        "logits": 4 * ub * (spec.vocab_size + 2 * n_embd),
         "attention": attention,
         "ffn": ffn + mask_bytes,
     }

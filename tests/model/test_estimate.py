@@ -112,10 +112,10 @@ def test_compute_buffer_model(smol: dict[str, ModelSpec], gemma: ModelSpec) -> N
     assert estimate(s, 16384, no_fa).compute_bytes == pytest.approx(326.375 * MiB, abs=1)
     # With flash attention the logits stage (49152 × 512 × 4 = 96 MiB) is the peak at every context.
     for ctx in (512, 2048, 8192, 16384):
-        assert estimate(s, ctx).compute_bytes == 4 * 512 * (49152 + 3 * 576)
+        assert estimate(s, ctx).compute_bytes == 4 * 512 * (49152 + 2 * 576)
     # gemma's 262k vocabulary: logits n_vocab × n_ubatch × 4 = 512 MiB, half at n_ubatch 256.
-    assert estimate(gemma, 8192).compute_bytes == 4 * 512 * (262144 + 3 * 640)
-    assert estimate(gemma, 8192, LoadSettings(n_ubatch=256)).compute_bytes == 4 * 256 * (262144 + 3 * 640)
+    assert estimate(gemma, 8192).compute_bytes == 4 * 512 * (262144 + 2 * 640)
+    assert estimate(gemma, 8192, LoadSettings(n_ubatch=256)).compute_bytes == 4 * 256 * (262144 + 2 * 640)
 
 
 def test_estimate_adds_up(smol: dict[str, ModelSpec]) -> None:
