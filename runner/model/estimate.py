@@ -252,7 +252,16 @@ def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_S
     # Q, K and V of the micro-batch with the residual stream and the attention output, whichever set is larger
     # at the peak (fitted on llama.cpp 0.3.36 dry runs over head counts 4-32, widths 64-256, GQA 1-8).
     masks = _mask_rows(spec, n_ctx, ub, settings)
-    if settings.flash_attn:
+    if spec.kv_lora_rank and spec.key_length_mla:
+        # MLA with the compressed cache: Q absorbed into the latent space (n_head × (kv_lora_rank + n_rot)) and
+        # the output in it (n_head × kv_lora_rank) before attn_v_b; without flash attention an f16 copy of the
+        # mask is alive too (fitted on DeepSeek-V2 shapes, small and real-scale, 2k-32k).
+        rows = 3 * n_embd + q + k_gqa
+        if settings.flash_attn:
+            attention = 4 * ub * (rows + spec.n_head * spec.kv_lora_rank) + 2 * ub * masks
+        else:
+            attention = 4 * ub * (spec.n_head * n_kv + rows + masks) + 2 * ub * masks
+    elif settings.flash_attn:
         rows = max(3 * n_embd + q, n_embd + q // 2 + 2 * (k_gqa + v_gqa))
         attention = 4 * ub * rows + 2 * ub * masks  # f16 masks
     else:
