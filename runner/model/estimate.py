@@ -1,8 +1,10 @@
 """How much memory llama.cpp will allocate for a model at a context length, and on which device.
 
 The figures mirror the buffers llama.cpp itself logs when it loads a model (``model buffer``,
-``KV buffer``, ``compute buffer``, ``output buffer``), so an estimate can be checked against a real
-load line by line (``fitchat.model.measure``, ``bench/estimate_accuracy.py``).
+``KV buffer``, ``RS buffer``, ``compute buffer``, ``output buffer``), so an estimate can be checked against a
+real load line by line (``fitchat.model.measure``, ``bench/estimate_accuracy.py``, and the architecture matrix
+of ``tests/model/test_arch_matrix.py``: llama, qwen2/3, qwen2/3 MoE, gpt-oss, gemma2/3, llama4, phi3, deepseek2,
+granite, olmo2, lfm2, mamba2, granitehybrid, and real-scale headers of seven public models).
 
 Weights
     Exact: the tensor sizes from the GGUF header. On the CPU, llama.cpp also keeps a repacked
@@ -11,29 +13,46 @@ Weights
     types the CPU's kernels take (``_extra_copy``); none with ``use_extra_bufts`` off.
 
 KV cache
-    Exact: ``cells × Σ_layers (n_head_kv·key_length·bytes(type_k) + n_head_kv·value_length·bytes(type_v))``
-    with ``cells = pad(n_ctx, 256)``. Sliding-window layers keep
-    ``min(cells, pad(window + n_ubatch, 256))`` cells when ``swa_full`` is off.
+    Exact: ``cells × Σ_layers (n_embd_k_gqa·bytes(type_k) + n_embd_v_gqa·bytes(type_v))`` with
+    ``cells = pad(n_ctx, 256)`` and ``n_embd_k_gqa = n_head_kv(layer)·key_length`` (0 for a layer without KV
+    heads: a hybrid's recurrent layer). Sliding-window layers keep ``min(cells, pad(window + n_ubatch, 256))``
+    cells when ``swa_full`` is off; llama4 without a ``sliding_window`` key has 8192-token chunked attention on
+    3 of every 4 layers, kept the same way. MLA (deepseek2 and kin): with ``key_length_mla``/``value_length_mla``
+    in the file llama.cpp caches one row of ``key_length = kv_lora_rank + n_rot`` per cell and no V (V is a
+    view into it); older files without those keys cache full K and V per head (the plain formula).
+
+Recurrent state (``RS buffer``, ``recurrent_bytes``)
+    Exact: per recurrent layer, one sequence of f32 ``n_embd_r + n_embd_s`` values: Mamba-2
+    ``(d_conv−1)·(d_inner + 2·groups·d_state) + d_state·d_inner``, LFM2's short convolution
+    ``n_embd·(L_cache−1)``. Placed with its layer, like the KV cache. RWKV's state is not modelled (a note says so).
 
 Compute buffer
     ggml's graph allocator reuses memory between graph stages, so the buffer is the peak of
     the largest stage, not a sum. With ``ub`` the micro-batch (n_ubatch, clamped by n_batch and
-    the context), ``n_kv`` the padded context, all tensors f32 (4 bytes):
+    the context), ``n_kv`` the padded context, ``q = n_head·(key_length + value_length)``, ``k``/``v`` the
+    widest layer's n_embd_k_gqa/n_embd_v_gqa, all tensors f32 (4 bytes):
 
-    - logits:    ``4·ub·(n_vocab + 3·n_embd)``   (the output projection for every token of a micro-batch)
-    - attention: ``4·ub·(n_head·n_kv + n_kv + 5·q + n_embd_k_gqa + n_embd_v_gqa)`` without flash
-      attention (the KQ scores, softmaxed in place, plus the mask), where ``q = max(n_embd, n_head·value_length)``;
-      ``4·ub·(n_kv/2 + 5·q + n_embd_k_gqa + n_embd_v_gqa)`` with flash attention (an f16 mask only);
-    - feed-forward: ``4·ub·(3·n_ff + 2·n_embd)``.
+    - logits:    ``4·ub·(n_vocab + 2·n_embd)``   (the output projection for every token of a micro-batch)
+    - attention without flash attention: ``4·ub·(n_head·n_kv + masks + 3·n_embd + q + k + v)`` (the KQ scores,
+      softmaxed in place, plus the f32 masks); with flash attention
+      ``4·ub·max(3·n_embd + q, n_embd + q/2 + 2·(k + v)) + 2·ub·masks`` (f16 masks). ``masks`` is ``n_kv``,
+      plus the window's cells for models with sliding-window or chunked layers (llama.cpp builds both masks).
+      MLA with the compressed cache: rows ``3·n_embd + q + k`` (+ ``n_head·kv_lora_rank`` with flash attention;
+      without it an f16 copy of the masks, ``2·ub·masks``, is alive too).
+    - feed-forward: ``4·ub·(3·n_ff + 2·n_embd)``; MoE ``4·ub·(used·(3·n_ff_exp + n_embd) + 2·n_embd)``; plus the
+      full mask (``n_kv`` at 2 or 4 bytes) when there is more than one layer, since every layer reads it.
+    - SSM (Mamba-2 layers): ``4·ub·(d_in_proj + 2·conv + 2·d_inner + n_embd) + 4·d_state·d_inner`` with
+      ``conv = d_inner + 2·groups·d_state``, plus the full mask as above.
 
-    compute = max(logits, attention, feed-forward).
+    compute = max(stages).
 
     Calibrated against llama.cpp 0.3.36 (llama-cpp-python) CPU loads of SmolLM2-135M
     (4 quants, 49k vocabulary) and gemma-3-270m (262k vocabulary, SWA) at ctx 100 to 32768,
-    n_ubatch 128 to 1024, flash attention on and off, f16/q8_0/q4_0 caches: every measured
-    compute buffer is within 4.3 MiB of this formula (most within 1.2 MiB; the rest is the
-    allocator's fragmentation). For example SmolLM2 at ctx 16384 without flash attention:
-    ``4·512·(9·16384 + 16384 + 5·576 + 192 + 192)`` = 326.38 MiB, measured 326.38 MiB.
+    n_ubatch 128 to 1024, flash attention on and off, f16/q8_0/q4_0 caches, then refitted on the architecture
+    matrix (dry runs over head counts 4-64, head widths 64-256, GQA 1-8, MoE, MLA, SSM). Known misses beyond
+    max(2 %, 16 MiB): gpt-oss's compute peak with flash attention (up to 7 % at 8k), DeepSeek-V2-Lite's with
+    flash attention (13 % low, 32 MiB above its logits stage). For example SmolLM2 at ctx 16384 without flash
+    attention: ``4·512·(9·16384 + 16384 + 3·576 + 1152 + 192 + 192)`` = 326.38 MiB, measured 326.38 MiB.
 
 Output buffer and fixed overheads
     ``n_vocab × 4`` bytes of logits on the host (the ``output buffer`` line) plus the graph
@@ -43,7 +62,7 @@ Split between GPU and CPU
     As llama.cpp places tensors for ``n_gpu_layers = g`` of ``n_layers + 1``: the output layer
     (output.weight, output_norm) goes first, then the last ``g - 1`` blocks; token_embd always stays
     on the CPU (a tied-embedding model loads a second copy of it on the GPU for the output). A
-    layer's KV cache lives with the layer. The GPU compute buffer holds the logits stage whenever
+    layer's KV cache and recurrent state live with the layer. The GPU compute buffer holds the logits stage whenever
     the output layer is offloaded; with a partial offload the CPU keeps a compute buffer for its
     layers and llama.cpp may copy a CPU weight to the GPU for large batches (op offload), so the
     largest such matrix is added to the GPU side. The CPU/GPU split of the compute buffer is
