@@ -529,4 +529,5 @@ def parts(est: Any, meas: Any) -> dict[str, tuple[int, int]]:
 def loadable(spec: Any, settings: Any) -> bool:
     """Whether llama.cpp accepts these settings for this model: with MLA's compressed cache V is a view of K,
     so a quantized K cache needs flash attention as a quantized V does."""
-    return not (spec.kv_lora_rank and spec.key_length_mla and settings.type_k != "f16" and not settings.flash_attn)
+    compressed = any(t.name.endswith("attn_k_b.weight") for t in spec.tensors)  # the current MLA layout
+    return not (compressed and settings.type_k != "f16" and not settings.flash_attn)
