@@ -24,7 +24,8 @@ KV cache
 Recurrent state (``RS buffer``, ``recurrent_bytes``)
     Exact: per recurrent layer, one sequence of f32 ``n_embd_r + n_embd_s`` values: Mamba-2
     ``(d_conv−1)·(d_inner + 2·groups·d_state) + d_state·d_inner``, LFM2's short convolution
-    ``n_embd·(L_cache−1)``. Placed with its layer, like the KV cache. RWKV's state is not modelled (a note says so).
+    ``n_embd·(L_cache−1)``. Placed with its layer, like the KV cache. RWKV's and the linear-attention
+    hybrids' (qwen3next) states are not modelled (a note says so).
 
 Compute buffer
     ggml's graph allocator reuses memory between graph stages, so the buffer is the peak of
@@ -486,9 +487,9 @@ def estimate(
     overhead = output + n_nodes * _GRAPH_NODE_BYTES
 
     notes = []
-    if spec.architecture in _RWKV_ARCHS:
+    if spec.architecture in _UNMODELLED_STATE:
         notes.append(
-            f"{spec.architecture} keeps an RWKV recurrent state the estimate does not model; treat the figures as approximate"
+            f"{spec.architecture} keeps a recurrent state the estimate does not model; treat the figures as approximate"
         )
     if spec.n_ctx_train and ctx > spec.n_ctx_train:
         notes.append(f"context {ctx} exceeds the {spec.n_ctx_train} tokens the model was trained on")
@@ -521,5 +522,6 @@ def estimate(
     )
 
 
-#: RWKV architectures: their recurrent state (token shift and WKV rows) is not modelled.
-_RWKV_ARCHS = frozenset({"rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
+#: Architectures whose recurrent state is not modelled: RWKV (token shift and WKV rows), and the linear-attention
+#: hybrids (gated delta net, KDA) whose state rows differ from Mamba's.
+_UNMODELLED_STATE = frozenset({"rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "qwen3next", "qwen35", "qwen35moe", "kimi-linear"})
