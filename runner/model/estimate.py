@@ -1,8 +1,10 @@
 """How much memory llama.cpp will allocate for a model at a context length, and on which device.
 
 The figures mirror the buffers llama.cpp itself logs when it loads a model (``model buffer``,
-``KV buffer``, ``compute buffer``, ``output buffer``), so an estimate can be checked against a real
-load line by line (``fitchat.model.measure``, ``bench/estimate_accuracy.py``).
+``KV buffer``, ``RS buffer``, ``compute buffer``, ``output buffer``), so an estimate can be checked against a
+real load line by line (``fitchat.model.measure``, ``bench/estimate_accuracy.py``, and the architecture matrix
+of ``tests/model/test_arch_matrix.py``: llama, qwen2/3, qwen2/3 MoE, gpt-oss, gemma2/3, llama4, phi3, deepseek2,
+granite, olmo2, lfm2, mamba2, granitehybrid, and real-scale headers of seven public models).
 
 Weights
     Exact: the tensor sizes from the GGUF header. On the CPU, llama.cpp also keeps a repacked
@@ -11,29 +13,47 @@ Weights
     types the CPU's kernels take (``_extra_copy``); none with ``use_extra_bufts`` off.
 
 KV cache
-    Exact: ``cells × Σ_layers (n_head_kv·key_length·bytes(type_k) + n_head_kv·value_length·bytes(type_v))``
-    with ``cells = pad(n_ctx, 256)``. Sliding-window layers keep
-    ``min(cells, pad(window + n_ubatch, 256))`` cells when ``swa_full`` is off.
+    Exact: ``cells × Σ_layers (n_embd_k_gqa·bytes(type_k) + n_embd_v_gqa·bytes(type_v))`` with
+    ``cells = pad(n_ctx, 256)`` and ``n_embd_k_gqa = n_head_kv(layer)·key_length`` (0 for a layer without KV
+    heads: a hybrid's recurrent layer). Sliding-window layers keep ``min(cells, pad(window + n_ubatch, 256))``
+    cells when ``swa_full`` is off; llama4 without a ``sliding_window`` key has 8192-token chunked attention on
+    3 of every 4 layers, kept the same way. MLA (deepseek2 and kin): with ``key_length_mla``/``value_length_mla``
+    in the file llama.cpp caches one row of ``key_length = kv_lora_rank + n_rot`` per cell and no V (V is a
+    view into it); older files without those keys cache full K and V per head (the plain formula).
+
+Recurrent state (``RS buffer``, ``recurrent_bytes``)
+    Exact: per recurrent layer, one sequence of f32 ``n_embd_r + n_embd_s`` values: Mamba-2
+    ``(d_conv−1)·(d_inner + 2·groups·d_state) + d_state·d_inner``, LFM2's short convolution
+    ``n_embd·(L_cache−1)``. Placed with its layer, like the KV cache. RWKV's and the linear-attention
+    hybrids' (qwen3next) states are not modelled (a note says so).
 
 Compute buffer
     ggml's graph allocator reuses memory between graph stages, so the buffer is the peak of
     the largest stage, not a sum. With ``ub`` the micro-batch (n_ubatch, clamped by n_batch and
-    the context), ``n_kv`` the padded context, all tensors f32 (4 bytes):
+    the context), ``n_kv`` the padded context, ``q = n_head·(key_length + value_length)``, ``k``/``v`` the
+    widest layer's n_embd_k_gqa/n_embd_v_gqa, all tensors f32 (4 bytes):
 
-    - logits:    ``4·ub·(n_vocab + 3·n_embd)``   (the output projection for every token of a micro-batch)
-    - attention: ``4·ub·(n_head·n_kv + n_kv + 5·q + n_embd_k_gqa + n_embd_v_gqa)`` without flash
-      attention (the KQ scores, softmaxed in place, plus the mask), where ``q = max(n_embd, n_head·value_length)``;
-      ``4·ub·(n_kv/2 + 5·q + n_embd_k_gqa + n_embd_v_gqa)`` with flash attention (an f16 mask only);
-    - feed-forward: ``4·ub·(3·n_ff + 2·n_embd)``.
+    - logits:    ``4·ub·(n_vocab + 2·n_embd)``   (the output projection for every token of a micro-batch)
+    - attention without flash attention: ``4·ub·(n_head·n_kv + masks + 3·n_embd + q + k + v)`` (the KQ scores,
+      softmaxed in place, plus the f32 masks); with flash attention
+      ``4·ub·max(3·n_embd + q, n_embd + q/2 + 2·(k + v)) + 2·ub·masks`` (f16 masks). ``masks`` is ``n_kv``,
+      plus the window's cells for models with sliding-window or chunked layers (llama.cpp builds both masks).
+      MLA with the compressed cache: rows ``3·n_embd + q + k`` (+ ``n_head·kv_lora_rank`` with flash attention;
+      without it an f16 copy of the masks, ``2·ub·masks``, is alive too).
+    - feed-forward: ``4·ub·(3·n_ff + 2·n_embd)``; MoE ``4·ub·(used·(3·n_ff_exp + n_embd) + 2·n_embd)``; plus the
+      full mask (``n_kv`` at 2 or 4 bytes) when there is more than one layer, since every layer reads it.
+    - SSM (Mamba-2 layers): ``4·ub·(d_in_proj + 2·conv + 2·d_inner + n_embd) + 4·d_state·d_inner`` with
+      ``conv = d_inner + 2·groups·d_state``, plus the full mask as above.
 
-    compute = max(logits, attention, feed-forward).
+    compute = max(stages).
 
     Calibrated against llama.cpp 0.3.36 (llama-cpp-python) CPU loads of SmolLM2-135M
     (4 quants, 49k vocabulary) and gemma-3-270m (262k vocabulary, SWA) at ctx 100 to 32768,
-    n_ubatch 128 to 1024, flash attention on and off, f16/q8_0/q4_0 caches: every measured
-    compute buffer is within 4.3 MiB of this formula (most within 1.2 MiB; the rest is the
-    allocator's fragmentation). For example SmolLM2 at ctx 16384 without flash attention:
-    ``4·512·(9·16384 + 16384 + 5·576 + 192 + 192)`` = 326.38 MiB, measured 326.38 MiB.
+    n_ubatch 128 to 1024, flash attention on and off, f16/q8_0/q4_0 caches, then refitted on the architecture
+    matrix (dry runs over head counts 4-64, head widths 64-256, GQA 1-8, MoE, MLA, SSM). Known misses beyond
+    max(2 %, 16 MiB): gpt-oss's compute peak with flash attention (up to 7 % at 8k), DeepSeek-V2-Lite's with
+    flash attention (13 % low, 32 MiB above its logits stage). For example SmolLM2 at ctx 16384 without flash
+    attention: ``4·512·(9·16384 + 16384 + 3·576 + 1152 + 192 + 192)`` = 326.38 MiB, measured 326.38 MiB.
 
 Output buffer and fixed overheads
     ``n_vocab × 4`` bytes of logits on the host (the ``output buffer`` line) plus the graph
@@ -43,7 +63,7 @@ Split between GPU and CPU
     As llama.cpp places tensors for ``n_gpu_layers = g`` of ``n_layers + 1``: the output layer
     (output.weight, output_norm) goes first, then the last ``g - 1`` blocks; token_embd always stays
     on the CPU (a tied-embedding model loads a second copy of it on the GPU for the output). A
-    layer's KV cache lives with the layer. The GPU compute buffer holds the logits stage whenever
+    layer's KV cache and recurrent state live with the layer. The GPU compute buffer holds the logits stage whenever
     the output layer is offloaded; with a partial offload the CPU keeps a compute buffer for its
     layers and llama.cpp may copy a CPU weight to the GPU for large batches (op offload), so the
     largest such matrix is added to the GPU side. The CPU/GPU split of the compute buffer is
@@ -185,6 +205,8 @@ class Estimate:
     gpu_kv_bytes: int = 0
     gpu_compute_bytes: int = 0
     moe_cpu_layers: int = 0  # blocks whose expert tensors stay in RAM (llama.cpp --n-cpu-moe)
+    recurrent_bytes: int = 0  # llama.cpp's RS buffer (recurrent state of Mamba-style and hybrid layers)
+    gpu_recurrent_bytes: int = 0
     notes: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
@@ -210,12 +232,27 @@ def _kv_row_bytes(n_elements: int, type_name: str) -> int:
 
 
 def _layer_kv_dims(spec: ModelSpec, il: int) -> tuple[int, int]:
-    """(n_embd_k_gqa, n_embd_v_gqa) of layer ``il``."""
-    if spec.kv_lora_rank:
-        # MLA: llama.cpp caches the compressed latent plus the rope part.
-        return spec.kv_lora_rank + spec.rope_dim, spec.kv_lora_rank
+    """(n_embd_k_gqa, n_embd_v_gqa) of layer ``il``: the K and V elements one KV cell holds for it."""
     kv_heads = spec.n_head_kv_layers[il] if il < len(spec.n_head_kv_layers) else spec.n_head_kv
+    if spec.kv_lora_rank and spec.key_length_mla:
+        # MLA in the current GGUF layout: one compressed row per cell (key_length = kv_lora_rank + n_rot),
+        # and V is a view into it (llama-kv-cache.cpp: has_v = !is_mla).
+        return kv_heads * spec.key_length, 0
+    # Everything else, MLA files without the *_mla keys included: llama.cpp decompresses with attn_kv_b
+    # and caches full K and V for every head.
     return kv_heads * spec.key_length, kv_heads * spec.value_length
+
+
+def recurrent_layer_bytes(spec: ModelSpec) -> list[int]:
+    """Recurrent-state (``RS buffer``) bytes of every layer: f32 rows of ``n_embd_r + n_embd_s`` for one
+    sequence (llama_hparams::n_embd_r/n_embd_s): Mamba ``(d_conv-1)·(d_inner + 2·groups·d_state) +
+    d_state·d_inner``, LFM2's short convolution ``n_embd·(L_cache-1)``."""
+    if spec.shortconv_l_cache:
+        row = spec.n_embd * (spec.shortconv_l_cache - 1)
+    else:
+        conv = max(spec.ssm_d_conv - 1, 0) * (spec.ssm_d_inner + 2 * spec.ssm_n_group * spec.ssm_d_state)
+        row = conv + spec.ssm_d_state * spec.ssm_d_inner
+    return [4 * row if il < len(spec.recurrent_layers) and spec.recurrent_layers[il] else 0 for il in range(spec.n_layers)]
 
 
 def kv_cells(spec: ModelSpec, il: int, n_ctx: int, n_ubatch: int, settings: LoadSettings) -> int:
@@ -238,26 +275,81 @@ def kv_layer_bytes(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_S
     return out
 
 
+def _attention_kv_dims(spec: ModelSpec) -> tuple[int, int]:
+    """The widest (n_embd_k_gqa, n_embd_v_gqa) of the attention layers (what one layer's attention holds)."""
+    dims = [_layer_kv_dims(spec, il) for il in range(spec.n_layers)] or [(0, 0)]
+    return max(d[0] for d in dims), max(d[1] for d in dims)
+
+
+def _mask_rows(spec: ModelSpec, n_ctx: int, ub: int, settings: LoadSettings) -> int:
+    """Mask elements per token of the micro-batch: one ``n_kv`` row for the full-attention layers, and a
+    second one for the window (sliding-window or chunked layers), both alive during attention."""
+    full = n_ctx
+    if not any(spec.swa_layers[: spec.n_layers]):
+        return full
+    il = spec.swa_layers.index(True)
+    return full + kv_cells(spec, il, n_ctx, ub, settings)
+
+
 def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_SETTINGS) -> dict[str, int]:
     """The graph stages whose peak is the compute buffer (see the module docstring)."""
     n_ctx = pad(max(ctx, 1))
     _, ub = effective_batches(ctx, settings)
     n_embd = spec.n_embd
-    q = max(n_embd, spec.n_head * spec.value_length)
-    k_gqa, v_gqa = _layer_kv_dims(spec, 0)
+    k_gqa, v_gqa = _attention_kv_dims(spec)
+    q = spec.n_head * spec.key_length + spec.n_head * spec.value_length  # Q and the attention output, all heads
     n_kv = n_ctx
-    if settings.flash_attn:
-        attention = 4 * ub * (n_kv // 2 + 5 * q + k_gqa + v_gqa)
+    # Q, K and V of the micro-batch with the residual stream and the attention output, whichever set is larger
+    # at the peak (fitted on llama.cpp 0.3.36 dry runs over head counts 4-32, widths 64-256, GQA 1-8).
+    masks = _mask_rows(spec, n_ctx, ub, settings)
+    if spec.kv_lora_rank and spec.key_length_mla:
+        # MLA with the compressed cache: Q absorbed into the latent space (n_head × (kv_lora_rank + n_rot)) and
+        # the output in it (n_head × kv_lora_rank) before attn_v_b; without flash attention an f16 copy of the
+        # mask is alive too (fitted on DeepSeek-V2 shapes, small and real-scale, 2k-32k).
+        rows = 3 * n_embd + q + k_gqa
+        if settings.flash_attn:
+            attention = 4 * ub * (rows + spec.n_head * spec.kv_lora_rank) + 2 * ub * masks
+        else:
+            attention = 4 * ub * (spec.n_head * n_kv + rows + masks) + 2 * ub * masks
+    elif settings.flash_attn:
+        rows = max(3 * n_embd + q, n_embd + q // 2 + 2 * (k_gqa + v_gqa))
+        attention = 4 * ub * rows + 2 * ub * masks  # f16 masks
     else:
-        attention = 4 * ub * (spec.n_head * n_kv + n_kv + 5 * q + k_gqa + v_gqa)
-    n_ff = spec.n_ff
-    if spec.n_expert and spec.n_expert_used:
-        n_ff = max(n_ff if not spec.n_ff_expert else 0, spec.n_ff_expert * spec.n_expert_used)
-    return {
-        "logits": 4 * ub * (spec.vocab_size + 3 * n_embd),
+        rows = 3 * n_embd + q + k_gqa + v_gqa
+        attention = 4 * ub * (spec.n_head * n_kv + rows + masks)  # the f32 KQ scores, softmaxed in place
+    has_attention = any(k for k, _ in (_layer_kv_dims(spec, il) for il in range(spec.n_layers)))
+    if not has_attention:
+        attention, masks = 0, 0
+    # The masks are graph inputs every layer reads, so they stay alive through the feed-forward (and SSM)
+    # stages of all but the last layer; the window's mask is not counted there (it fits the measured peaks).
+    mask_bytes = (2 if settings.flash_attn else 4) * ub * n_kv if has_attention and spec.n_layers > 1 else 0
+    if spec.n_expert and spec.n_expert_used and spec.n_ff_expert:
+        # MoE: gate, up and their product for every chosen expert, and each expert's output row.
+        used = spec.n_expert_used
+        ffn = 4 * ub * (used * (3 * spec.n_ff_expert + n_embd) + 2 * n_embd)
+    else:
+        ffn = 4 * ub * (3 * spec.n_ff + 2 * n_embd)
+    stages = {
+        "logits": 4 * ub * (spec.vocab_size + 2 * n_embd),
         "attention": attention,
-        "ffn": 4 * ub * (3 * n_ff + 2 * n_embd),
+        "ffn": ffn + mask_bytes,
     }
+    if spec.ssm_d_inner and spec.ssm_d_state:
+        # Mamba-2 mixer: the in-projection (z, xBC, dt), the convolution's input and output, the scan's
+        # output and gate, the residual stream, and one sequence's state.
+        conv = spec.ssm_d_inner + 2 * spec.ssm_n_group * spec.ssm_d_state
+        d_in_proj = spec.ssm_d_inner + conv + _ssm_heads(spec)
+        rows_ssm = d_in_proj + 2 * conv + 2 * spec.ssm_d_inner + n_embd
+        stages["ssm"] = 4 * ub * rows_ssm + 4 * spec.ssm_d_state * spec.ssm_d_inner + mask_bytes
+    return stages
+
+
+def _ssm_heads(spec: ModelSpec) -> int:
+    """Mamba-2 heads (the dt width), from the ssm_dt bias of the first recurrent layer."""
+    for t in spec.tensors:
+        if t.name.endswith("ssm_dt.bias") and t.shape:
+            return t.shape[0]
+    return 0
 
 
 #: Quantized types the CPU backend repacks, by instruction set (ggml-cpu/repack.cpp):
@@ -453,11 +545,14 @@ def estimate(
     kv_layers = kv_layer_bytes(spec, ctx, settings)
     gpu_kv = sum(b for il, b in enumerate(kv_layers) if il >= first_gpu)
     cpu_kv = sum(kv_layers) - gpu_kv
+    rs_layers = recurrent_layer_bytes(spec)  # like the KV cache, a layer's state lives with the layer
+    gpu_rs = sum(b for il, b in enumerate(rs_layers) if il >= first_gpu)
+    cpu_rs = sum(rs_layers) - gpu_rs
 
     stages = compute_stages(spec, ctx, settings)
     _, ub = effective_batches(ctx, settings)
     full = max(stages.values())
-    layers_only = max(stages["attention"], stages["ffn"])
+    layers_only = max(v for k, v in stages.items() if k != "logits")
     inputs = 4 * ub * spec.n_embd  # the input embeddings, built on the CPU from token_embd
     if gpu_layers == 0:
         gpu_compute, cpu_compute = 0, full
@@ -477,20 +572,18 @@ def estimate(
     overhead = output + n_nodes * _GRAPH_NODE_BYTES
 
     notes = []
-    if spec.architecture in _RECURRENT_ARCHS:
+    if spec.architecture in _UNMODELLED_STATE:
         notes.append(
-            f"{spec.architecture} keeps a recurrent state the estimate does not model; treat the KV figure as approximate"
+            f"{spec.architecture} keeps a recurrent state the estimate does not model; treat the figures as approximate"
         )
-    if spec.kv_lora_rank:
-        notes.append("MLA attention: the KV figure follows llama.cpp's compressed cache and is approximate")
     if spec.n_ctx_train and ctx > spec.n_ctx_train:
         notes.append(f"context {ctx} exceeds the {spec.n_ctx_train} tokens the model was trained on")
 
     weights = gpu_w + cpu_w
     kv = gpu_kv + cpu_kv
     compute = gpu_compute + cpu_compute
-    gpu_total = gpu_w + gpu_kv + gpu_compute
-    cpu_total = cpu_w + cpu_kv + cpu_compute + overhead
+    gpu_total = gpu_w + gpu_kv + gpu_rs + gpu_compute
+    cpu_total = cpu_w + cpu_kv + cpu_rs + cpu_compute + overhead
     return Estimate(
         weights_bytes=weights,
         kv_bytes=kv,
@@ -509,15 +602,12 @@ def estimate(
         gpu_kv_bytes=gpu_kv,
         gpu_compute_bytes=gpu_compute,
         moe_cpu_layers=moe_cpu_layers if gpu_layers else 0,
+        recurrent_bytes=gpu_rs + cpu_rs,
+        gpu_recurrent_bytes=gpu_rs,
         notes=tuple(notes),
     )
 
 
-#: Architectures with a recurrent state (Mamba/RWKV style, alone or hybrid) that llama.cpp keeps
-#: in an "RS buffer" this estimate does not model.
-_RECURRENT_ARCHS = frozenset(
-    {
-        "mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "jamba", "falcon-h1",
-        "granitehybrid", "nemotron_h", "lfm2", "lfm2moe", "qwen3next", "plamo2",
-    }
-)
+#: Architectures whose recurrent state is not modelled: RWKV (token shift and WKV rows), and the linear-attention
+#: hybrids (gated delta net, KDA) whose state rows differ from Mamba's.
+_UNMODELLED_STATE = frozenset({"rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "qwen3next", "qwen35", "qwen35moe", "kimi-linear"})

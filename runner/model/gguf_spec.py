@@ -78,6 +78,16 @@ SWA_PATTERNS: dict[str, tuple[int, bool]] = {
     "muse-glimmer": (4, False),
 }
 
+#: Architectures whose every layer keeps a recurrent state (llama.cpp's llm_arch_is_recurrent), those whose
+#: layers with no KV heads are the recurrent ones (hybrids: llama.cpp's ``is_recr = n_head_kv(il) == 0``), and
+#: falcon-h1, whose layers run attention and an SSM side by side.
+RECURRENT_ALL = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "falcon-h1"})
+RECURRENT_NO_KV = frozenset({"lfm2", "lfm2moe", "granitehybrid", "jamba", "nemotron_h", "nemotron_h_moe", "plamo2"})
+
+#: llama4 without a ``sliding_window`` key: llama.cpp uses chunked attention of this many tokens (every 4th
+#: layer full, SWA_PATTERNS), the window-sized KV cache rule of a sliding window included.
+LLAMA4_CHUNK = 8192
+
 #: Architectures for which llama.cpp ignores the sliding window (it logs a warning and uses full attention).
 SWA_DISABLED = frozenset({"phi3"})
 
@@ -137,6 +147,17 @@ class ModelSpec:
     swa_layers: tuple[bool, ...] = ()  # True where the layer uses the sliding window
     kv_lora_rank: int = 0  # MLA (DeepSeek-style) compressed KV
     rope_dim: int = 0
+    # MLA head widths (``{arch}.attention.key_length_mla``/``value_length_mla``): present in the current GGUF
+    # layout, where llama.cpp caches only the compressed row (key_length = kv_lora_rank + rope) and no V.
+    key_length_mla: int = 0
+    value_length_mla: int = 0
+    # Recurrent state (Mamba-style SSM and LFM2 short convolutions): which layers keep one, and its widths.
+    recurrent_layers: tuple[bool, ...] = ()
+    ssm_d_conv: int = 0
+    ssm_d_inner: int = 0
+    ssm_d_state: int = 0
+    ssm_n_group: int = 0
+    shortconv_l_cache: int = 0
     tensors: tuple[TensorInfo, ...] = field(default=(), hash=False, repr=False)
     header_bytes: int = 0  # bytes before the tensor data (all parts)
     bytes_read: int = 0  # for remote specs: bytes fetched over HTTP
@@ -823,6 +844,14 @@ def _swa_layers(arch: str, fields: Mapping[str, Any], n_layers: int, window: int
     return tuple(n_pattern == 0 or il % n_pattern < n_pattern - 1 for il in range(n_layers))
 
 
+def _recurrent_layers(arch: str, n_layers: int, n_head_kv_layers: tuple[int, ...]) -> tuple[bool, ...]:
+    if arch in RECURRENT_ALL:
+        return (True,) * n_layers
+    if arch in RECURRENT_NO_KV:
+        return tuple(il < len(n_head_kv_layers) and n_head_kv_layers[il] == 0 for il in range(n_layers))
+    return (False,) * n_layers
+
+
 def _build_spec_unchecked(
     path_or_url: str,
     file: str,
@@ -872,6 +901,8 @@ def _build_spec_unchecked(
     value_length = _int_field(f, f"{arch}.attention.value_length", label, default=key_length)
     n_ctx_train = _int_field(f, f"{arch}.context_length", label, default=0)
     window = _int_field(f, f"{arch}.attention.sliding_window", label, default=0) or None
+    if arch == "llama4" and f.get(f"{arch}.attention.sliding_window") is None:
+        window = LLAMA4_CHUNK
 
     token_embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
     vocab = _int_field(f, f"{arch}.vocab_size", label, default=0)
@@ -931,6 +962,14 @@ def _build_spec_unchecked(
         swa_layers=_swa_layers(arch, f, n_layers, window),
         kv_lora_rank=_int_field(f, f"{arch}.attention.kv_lora_rank", label),
         rope_dim=_int_field(f, f"{arch}.rope.dimension_count", label),
+        key_length_mla=_int_field(f, f"{arch}.attention.key_length_mla", label),
+        value_length_mla=_int_field(f, f"{arch}.attention.value_length_mla", label),
+        recurrent_layers=_recurrent_layers(arch, n_layers, n_head_kv_layers),
+        ssm_d_conv=_int_field(f, f"{arch}.ssm.conv_kernel", label),
+        ssm_d_inner=_int_field(f, f"{arch}.ssm.inner_size", label),
+        ssm_d_state=_int_field(f, f"{arch}.ssm.state_size", label),
+        ssm_n_group=_int_field(f, f"{arch}.ssm.group_count", label),
+        shortconv_l_cache=_int_field(f, f"{arch}.shortconv.l_cache", label),
         tensors=tuple(tensors),
         header_bytes=sum(p.data_offset for p in parts),
         bytes_read=bytes_read,

@@ -112,10 +112,10 @@ def test_compute_buffer_model(smol: dict[str, ModelSpec], gemma: ModelSpec) -> N
     assert estimate(s, 16384, no_fa).compute_bytes == pytest.approx(326.375 * MiB, abs=1)
     # With flash attention the logits stage (49152 × 512 × 4 = 96 MiB) is the peak at every context.
     for ctx in (512, 2048, 8192, 16384):
-        assert estimate(s, ctx).compute_bytes == 4 * 512 * (49152 + 3 * 576)
+        assert estimate(s, ctx).compute_bytes == 4 * 512 * (49152 + 2 * 576)
     # gemma's 262k vocabulary: logits n_vocab × n_ubatch × 4 = 512 MiB, half at n_ubatch 256.
-    assert estimate(gemma, 8192).compute_bytes == 4 * 512 * (262144 + 3 * 640)
-    assert estimate(gemma, 8192, LoadSettings(n_ubatch=256)).compute_bytes == 4 * 256 * (262144 + 3 * 640)
+    assert estimate(gemma, 8192).compute_bytes == 4 * 512 * (262144 + 2 * 640)
+    assert estimate(gemma, 8192, LoadSettings(n_ubatch=256)).compute_bytes == 4 * 256 * (262144 + 2 * 640)
 
 
 def test_estimate_adds_up(smol: dict[str, ModelSpec]) -> None:
@@ -306,3 +306,52 @@ def test_accuracy_all_models(smollm2_variants: dict[str, Path], gemma3: Path, is
         spec = read_spec(path)
         for m in measure_many(path, [(c, settings) for c in CONTEXTS]):
             assert accuracy_failures(estimate(spec, m.context, settings, cpu_isa=isa), m) == [], (path.name, m.context)
+
+
+# --------------------------------------------------------------------------- other architectures (headers only)
+
+
+def test_mla_kv_in_both_gguf_layouts(tmp_path: Path) -> None:
+    from tests import arch_factory
+
+    new = read_spec(arch_factory.small_model("deepseek2-mla", tmp_path))
+    old = read_spec(arch_factory.small_model("deepseek2-old", tmp_path))
+    assert (new.key_length_mla, new.value_length_mla, old.key_length_mla) == (192, 128, 0)
+    # Current layout: one compressed row per cell (kv_lora_rank 512 + rope 64), no V.
+    assert kv_layer_bytes(new, 2048) == [2048 * 576 * 2] * 2
+    # Older layout: full K (192) and V (128) for all 16 heads.
+    assert kv_layer_bytes(old, 2048) == [2048 * 16 * (192 + 128) * 2] * 2
+    assert not any("MLA" in n for n in estimate(new, 2048).notes)
+
+
+def test_llama4_chunked_attention_keeps_a_window(tmp_path: Path) -> None:
+    from tests import arch_factory
+
+    spec = read_spec(arch_factory.small_model("llama4", tmp_path))
+    assert spec.sliding_window == 8192 and spec.swa_layers == (True, True, True, False)
+    window = LoadSettings(swa_full=False)
+    per_cell = 8 * 128 * 2 * 2
+    assert kv_layer_bytes(spec, 32768, window) == [(8192 + 512) * per_cell] * 3 + [32768 * per_cell]
+    assert kv_layer_bytes(spec, 32768) == [32768 * per_cell] * 4
+    # The window's mask is a second one in the attention stage.
+    fa = compute_stages(spec, 32768, window)["attention"]
+    assert fa - compute_stages(spec, 32768, LoadSettings(swa_full=True))["attention"] == 2 * 512 * (8704 - 32768)
+
+
+def test_recurrent_state_is_counted_by_layer(tmp_path: Path) -> None:
+    from tests import arch_factory
+
+    mamba = read_spec(arch_factory.small_model("mamba2", tmp_path))
+    e = estimate(mamba, 4096)
+    # Mamba-2: (d_conv-1)·(d_inner + 2·groups·d_state) + d_state·d_inner f32 values per layer, no KV cache.
+    assert e.recurrent_bytes == 2 * 4 * (3 * (5120 + 256) + 128 * 5120) and e.kv_bytes == 0
+    assert e.total_bytes == e.weights_bytes + e.recurrent_bytes + e.compute_bytes + e.overhead_bytes
+    assert not e.notes
+    hybrid = read_spec(arch_factory.small_model("granitehybrid", tmp_path))
+    assert hybrid.recurrent_layers == (True, False, True, False)
+    h = estimate(hybrid, 4096, gpu_layers=2)  # the output layer and block 3 (an attention block)
+    assert h.gpu_recurrent_bytes == 0 and h.recurrent_bytes == 2 * 4 * (3 * (3072 + 256) + 128 * 3072)
+    h = estimate(hybrid, 4096, gpu_layers=3)  # blocks 2 and 3
+    assert h.gpu_recurrent_bytes == h.recurrent_bytes // 2
+    lfm2 = read_spec(arch_factory.small_model("lfm2", tmp_path))
+    assert estimate(lfm2, 4096).recurrent_bytes == 2 * 4 * 2048 * 2  # n_embd·(L_cache-1) per conv layer
