@@ -21,6 +21,7 @@ from fitchat.model.estimate import (
     is_expert_tensor,
 )
 from fitchat.model.gguf_spec import ModelSpec, read_spec
+from fitchat.model.hardware import parse_isa, probe_llama_build
 from fitchat.model.measure import accuracy_failures, measure
 from fitchat.model.plan import choose, plan_model, plan_tier, plan_variants, verdict_label
 from tests import moe_factory
@@ -45,6 +46,11 @@ def headers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def q4(headers: dict[str, Path]) -> ModelSpec:
     return read_spec(headers["Q4_K_M"])
+
+
+def build_isa() -> tuple[str, ...]:
+    """This build's CPU features, as fitchat plans with them (they decide the repacked and AMX copies llama.cpp logs)."""
+    return parse_isa(probe_llama_build().system_info)
 
 
 def expert_bytes(spec: ModelSpec, blocks: range) -> int:
@@ -161,7 +167,7 @@ def test_dry_run_with_experts_in_ram_matches_the_estimate(q4: ModelSpec, headers
     # Overridden to the CPU, they still take the CPU's repacked copy where the type has one (Q4_K), as estimated.
     kinds = dict(meas.overridden)
     assert kinds["blk.0.ffn_gate_exps.weight"] in ("CPU_REPACK", "AMX", "CPU")
-    assert accuracy_failures(estimate(q4, 4096, moe_cpu_layers=20), meas) == []
+    assert accuracy_failures(estimate(q4, 4096, moe_cpu_layers=20, cpu_isa=build_isa()), meas) == []
 
 
 def test_a_real_load_with_experts_in_ram_matches_the_estimate(tmp_path: Path) -> None:
@@ -175,7 +181,7 @@ def test_a_real_load_with_experts_in_ram_matches_the_estimate(tmp_path: Path) ->
         f"blk.{i}.ffn_{kind}_exps.weight" for i in (0, 1) for kind in ("gate", "up", "down"))
     assert {buft for _, buft in held.overridden} <= {"CPU", "CPU_REPACK", "AMX"}
     assert held.weights_bytes == plain.weights_bytes and held.total_bytes == plain.total_bytes
-    assert accuracy_failures(estimate(spec, 2048, moe_cpu_layers=2), held) == []
+    assert accuracy_failures(estimate(spec, 2048, moe_cpu_layers=2, cpu_isa=build_isa()), held) == []
 
 
 def test_a_gpu_too_small_for_every_layer_splits_layers_with_every_expert_in_ram(q4: ModelSpec) -> None:
