@@ -8,13 +8,12 @@ process; fitchat.model.measure): no VRAM is allocated and no tensor data is read
 are measured from their header alone, written into a sparse file of the full size. Models:
 
 - the real SmolLM2-135M quants and gemma-3-270m Q4_K_M of tests/models.py;
-- real-scale headers: tests/arch_factory.py's builders when that module is there (its ``REAL_SCALE``),
-  else a Llama-3.1-8B Q4_K_M-like header built here with gguf's GGUFWriter.
+- the real-scale headers of tests/arch_factory.py (Llama-3.1-8B and 70B, Qwen3-30B-A3B, gpt-oss-20b and
+  120b, gemma-3-12b, DeepSeek-V2-Lite).
 
 Plans, each at every context: ``cpu`` (no offload), and where the build sees a GPU ``full`` (every
 layer and the output on the GPU), ``split`` (half the layers) and ``moe-ram`` (all layers on the GPU,
-every block's experts in RAM; MoE models only, and only when fitchat's ``estimate`` and ``measure``
-take ``moe_cpu_layers``). The device names are llama.cpp's own, read from its buffer lines (``CUDA0``,
+every block's experts in RAM; MoE models only). The device names are llama.cpp's own, read from its buffer lines (``CUDA0``,
 ``CUDA_Host``, ``CPU``, ``CPU_Mapped`` …). A dry run sizes the KV cache (all devices together), the
 compute buffer of each device and the output buffer, not the weights; those rows are checked against
 fitchat's tolerances (each part within max(2 %, 16 MiB), their sum within max(3 %, 32 MiB)).
@@ -28,12 +27,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,6 @@ from fitchat.model.measure import (  # noqa: E402
     TOTAL_TOLERANCE,
     Measurement,
     device_bytes,
-    measure_header,
     measure_many,
     within,
 )
@@ -64,8 +61,7 @@ class Subject:
     """A model to measure: a file on disk, or a header with the full size it announces (measured sparse)."""
 
     name: str
-    path: Path  # a file GGUFReader can read (the header alone is enough)
-    header: tuple[int, bytes] | None = None  # (full size, header bytes): measured through measure_header
+    path: Path  # a GGUF llama.cpp can dry-run (a sparse file holding the header alone is enough)
 
 
 def real_models(quick: bool) -> Iterator[Subject]:
@@ -80,87 +76,12 @@ def real_models(quick: bool) -> Iterator[Subject]:
 
 
 def real_scale_models(directory: Path) -> Iterator[Subject]:
-    """tests/arch_factory.py's real-scale headers when it is there, else a Llama-3.1-8B header built here."""
-    try:
-        from tests import arch_factory  # type: ignore[attr-defined]
-    except ImportError:
-        arch_factory = None
-    builders: dict[str, Callable[[], Any]] = dict(getattr(arch_factory, "REAL_SCALE", {}) or {})
-    if not builders:
-        yield llama31_8b_header(directory)
-        return
-    for name, build in builders.items():
-        try:
-            built = build()
-            path = built if isinstance(built, Path) else arch_factory.write(built, directory / f"{name}.gguf")
-        except Exception as exc:  # noqa: BLE001 - one builder failing leaves the others
-            print(f"  (skipped {name}: {type(exc).__name__}: {exc})", file=sys.stderr)
-            continue
-        yield Subject(f"{name} (header)", Path(path))
+    """The real-scale headers of tests/arch_factory.py (Llama-3.1-8B/70B, Qwen3-30B-A3B, gpt-oss, gemma-3-12b,
+    DeepSeek-V2-Lite), each a sparse file of the model's full size."""
+    from tests import arch_factory
 
-
-def llama31_8b_header(directory: Path) -> Subject:
-    """Llama-3.1-8B's header (32 layers, n_embd 4096, 32 heads, 8 KV heads, n_ff 14336, 128256 tokens) with
-    Q4_K_M-like tensor types; the tensor data is not written (a sparse file measures it)."""
-    import numpy as np
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
-
-    n_layers, n_embd, n_head, n_kv, n_ff, n_vocab, head = 32, 4096, 32, 8, 14336, 128256, 128
-    path = directory / "llama-3.1-8b-q4_k_m-header.gguf"
-    w = GGUFWriter(path, "llama")
-    w.add_name("Llama-3.1-8B header (fitchat bench)")
-    w.add_file_type(15)  # MOSTLY_Q4_K_M
-    w.add_context_length(131072)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layers)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_dimension_count(head)
-    w.add_rope_freq_base(500000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(n_vocab)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(n_vocab - 3)])
-    w.add_token_scores([0.0] * n_vocab)
-    w.add_token_types([2, 3, 3] + [1] * (n_vocab - 3))
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    tensors: list[tuple[str, tuple[int, ...], str]] = [("token_embd.weight", (n_embd, n_vocab), "Q4_K")]
-    for i in range(n_layers):
-        strong = "Q6_K" if i % 2 == 0 else "Q4_K"  # Q4_K_M gives half the attn_v/ffn_down tensors Q6_K
-        tensors += [
-            (f"blk.{i}.attn_norm.weight", (n_embd,), "F32"),
-            (f"blk.{i}.attn_q.weight", (n_embd, n_head * head), "Q4_K"),
-            (f"blk.{i}.attn_k.weight", (n_embd, n_kv * head), "Q4_K"),
-            (f"blk.{i}.attn_v.weight", (n_embd, n_kv * head), strong),
-            (f"blk.{i}.attn_output.weight", (n_head * head, n_embd), "Q4_K"),
-            (f"blk.{i}.ffn_norm.weight", (n_embd,), "F32"),
-            (f"blk.{i}.ffn_gate.weight", (n_embd, n_ff), "Q4_K"),
-            (f"blk.{i}.ffn_up.weight", (n_embd, n_ff), "Q4_K"),
-            (f"blk.{i}.ffn_down.weight", (n_ff, n_embd), strong),
-        ]
-    tensors += [("output_norm.weight", (n_embd,), "F32"), ("output.weight", (n_embd, n_vocab), "Q6_K")]
-    data = 0
-    for name, shape, dtype in tensors:  # shapes in ggml order (ne0 first)
-        qtype = GGMLQuantizationType[dtype]
-        block, type_size = GGML_QUANT_SIZES[qtype]
-        n = 1
-        for d in shape:
-            n *= d
-        nbytes = n // block * type_size
-        w.add_tensor_info(name, tuple(reversed(shape)), np.dtype(np.float32), nbytes, raw_dtype=qtype)
-        data += w.ggml_pad(nbytes, w.data_alignment)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
-    head_bytes = path.read_bytes()
-    pad = w.ggml_pad(len(head_bytes), w.data_alignment) - len(head_bytes)
-    full = len(head_bytes) + pad + data
-    with open(path, "r+b") as fh:  # GGUFReader reads the spec from this sparse file; llama.cpp gets measure_header's
-        fh.truncate(full)
-    return Subject("Llama-3.1-8B Q4_K_M (header)", path, (full, head_bytes + b"\0" * pad))
+    for name in arch_factory.REAL:
+        yield Subject(f"{name} (header)", arch_factory.real_scale(name, directory))
 
 
 # --------------------------------------------------------------------------- plans
@@ -173,19 +94,12 @@ class PlanCase:
     moe_cpu_layers: int = 0
 
 
-def takes(fn: Callable[..., Any], name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
-MOE_READY = all(takes(fn, "moe_cpu_layers") for fn in (estimate, measure_many, measure_header))
-
-
 def plans_for(spec: ModelSpec, gpu: bool) -> list[PlanCase]:
     if not gpu:
         return [PlanCase("cpu", 0)]
     n = spec.n_layers
     out = [PlanCase("cpu", 0), PlanCase("full", n + 1), PlanCase("split", max(1, n // 2))]
-    if MOE_READY and getattr(spec, "n_expert", 0):
+    if spec.n_expert:
         out.append(PlanCase("moe-ram", n + 1, moe_cpu_layers=n))
     return out
 
@@ -216,20 +130,15 @@ def rows_for(est: Estimate, meas: Measurement) -> list[tuple[str, int, int]]:
     return rows
 
 
-def estimate_for(spec: ModelSpec, ctx: int, settings: LoadSettings, plan: PlanCase, isa: tuple[str, ...]) -> Estimate:
-    kwargs: dict[str, Any] = {"gpu_layers": plan.gpu_layers, "cpu_isa": isa}
-    if plan.moe_cpu_layers:
-        kwargs["moe_cpu_layers"] = plan.moe_cpu_layers
-    return estimate(spec, ctx, settings, **kwargs)
+def estimate_for(spec: ModelSpec, ctx: int, settings: LoadSettings, plan: PlanCase, isa: tuple[str, ...],
+                 gpu_host_buffer: bool) -> Estimate:
+    """The estimate as fitchat's planner makes it for this plan (on a CUDA build, CPU weights sit in its host buffer)."""
+    return estimate(spec, ctx, settings, gpu_layers=plan.gpu_layers, cpu_isa=isa, moe_cpu_layers=plan.moe_cpu_layers,
+                    gpu_host_buffer=gpu_host_buffer)
 
 
-def run_subject(subject: Subject, spec: ModelSpec, jobs: list[tuple[int, LoadSettings]], plan: PlanCase) -> list[Measurement]:
-    extra: dict[str, Any] = {"moe_cpu_layers": plan.moe_cpu_layers} if plan.moe_cpu_layers else {}
-    if subject.header is not None:
-        size, head = subject.header
-        return [measure_header([(size, head)], c, s, gpu_layers=plan.gpu_layers, label=subject.name, **extra)
-                for c, s in jobs]
-    return measure_many(subject.path, jobs, mode="dry_run", gpu_layers=plan.gpu_layers, **extra)
+def run_subject(subject: Subject, jobs: list[tuple[int, LoadSettings]], plan: PlanCase) -> list[Measurement]:
+    return measure_many(subject.path, jobs, mode="dry_run", gpu_layers=plan.gpu_layers, moe_cpu_layers=plan.moe_cpu_layers)
 
 
 # --------------------------------------------------------------------------- main
@@ -252,13 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     contexts = [2048] if args.quick else args.ctx
     gpus, system_info = gpu_devices()
     isa = parse_isa(system_info)
+    host_buffer = any(d.name.startswith("CUDA") for d in gpus)  # as fitchat.model.plan estimates for CUDA machines
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     if gpus:
         say("GPU devices: " + "; ".join(f"{d.name} ({d.description}, {d.total_bytes / 1024**3:.1f} GiB)" for d in gpus))
     else:
         say("No GPU device found in this llama.cpp build (a CPU build, or no GPU here): running the cpu plan only.")
-    if gpus and not MOE_READY:
-        say("The moe-ram plan is skipped: estimate() and measure_many() do not take moe_cpu_layers in this fitchat.")
 
     results: list[dict[str, Any]] = []
     failed = False
@@ -272,13 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             for plan in plans_for(spec, bool(gpus)):
                 jobs = [(c, settings) for c in contexts]
                 try:
-                    measured = run_subject(subject, spec, jobs, plan)
+                    measured = run_subject(subject, jobs, plan)
                 except Exception as exc:  # noqa: BLE001 - reported, the other models still run
                     say(f"{subject.name} [{plan.name}]: could not measure: {exc}")
                     failed = True
                     continue
                 for meas in measured:
-                    est = estimate_for(spec, meas.context, settings, plan, isa)
+                    est = estimate_for(spec, meas.context, settings, plan, isa, host_buffer)
                     rows = [
                         {"figure": f, "estimated": e, "measured": m,
                          "within": within(e, m, TOTAL_TOLERANCE if f == "sum" else PART_TOLERANCE)}

@@ -20,7 +20,7 @@ import pytest
 from fitchat.model.estimate import DEFAULT_SETTINGS, estimate
 from fitchat.model.gguf_spec import read_spec
 from fitchat.model.hardware import probe_llama_build
-from fitchat.model.measure import device_bytes, measure_header, measurement_from_log
+from fitchat.model.measure import device_bytes, measurement_from_log
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATE = ROOT / "bench" / "gpu_calibrate.py"
@@ -85,17 +85,18 @@ def test_cuda_buffer_lines_are_split_per_device(smollm2: Path) -> None:
     assert rows["sum"][1] == meas.kv_bytes + meas.compute_bytes + meas.output_bytes
 
 
-def test_llama31_8b_header_is_real_scale_and_sparse(tmp_path: Path) -> None:
+def test_real_scale_headers_are_sparse_and_dry_run(tmp_path: Path) -> None:
     calibrate = load_calibrate()
-    subject = calibrate.llama31_8b_header(tmp_path)
+    subjects = {s.name: s for s in calibrate.real_scale_models(tmp_path)}
+    subject = subjects["Llama-3.1-8B (header)"]
     spec = read_spec(subject.path)
     assert (spec.n_layers, spec.n_embd, spec.n_head, spec.n_head_kv, spec.vocab_size) == (32, 4096, 32, 8, 128256)
-    size, head = subject.header
-    assert 4.5e9 < size < 5.2e9  # a Q4_K_M 8B is about 4.9 GB
-    assert subject.path.stat().st_blocks * 512 < 64 * MiB
-    meas = measure_header([subject.header], 2048, DEFAULT_SETTINGS, label=subject.name)
+    assert subject.path.stat().st_size > 4e9 and subject.path.stat().st_blocks * 512 < 64 * MiB
+    [meas] = calibrate.run_subject(subject, [(2048, DEFAULT_SETTINGS)], calibrate.PlanCase("cpu", 0))
     # 32 layers x 8 KV heads x 128 x (K + V) x 2 bytes x 2048 cells
     assert meas.kv_bytes == 256 * MiB == estimate(spec, 2048).kv_bytes
+    moe = read_spec(subjects["Qwen3-30B-A3B (header)"].path)
+    assert [p.name for p in calibrate.plans_for(moe, gpu=True)] == ["cpu", "full", "split", "moe-ram"]
 
 
 def test_plans_without_a_gpu_and_with_one(smollm2: Path) -> None:
