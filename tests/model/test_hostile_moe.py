@@ -15,7 +15,7 @@ import pytest
 from fitchat.cli.main import main
 from fitchat.model.estimate import EXPERTS_REGEX, expert_override_pattern
 from fitchat.model.gguf_spec import MAX_LAYERS, read_spec
-from fitchat.model.measure import measure
+from fitchat.model.measure import MeasureFailed, measure
 from tests import moe_factory
 from tests.model.test_hostile_gguf import refused
 
@@ -141,3 +141,13 @@ def test_a_huge_count_through_the_measuring_child_keeps_every_expert_in_ram(tmp_
     assert time.perf_counter() - start < 60
     assert sorted(name for name, _ in meas.overridden) == sorted(
         f"blk.{i}.ffn_{kind}_exps.weight" for i in range(4) for kind in ("gate", "up", "down"))
+
+
+def test_a_header_llama_cpp_asserts_on_is_measured_as_its_assertion(tmp_path: Path) -> None:
+    """More experts chosen than there are: llama.cpp's GGML_ASSERT kills the measuring child; the one line names
+    the assertion, not the last of the backtrace gdb prints after it."""
+    path = small_moe(tmp_path / "m.gguf", kv={"expert_used_count": 100})
+    with pytest.raises(MeasureFailed) as info:
+        measure(path, 512, mode="dry_run")
+    message = str(info.value)
+    assert "\n" not in message and "GGML_ASSERT" in message and "n_expert" in message, message
