@@ -65,6 +65,8 @@ run() {
 VERSION=$("$PYTHON" -c 'import llama_cpp; print(llama_cpp.__version__)' 2>/dev/null) \
     || die "llama-cpp-python is not installed for $PYTHON (set PYTHON to the interpreter fitchat runs on)"
 OUT=${OUT:-$PWD/llama-cuda-$VERSION}
+# An absolute folder: a relative one that starts with '-' would reach mkdir, pip and tar as an option.
+case "$OUT" in /*) ;; *) OUT=$PWD/$OUT ;; esac
 WORK=${OUT}.work
 
 if NVCC=$(command -v nvcc 2>/dev/null) || { [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc; }; then
@@ -105,34 +107,35 @@ run tar -xzf "$SDIST" -C "$SRC" --strip-components=3 \
 
 # ggml-cuda links the driver (libcuda) for its VMM memory pool; a machine without a GPU often has neither the
 # driver nor the toolkit's stub of it. Without VMM the pool is the plain one; the buffers llama.cpp sizes are the same.
-VMM_ARG=""
+VMM_ARGS=()
 if ! ls "$CUDA_ROOT"/lib64/stubs/libcuda.so "$CUDA_ROOT"/targets/*/lib/stubs/libcuda.so >/dev/null 2>&1 \
     && ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so '; then
     echo "libcuda: neither the driver nor the toolkit's stub is here: building without VMM (-DGGML_CUDA_NO_VMM=ON)"
-    VMM_ARG=-DGGML_CUDA_NO_VMM=ON
+    VMM_ARGS=(-DGGML_CUDA_NO_VMM=ON)
 fi
 
-CUBLAS_ARGS=""
+# Arrays, not strings: a folder with spaces, '*' or ';' in its name stays one argument each.
+CUBLAS_ARGS=()
 if [ "$CUBLAS_PIP" -eq 1 ]; then
     if [ "$CUDA_MAJOR" -ge 13 ]; then CUBLAS_PKG="nvidia-cublas==$CUDA_MAJOR.*"; else CUBLAS_PKG="nvidia-cublas-cu$CUDA_MAJOR"; fi
     run "$PYTHON" -m pip install --quiet --no-deps --target "$WORK/cublas" "$CUBLAS_PKG"
     CUBLAS_LIB=$(find "$WORK/cublas" -name "libcublas.so.$CUDA_MAJOR" 2>/dev/null | head -n 1)
     CUBLAS_LIB=${CUBLAS_LIB:-$WORK/cublas/nvidia/cu$CUDA_MAJOR/lib/libcublas.so.$CUDA_MAJOR}
     CUBLAS_DIR=$(dirname "$CUBLAS_LIB")
-    CUBLAS_ARGS="-DCUDA_cublas_LIBRARY=$CUBLAS_LIB -DCUDA_cublasLt_LIBRARY=$CUBLAS_DIR/libcublasLt.so.$CUDA_MAJOR"
-    CUBLAS_ARGS="$CUBLAS_ARGS -DCMAKE_CUDA_FLAGS=-I$(dirname "$CUBLAS_DIR")/include"
-    CUBLAS_ARGS="$CUBLAS_ARGS -DCMAKE_CXX_FLAGS=-I$(dirname "$CUBLAS_DIR")/include"
+    CUBLAS_INCLUDE=$(dirname "$CUBLAS_DIR")/include
+    CUBLAS_ARGS=("-DCUDA_cublas_LIBRARY=$CUBLAS_LIB" "-DCUDA_cublasLt_LIBRARY=$CUBLAS_DIR/libcublasLt.so.$CUDA_MAJOR"
+                 "-DCMAKE_CUDA_FLAGS=-I$CUBLAS_INCLUDE" "-DCMAKE_CXX_FLAGS=-I$CUBLAS_INCLUDE")
 fi
 
 # Shared libraries that find each other where they are carried ($ORIGIN), portable CPU code (the GPU machine's
 # CPU is not this one's: -march=native could die there with SIGILL), one CUDA architecture, nothing else built.
-# shellcheck disable=SC2086,SC2016 # CUBLAS_ARGS: -D options without spaces; $ORIGIN is for the linker, not the shell
+# shellcheck disable=SC2016 # $ORIGIN is for the linker, not the shell
 run cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$ORIGIN' \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-    -DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DCMAKE_CUDA_COMPILER=$NVCC" $VMM_ARG $CUBLAS_ARGS
+    -DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DCMAKE_CUDA_COMPILER=$NVCC" ${VMM_ARGS[@]+"${VMM_ARGS[@]}"} ${CUBLAS_ARGS[@]+"${CUBLAS_ARGS[@]}"}
 if [ "$CONFIGURE_ONLY" -eq 1 ]; then
     echo "configured in $BUILD; stopping there (--configure-only)"
     exit 0
@@ -146,9 +149,10 @@ if [ "$CUBLAS_PIP" -eq 1 ]; then
 fi
 
 [ "$DRY" -eq 0 ] || echo "dry run: nothing was built"
+# The command to paste is shell-quoted: a folder named with ';' or '$(…)' stays a folder name there.
 cat <<EOF
 
-Carry $OUT to the machine with the NVIDIA GPU (its driver must support CUDA $CUDA_MAJOR), then, in a fitchat checkout there:
-    LLAMA_CPP_LIB_PATH=$OUT/bin python bench/gpu_calibrate.py
-(add --json for the rows as JSON; the build folder $WORK can be deleted)
+Carry $(printf '%q' "$OUT") to the machine with the NVIDIA GPU (its driver must support CUDA $CUDA_MAJOR), then, in a fitchat checkout there:
+    LLAMA_CPP_LIB_PATH=$(printf '%q' "$OUT/bin") python bench/gpu_calibrate.py
+(add --json for the rows as JSON; the build folder $(printf '%q' "$WORK") can be deleted)
 EOF

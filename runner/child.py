@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+from fitchat.format import printable
 
 #: The bundle's first argument when it is started as one of fitchat's children.
 CHILD_FLAG = "--fitchat-child"
@@ -94,3 +97,20 @@ def bounded_lines(stream: Any, limit: int = MAX_LINE_BYTES) -> Iterator[bytes]:
                 line = stream.readline(1 << 20)
             continue
         yield line
+
+
+#: A line of a dead child's stderr that says why it died: a failed GGML_ASSERT, a GGML_ABORT, an error.
+_TELLING_LINE = re.compile(r"GGML_ASSERT|GGML_ABORT|\berror\b|\bfailed\b|terminate called|Fatal Python error", re.IGNORECASE)
+#: The folder before ``file.cpp:123:`` in llama.cpp's assertion lines (the build machine's, of no use here).
+_SOURCE_FOLDER = re.compile(r"^\S*/(?=[^/\s]+:\d+:)")
+
+
+def crash_line(stderr: str, limit: int = 300) -> str:
+    """One printable line of a dead child's stderr that says why: the last that names an assertion or an error,
+    else the last line. A failed GGML_ASSERT is followed by gdb's backtrace where gdb is installed, whose last
+    lines only name source files ("360 ../csu/libc-start.c: No such file or directory.")."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    if not lines:
+        return "no output"
+    line = next((ln for ln in reversed(lines) if _TELLING_LINE.search(ln)), lines[-1])
+    return printable(_SOURCE_FOLDER.sub("", line), limit, one_line=True)

@@ -31,3 +31,20 @@ def test_any_text_crosses_the_pipe() -> None:
     line = child.encode_line(value)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert child.parse_line(line) == value
+
+
+def test_crash_line_names_the_assertion_not_gdbs_backtrace() -> None:
+    from fitchat.child import crash_line
+
+    stderr = (
+        "llama_model_loader: loaded meta data\n"
+        "/tmp/pip-install-x/vendor/llama.cpp/src/llama-model.cpp:1362: GGML_ASSERT(n_expert_used_max <= n_expert) failed\n"
+        'warning: File "/x/python3.11-gdb.py" auto-loading has been declined\n'
+        "30\t../sysdeps/unix/sysv/linux/wait4.c: No such file or directory.\n"
+        "360\t../csu/libc-start.c: No such file or directory.\n"
+    )
+    assert crash_line(stderr) == "llama-model.cpp:1362: GGML_ASSERT(n_expert_used_max <= n_expert) failed"
+    assert crash_line("just the end\n") == "just the end"
+    assert crash_line("") == "no output"
+    assert crash_line("error: \x1b[2J" + "x" * 1000, limit=50).count("\x1b") == 0
+    assert len(crash_line("error " + "x" * 1000, limit=50)) <= 50

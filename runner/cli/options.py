@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fitchat.errors import FitchatError
+from fitchat.format import quoted
 
 if TYPE_CHECKING:
     from fitchat.model.estimate import LoadSettings
@@ -31,9 +32,12 @@ class BadOption(FitchatError):
 def parse_size(text: str) -> int:
     """``'8G'``, ``'8GiB'``, ``'8GB'``, ``'512M'``, ``'1.5g'`` or a byte count -> bytes (binary units)."""
     m = _SIZE_RE.match(str(text))
-    if not m:
-        raise BadOption(f"cannot read {text!r} as a size; write it like 8G, 512M or 17179869184")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    try:
+        if not m:
+            raise ValueError(text)
+        return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    except (ValueError, OverflowError):  # OverflowError: more digits than a float holds (infinity)
+        raise BadOption(f"cannot read {quoted(text)} as a size; write it like 8G, 512M or 17179869184") from None
 
 
 def parse_ctx(text: str) -> int:
@@ -41,20 +45,28 @@ def parse_ctx(text: str) -> int:
     t = str(text).strip().lower()
     try:
         value = int(float(t[:-1]) * 1024) if t.endswith("k") else int(t)
-    except ValueError:
-        raise BadOption(f"cannot read {text!r} as a context length; write it like 4096 or 8k") from None
+    except (ValueError, OverflowError):  # OverflowError: 'infk', or more digits than a float holds
+        raise BadOption(f"cannot read {quoted(text)} as a context length; write it like 4096 or 8k") from None
     if value < 1 or value > 1 << 24:
-        raise BadOption(f"context {text!r} is out of range (1 to 16M tokens)")
+        raise BadOption(f"context {quoted(text)} is out of range (1 to 16M tokens)")
     return value
 
 
 def parse_cpu_moe(text: str) -> int:
-    """``--cpu-moe``: ``'all'`` -> -1 (the MoE experts of every layer in RAM), ``'20'`` -> the first 20 layers'."""
+    """``--cpu-moe``: ``'all'`` -> -1 (the MoE experts of every layer in RAM), ``'20'`` -> the first 20 layers'.
+
+    ASCII digits only (``str.isdigit`` also takes '²' and other scripts' digits), and no more layers than a
+    model can have (fitchat.model.gguf_spec.MAX_LAYERS); a count above the model's own is its every layer.
+    """
+    from fitchat.model.gguf_spec import MAX_LAYERS
+
     t = str(text).strip().lower()
     if t == "all":
         return -1
-    if not t.isdigit():
-        raise BadOption(f"cannot read {text!r} as --cpu-moe; write a number of layers (like 20) or all")
+    if not (t.isascii() and t.isdigit()):
+        raise BadOption(f"cannot read {quoted(text)} as --cpu-moe; write a number of layers (like 20) or all")
+    if len(t) > len(str(MAX_LAYERS)) or int(t) > MAX_LAYERS:
+        raise BadOption(f"--cpu-moe {quoted(text)} is more layers than any model has; write at most {MAX_LAYERS:,} or all")
     return int(t)
 
 

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fitchat.child import module_command
+from fitchat.child import crash_line, module_command
 from fitchat.errors import LoadFailed
 from fitchat.llama.signals import signal_meaning, signal_name
 from fitchat.model.estimate import LoadSettings
@@ -339,18 +339,13 @@ def run_smoke(
         return SmokeRun(CRASHED, name, f"died with {name}: {signal_meaning(name)}")
     payload = next((ln[len(_RESULT_MARK):] for ln in reversed(proc.stdout.splitlines()) if ln.startswith(_RESULT_MARK)), None)
     if payload is None:
-        return SmokeRun(FAILED, None, f"the smoke decode failed (exit {proc.returncode}): {_last_line(proc.stderr)}")
+        return SmokeRun(FAILED, None, f"the smoke decode failed (exit {proc.returncode}): {crash_line(proc.stderr)}")
     try:
         result = json.loads(payload)
         status, message = str(result["status"]), str(result["message"])
     except (ValueError, KeyError, TypeError):
         return SmokeRun(FAILED, None, "the smoke decode answered something unreadable")
     return SmokeRun(OK if status == OK else FAILED, None, message)
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "no output"
 
 
 def _child(model: str, use_extra_bufts: bool, tokens: int) -> dict[str, Any]:

@@ -106,7 +106,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fitchat.errors import FitchatError
-from fitchat.model.gguf_spec import ModelSpec, TensorInfo
+from fitchat.model.gguf_spec import MAX_LAYERS, ModelSpec, TensorInfo, block_of
 
 MiB = 1024 * 1024
 
@@ -429,7 +429,7 @@ def _extra_copy(t: TensorInfo, rules: Rules, tied: bool) -> int:
 
 #: llama.cpp's expert tensors (common.h ``LLM_FFN_EXPS_REGEX``): what ``--cpu-moe`` keeps in RAM.
 EXPERTS_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
-_EXPERT_TENSOR = re.compile(r"^blk\.(\d+)" + EXPERTS_REGEX)
+_EXPERT_TENSOR = re.compile(r"^blk\.([0-9]+)" + EXPERTS_REGEX)
 
 
 def is_expert_tensor(name: str) -> bool:
@@ -437,19 +437,41 @@ def is_expert_tensor(name: str) -> bool:
     return _EXPERT_TENSOR.search(name) is not None
 
 
+def _digits(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"[{lo}-{hi}]"
+
+
+def _numbers_below(n: int) -> str:
+    """A regex alternation of the decimal numbers ``0..n-1`` as llama.cpp writes block numbers (no leading
+    zeros), in about ``digits²`` characters whatever ``n`` is: ``48 -> [0-9]|[1-3][0-9]|4[0-6]|47``."""
+    top = str(n - 1)
+    k = len(top)
+    if k == 1:
+        return _digits(0, n - 1)
+    alts = ["[0-9]"] + ["[1-9]" + "[0-9]" * (j - 1) for j in range(2, k)]  # every shorter number
+    for i in range(k):  # k digits: top's first i digits, then a smaller digit, then any
+        lo, hi = (1 if i == 0 else 0), int(top[i]) - 1
+        if lo <= hi:
+            alts.append(top[:i] + _digits(lo, hi) + "[0-9]" * (k - i - 1))
+    alts.append(top)
+    return "|".join(alts)
+
+
 def expert_override_pattern(moe_cpu_layers: int) -> str | None:
     r"""The ``tensor_buft_overrides`` pattern that keeps the experts of blocks ``0..moe_cpu_layers-1`` in RAM
     (-1: of every block).
 
     One pattern for all of them (llama.cpp's ``--n-cpu-moe`` adds one pattern per block, and compiles each
-    pattern again for every tensor); ``blk\.(0|1|2)\.`` cannot match ``blk.10.`` or ``blk.21.``.
+    pattern again for every tensor), with the blocks as a numeric range whose length grows with the digits of
+    ``moe_cpu_layers``, not its value (at most five digits: a count of MAX_LAYERS or more is every block), so
+    no count, from a flag or the engine's pipe, makes a pattern llama.cpp's regex engine chokes on;
+    ``blk\.([0-2])\.`` cannot match ``blk.10.`` or ``blk.21.``.
     """
-    if moe_cpu_layers < 0:
-        return EXPERTS_REGEX  # every block (llama.cpp's --cpu-moe)
+    if moe_cpu_layers < 0 or moe_cpu_layers >= MAX_LAYERS:
+        return EXPERTS_REGEX  # every block (llama.cpp's --cpu-moe); no model has more than MAX_LAYERS
     if moe_cpu_layers == 0:
         return None
-    blocks = "|".join(str(i) for i in range(moe_cpu_layers))
-    return rf"blk\.({blocks})" + EXPERTS_REGEX
+    return rf"blk\.({_numbers_below(moe_cpu_layers)})" + EXPERTS_REGEX
 
 
 def expert_layers(spec: ModelSpec) -> int:
@@ -459,10 +481,10 @@ def expert_layers(spec: ModelSpec) -> int:
 
 def _group_of(name: str) -> str:
     """The placement group of a tensor: ``blk.N``, ``blk.N.exps`` for its expert tensors, else its first part."""
-    parts = name.split(".")
-    if parts[0] == "blk" and len(parts) > 1:
-        return f"blk.{parts[1]}.exps" if is_expert_tensor(name) else f"blk.{parts[1]}"
-    return parts[0]
+    il = block_of(name)
+    if il is not None:
+        return f"blk.{il}.exps" if is_expert_tensor(name) else f"blk.{il}"
+    return name.split(".")[0]
 
 
 @functools.lru_cache(maxsize=256)
@@ -521,6 +543,7 @@ def estimate(
     n_layers = spec.n_layers
     gpu_layers = max(0, min(gpu_layers, n_layers + 1))
     first_gpu = n_layers + 1 - gpu_layers
+    experts_asked = moe_cpu_layers != 0
     moe_cpu_layers = (n_layers if moe_cpu_layers < 0 else min(moe_cpu_layers, n_layers)) if spec.n_expert else 0
     rules = _extra_buft_rules(cpu_isa, settings.use_extra_bufts and not gpu_host_buffer)
 
@@ -576,6 +599,8 @@ def estimate(
         notes.append(
             f"{spec.architecture} keeps a recurrent state the estimate does not model; treat the figures as approximate"
         )
+    if experts_asked and not spec.n_expert:
+        notes.append("the model has no MoE experts, so keeping experts in RAM (--cpu-moe) changes nothing")
     if spec.n_ctx_train and ctx > spec.n_ctx_train:
         notes.append(f"context {ctx} exceeds the {spec.n_ctx_train} tokens the model was trained on")
 

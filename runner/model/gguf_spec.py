@@ -754,12 +754,39 @@ def _reader_error(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- building the spec
 
 
+#: A block's tensor as llama.cpp names it (``blk.%d.…``): the block number in plain ASCII decimal.
+_BLOCK_NAME_RE = re.compile(r"blk\.(0|[1-9][0-9]*)(?:\.|$)")
+
+
+def block_of(name: str) -> int | None:
+    """The block a tensor belongs to (``blk.12.attn_q.weight -> 12``), None for the model's other tensors.
+
+    The one reading of a block number: a ModelSpec holds only tensors whose ``blk.`` names pass
+    :func:`_check_block_names`, so every consumer (groups, placement, the experts' override) agrees.
+    """
+    m = _BLOCK_NAME_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def _check_block_names(tensors: Iterable[TensorInfo], n_layers: int, label: str) -> None:
+    """Every ``blk.`` tensor names one of the model's blocks, as llama.cpp creates them (a tensor it does
+    not create fails its load: "wrong number of tensors"); a name like ``blk.x.`` or ``blk.99999.`` is refused
+    here rather than reach the estimate's placement as a number it cannot read or a layer that is not there."""
+    for t in tensors:
+        if not t.name.startswith("blk."):
+            continue
+        il = block_of(t.name)
+        if il is None or il >= n_layers:
+            raise InvalidModelFile(
+                f"{label}: tensor {quoted(t.name)} names no block of the model's {n_layers:,} "
+                f"(llama.cpp names them blk.0 to blk.{n_layers - 1})"
+            )
+
+
 def _group(name: str) -> str:
     """``blk.12.attn_q.weight -> blk.12``; ``token_embd.weight -> token_embd``."""
-    parts = name.split(".")
-    if parts[0] == "blk" and len(parts) > 1 and parts[1].isdigit():
-        return f"blk.{parts[1]}"
-    return parts[0]
+    il = block_of(name)
+    return f"blk.{il}" if il is not None else name.split(".")[0]
 
 
 def _as_layers(value: Any, n_layers: int, default: int) -> tuple[int, ...]:
@@ -911,6 +938,7 @@ def _build_spec_unchecked(
     if not vocab and token_embd is not None and len(token_embd.shape) >= 2:
         vocab = token_embd.shape[1]
 
+    _check_block_names(tensors, n_layers, label)
     group_bytes: dict[str, int] = {}
     for t in tensors:
         g = _group(t.name)

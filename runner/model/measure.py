@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fitchat.child import module_command
+from fitchat.child import crash_line, module_command
 from fitchat.errors import FitchatError, LoadFailed
 from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings
 
@@ -291,10 +291,10 @@ def measure_many(
             sig = signal.Signals(-proc.returncode).name
         except ValueError:
             sig = f"signal {-proc.returncode}"
-        raise MeasureFailed(f"llama.cpp aborted ({sig}) while measuring {spec.file}: {_last_line(proc.stderr)}")
+        raise MeasureFailed(f"llama.cpp aborted ({sig}) while measuring {spec.file}: {crash_line(proc.stderr)}")
     payload = next((ln[len(_RESULT_MARK):] for ln in reversed(proc.stdout.splitlines()) if ln.startswith(_RESULT_MARK)), None)
     if payload is None:
-        raise MeasureFailed(f"measuring {spec.file} failed (exit {proc.returncode}): {_last_line(proc.stderr)}")
+        raise MeasureFailed(f"measuring {spec.file} failed (exit {proc.returncode}): {crash_line(proc.stderr)}")
     results = json.loads(payload)
     out = []
     for (c, s), r in zip(jobs, results):
@@ -357,11 +357,6 @@ def measure_header(
                        moe_cpu_layers=moe_cpu_layers)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "no output"
 
 
 # --------------------------------------------------------------------------- the child

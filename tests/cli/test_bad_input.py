@@ -128,3 +128,33 @@ def test_chat_sampling_ranges(capsys: pytest.CaptureFixture[str], flag: str, val
     rc, err = _run(capsys, "chat", "/no/such/model.gguf", "-p", "hi", flag, value)
     assert rc == 2
     assert f"fitchat: error: {message}" in err
+
+
+NINES = "9" * 400  # more digits than a float holds: float() gives infinity
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--gpu-mem", NINES], "cannot read '999"),
+    (["--ram", NINES + "T"], "cannot read '999"),
+    (["--ctx", NINES + "k"], "cannot read '999"),
+    (["--ctx", "infk"], "cannot read 'infk' as a context length"),
+    (["--cpu-moe", "-1"], "cannot read '-1' as --cpu-moe"),
+    (["--cpu-moe", "1e9"], "cannot read '1e9' as --cpu-moe"),
+    (["--cpu-moe", ""], "cannot read '' as --cpu-moe"),
+    (["--cpu-moe", "\u0663"], "as --cpu-moe"),  # an Arabic-Indic 3
+    (["--cpu-moe", "\u00b2"], "as --cpu-moe"),  # isdigit() says yes, int() says no
+    (["--cpu-moe", "16385"], "more layers than any model has; write at most 16,384 or all"),
+    (["--cpu-moe", "9" * 5000], "more layers than any model has"),
+])
+def test_fit_option_values_are_one_short_usage_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                    argv: list[str], message: str) -> None:
+    rc, err = _run(capsys, "fit", str(tmp_path / "m.gguf"), *argv)
+    assert rc == 2
+    line = err.strip().splitlines()[-1]
+    assert message in line and len(line) < 250, line
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_chat_and_serve_refuse_a_cpu_moe_beyond_any_model(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    rc, err = _run(capsys, command, "some/model", "--cpu-moe", "99999999999")
+    assert rc == 2 and "more layers than any model has" in err
