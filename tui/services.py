@@ -210,7 +210,8 @@ class Services:
 
         if local_path is not None:
             on_stage("llama.cpp dry run on the file on disk")
-            return measure(local_path, plan.context, plan.settings, mode="dry_run", gpu_layers=plan.gpu_layers)
+            return measure(local_path, plan.context, plan.settings, mode="dry_run", gpu_layers=plan.gpu_layers,
+                           moe_cpu_layers=plan.moe_cpu_layers)
         if not repo:
             from fitchat.errors import FitchatError
 
@@ -221,7 +222,7 @@ class Services:
         header = read_remote_header(repo, plan.spec.file, endpoint=self.endpoint, token=self.token)
         on_stage(f"llama.cpp dry run on the header ({len(header.parts[0].head) / 1024**2:.1f} MiB read)")
         return measure_header([(p.size_bytes, p.head) for p in header.parts], plan.context, plan.settings,
-                              gpu_layers=plan.gpu_layers, label=plan.spec.file)
+                              gpu_layers=plan.gpu_layers, moe_cpu_layers=plan.moe_cpu_layers, label=plan.spec.file)
 
     def measure_checks(self, plan: Plan, measurement: Measurement) -> tuple[Any, ...]:
         """The estimate beside ``measurement``, part by part, with the tolerance verdicts (PartCheck rows)."""
