@@ -57,8 +57,7 @@ Compute buffer
     matrix (dry runs over head counts 4-64, head widths 64-256, GQA 1-8, MoE, MLA, SSM). The logits stage was
     then read from ggml-alloc's own trace (its ``AT_PRINTF`` switched on). Known miss beyond max(2 %, 16 MiB):
     the scaled-down gpt-oss's MoE stage at 32k with flash attention (+18 MiB of 115). For example SmolLM2 at
-    ctx 16384 without flash
-    attention: ``4·512·(9·16384 + 16384 + 3·576 + 1152 + 192 + 192)`` = 326.38 MiB, measured 326.38 MiB.
+    ctx 16384 without flash attention: ``4·512·(9·16384 + 16384 + 3·576 + 1152 + 192 + 192)`` = 326.38 MiB, measured 326.38 MiB.
 
 Output buffer and fixed overheads
     ``n_vocab × 4`` bytes of logits on the host (the ``output buffer`` line) plus the graph
