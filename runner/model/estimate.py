@@ -44,8 +44,10 @@ Compute buffer
       plus the window's cells for models with sliding-window or chunked layers (llama.cpp builds both masks).
       MLA with the compressed cache: rows ``3·n_embd + q + k`` (+ ``n_head·kv_lora_rank`` with flash attention;
       without it an f16 copy of the masks, ``2·ub·masks``, is alive too).
-    - feed-forward: ``4·ub·(3·n_ff + 2·n_embd)``; MoE ``4·ub·(used·(3·n_ff_exp + n_embd) + 2·n_embd)``; plus the
-      full mask (``n_kv`` at 2 or 4 bytes) when there is more than one layer, since every layer reads it.
+    - feed-forward: ``4·ub·(3·n_ff + 2·n_embd)``; MoE ``4·ub·(used·(2.5·n_ff_exp + n_embd) + 2·n_embd)`` (gate,
+      up, each expert's output, and half a block for their product, which lands in a hole below the mask or on
+      top, by allocation history); plus the full mask (``n_kv`` at 2 or 4 bytes) when there is more than one
+      layer, since every layer reads it.
     - SSM (Mamba-2 layers): ``4·ub·(d_in_proj + 2·conv + 2·d_inner + n_embd) + 4·d_state·d_inner`` with
       ``conv = d_inner + 2·groups·d_state``, plus the full mask as above.
 
@@ -55,8 +57,9 @@ Compute buffer
     (4 quants, 49k vocabulary) and gemma-3-270m (262k vocabulary, SWA) at ctx 100 to 32768,
     n_ubatch 128 to 1024, flash attention on and off, f16/q8_0/q4_0 caches, then refitted on the architecture
     matrix (dry runs over head counts 4-64, head widths 64-256, GQA 1-8, MoE, MLA, SSM). The logits stage was
-    then read from ggml-alloc's own trace (its ``AT_PRINTF`` switched on). Known miss beyond max(2 %, 16 MiB):
-    the scaled-down gpt-oss's MoE stage at 32k with flash attention (+18 MiB of 115). For example SmolLM2 at
+    then read from ggml-alloc's own trace (its ``AT_PRINTF`` switched on). Where ggml-alloc's placement depends on
+    the allocation history (the logits' row offset, the MoE product) the estimate takes the middle, so a
+    change of history moves llama.cpp's figure by up to half a block either way. For example SmolLM2 at
     ctx 16384 without flash attention: ``4·512·(9·16384 + 16384 + 3·576 + 1152 + 192 + 192)`` = 326.38 MiB, measured 326.38 MiB.
 
 Output buffer and fixed overheads
@@ -328,9 +331,11 @@ def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_S
     # stages of all but the last layer; the window's mask is not counted there (it fits the measured peaks).
     mask_bytes = (2 if settings.flash_attn else 4) * ub * n_kv if has_attention and spec.n_layers > 1 else 0
     if spec.n_expert and spec.n_expert_used and spec.n_ff_expert:
-        # MoE: gate, up and their product for every chosen expert, and each expert's output row.
+        # MoE: gate, up and their product for every chosen expert, and each expert's output row. The product lands
+        # in a hole below the mask or on top of gate and up, by allocation history (ggml-alloc's trace of gpt-oss:
+        # 2 or 3 expert blocks above the mask): counted as half a block.
         used = spec.n_expert_used
-        ffn = 4 * ub * (used * (3 * spec.n_ff_expert + n_embd) + 2 * n_embd)
+        ffn = 2 * ub * used * (5 * spec.n_ff_expert + 2 * n_embd) + 4 * ub * 2 * n_embd
     else:
         ffn = 4 * ub * (3 * spec.n_ff + 2 * n_embd)
     stages = {
