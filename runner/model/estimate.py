@@ -60,7 +60,8 @@ Compute buffer
     then read from ggml-alloc's own trace (its ``AT_PRINTF`` switched on). Where ggml-alloc's placement depends on
     the allocation history (the logits' row offset, the MoE product) the estimate takes the middle, so a
     change of history moves llama.cpp's figure by up to half a block either way. For example SmolLM2 at
-    ctx 16384 without flash attention: ``4·512·(9·16384 + 16384 + 3·576 + 1152 + 192 + 192)`` = 326.38 MiB, measured 326.38 MiB.
+    ctx 16384 without flash attention: ``4·512·(9·16384 + 16384 + 3·576 + 1152 + 192 + 192)`` = 326.38 MiB,
+    measured 326.38 MiB.
 
 Output buffer and fixed overheads
     ``n_vocab × 4`` bytes of logits on the host (the ``output buffer`` line) plus the graph
