@@ -33,15 +33,21 @@ Compute buffer
     the context), ``n_kv`` the padded context, ``q = n_head·(key_length + value_length)``, ``k``/``v`` the
     widest layer's n_embd_k_gqa/n_embd_v_gqa, all tensors f32 (4 bytes):
 
-    - logits:    ``4·ub·(n_vocab + 2·n_embd)``   (the output projection for every token of a micro-batch)
+    - logits:    ``4·ub·(n_vocab + rows·n_embd)`` (the output projection for every token of a micro-batch, placed
+      above the last layer's output row wherever the allocator left it, ``_below_logits``): ``rows`` = 2.5 for
+      a dense block; for a MoE block whose expert outputs fit the hole of its gate/up projections
+      (``n_embd <= 2·n_ff_exp``) ``4 + used`` with a shared expert and ``(7 + used)/2`` without, plus the
+      router's ``2·n_expert``; else 2.5
     - attention without flash attention: ``4·ub·(n_head·n_kv + masks + 3·n_embd + q + k + v)`` (the KQ scores,
       softmaxed in place, plus the f32 masks); with flash attention
       ``4·ub·max(3·n_embd + q, n_embd + q/2 + 2·(k + v)) + 2·ub·masks`` (f16 masks). ``masks`` is ``n_kv``,
       plus the window's cells for models with sliding-window or chunked layers (llama.cpp builds both masks).
       MLA with the compressed cache: rows ``3·n_embd + q + k`` (+ ``n_head·kv_lora_rank`` with flash attention;
       without it an f16 copy of the masks, ``2·ub·masks``, is alive too).
-    - feed-forward: ``4·ub·(3·n_ff + 2·n_embd)``; MoE ``4·ub·(used·(3·n_ff_exp + n_embd) + 2·n_embd)``; plus the
-      full mask (``n_kv`` at 2 or 4 bytes) when there is more than one layer, since every layer reads it.
+    - feed-forward: ``4·ub·(3·n_ff + 2·n_embd)``; MoE ``4·ub·(used·(2.5·n_ff_exp + n_embd) + 2·n_embd)`` (gate,
+      up, each expert's output, and half a block for their product, which lands in a hole below the mask or on
+      top, by allocation history); plus the full mask (``n_kv`` at 2 or 4 bytes) when there is more than one
+      layer, since every layer reads it.
     - SSM (Mamba-2 layers): ``4·ub·(d_in_proj + 2·conv + 2·d_inner + n_embd) + 4·d_state·d_inner`` with
       ``conv = d_inner + 2·groups·d_state``, plus the full mask as above.
 
@@ -50,10 +56,12 @@ Compute buffer
     Calibrated against llama.cpp 0.3.36 (llama-cpp-python) CPU loads of SmolLM2-135M
     (4 quants, 49k vocabulary) and gemma-3-270m (262k vocabulary, SWA) at ctx 100 to 32768,
     n_ubatch 128 to 1024, flash attention on and off, f16/q8_0/q4_0 caches, then refitted on the architecture
-    matrix (dry runs over head counts 4-64, head widths 64-256, GQA 1-8, MoE, MLA, SSM). Known misses beyond
-    max(2 %, 16 MiB): gpt-oss's compute peak with flash attention (up to 7 % at 8k), DeepSeek-V2-Lite's with
-    flash attention (13 % low, 32 MiB above its logits stage). For example SmolLM2 at ctx 16384 without flash
-    attention: ``4·512·(9·16384 + 16384 + 3·576 + 1152 + 192 + 192)`` = 326.38 MiB, measured 326.38 MiB.
+    matrix (dry runs over head counts 4-64, head widths 64-256, GQA 1-8, MoE, MLA, SSM). The logits stage was
+    then read from ggml-alloc's own trace (its ``AT_PRINTF`` switched on). Where ggml-alloc's placement depends on
+    the allocation history (the logits' row offset, the MoE product) the estimate takes the middle, so a
+    change of history moves llama.cpp's figure by up to half a block either way. For example SmolLM2 at
+    ctx 16384 without flash attention: ``4·512·(9·16384 + 16384 + 3·576 + 1152 + 192 + 192)`` = 326.38 MiB,
+    measured 326.38 MiB.
 
 Output buffer and fixed overheads
     ``n_vocab × 4`` bytes of logits on the host (the ``output buffer`` line) plus the graph
@@ -324,13 +332,15 @@ def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_S
     # stages of all but the last layer; the window's mask is not counted there (it fits the measured peaks).
     mask_bytes = (2 if settings.flash_attn else 4) * ub * n_kv if has_attention and spec.n_layers > 1 else 0
     if spec.n_expert and spec.n_expert_used and spec.n_ff_expert:
-        # MoE: gate, up and their product for every chosen expert, and each expert's output row.
+        # MoE: gate, up and their product for every chosen expert, and each expert's output row. The product lands
+        # in a hole below the mask or on top of gate and up, by allocation history (ggml-alloc's trace of gpt-oss:
+        # 2 or 3 expert blocks above the mask): counted as half a block.
         used = spec.n_expert_used
-        ffn = 4 * ub * (used * (3 * spec.n_ff_expert + n_embd) + 2 * n_embd)
+        ffn = 2 * ub * used * (5 * spec.n_ff_expert + 2 * n_embd) + 4 * ub * 2 * n_embd
     else:
         ffn = 4 * ub * (3 * spec.n_ff + 2 * n_embd)
     stages = {
-        "logits": 4 * ub * (spec.vocab_size + 2 * n_embd),
+        "logits": 4 * ub * spec.vocab_size + _below_logits(spec, ub),
         "attention": attention,
         "ffn": ffn + mask_bytes,
     }
@@ -342,6 +352,28 @@ def compute_stages(spec: ModelSpec, ctx: int, settings: LoadSettings = DEFAULT_S
         rows_ssm = d_in_proj + 2 * conv + 2 * spec.ssm_d_inner + n_embd
         stages["ssm"] = 4 * ub * rows_ssm + 4 * spec.ssm_d_state * spec.ssm_d_inner + mask_bytes
     return stages
+
+
+def _below_logits(spec: ModelSpec, ub: int) -> int:
+    """What lies below the logits in the compute buffer: the last layer's output row stays where the graph
+    allocator put it during that layer's feed-forward, and the logits (one block of ``n_vocab`` rows) go above
+    it. Read from ggml-alloc's trace of llama.cpp 0.3.36 graphs (rows of ``n_embd``):
+
+    - dense block: ``ffn_out`` lands in a freed row above the input embeddings and the residual, the 2nd or
+      3rd row depending on the allocation history: 2.5 rows (within half a row);
+    - MoE block whose expert outputs (``used`` rows) fit in the hole of its gate and up projections
+      (``n_embd <= 2·n_ff_exp``): with a shared expert (which keeps the normed input alive) they sit above the
+      embeddings, residual, normed input and router scores, and their sum (the layer's output) right above
+      them: ``4 + used`` rows plus the router's logits and arg-sort. Without one, the output lands anywhere
+      from the 3rd row to there (gpt-oss: 3 to 7.6 rows by setting): the midpoint, ``(7 + used)/2`` rows;
+    - otherwise the expert outputs go on top and the sum drops into a low row, as in a dense block.
+    """
+    router = 4 * ub * 2 * spec.n_expert
+    if spec.n_expert and spec.n_expert_used and spec.n_ff_expert and spec.n_embd <= 2 * spec.n_ff_expert:
+        if any(t.name.endswith("ffn_down_shexp.weight") for t in spec.tensors):
+            return 4 * ub * (4 + spec.n_expert_used) * spec.n_embd + router
+        return 2 * ub * (7 + spec.n_expert_used) * spec.n_embd + router
+    return 2 * ub * 5 * spec.n_embd
 
 
 def _ssm_heads(spec: ModelSpec) -> int:

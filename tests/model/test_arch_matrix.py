@@ -34,16 +34,8 @@ QUICK = [
 ]
 
 
-#: Where the estimate still misses the bar in the full matrix (the default run passes everywhere): the compute
-#: peak of gpt-oss's MXFP4 expert stage (small: +18 MiB of 115 at 32k with flash attention; real scale: up to
-#: -31 MiB of 435 at 8k with flash attention), and DeepSeek-V2-Lite's flash-attention peak, 32 MiB above its
-#: logits stage whatever the context (no q LoRA; the small DeepSeek shape with q LoRA is within the bar).
-KNOWN_GAPS = {
-    "gpt-oss": "gpt-oss's MoE compute stage: up to +18 MiB of 115 MiB at 32k with flash attention",
-    "gpt-oss-20b": "gpt-oss's compute peak at 8k with flash attention: up to -31 MiB of 435 MiB",
-    "gpt-oss-120b": "gpt-oss's compute peak at 8k with flash attention: up to -31 MiB of 435 MiB",
-    "DeepSeek-V2-Lite": "DeepSeek-V2-Lite's flash-attention compute peak: -32 MiB of 240 MiB",
-}
+#: Where the estimate still misses the bar in the full matrix (none: the default run and the full matrix pass).
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _with_gaps(names: list[str]) -> list[object]:
