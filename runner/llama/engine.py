@@ -195,6 +195,7 @@ class ChatStats:
     finish_reason: str = "stop"  # "stop", "length", "context", "cancelled"
     dropped_messages: int = 0  # oldest messages left out to fit the context
     elapsed_s: float = 0.0
+    devices: tuple[tuple[str, int], ...] = ()  # (device, layers) as loaded: the CPU first, then offload devices
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -323,6 +324,63 @@ def _settings_kwargs(settings: LoadSettings | dict[str, Any] | None) -> dict[str
     return dict(settings.llama_kwargs())
 
 
+def _offload_targets(plan: LoadPlan | None) -> list[dict[str, Any]]:
+    """The plan's offload devices in llama.cpp's order ({name, layers, endpoint, index}); the CPU left out."""
+    out = []
+    for d in getattr(plan, "devices", None) or ():
+        d = d if isinstance(d, dict) else {"name": d.name, "layers": d.layers, "endpoint": d.endpoint,
+                                           "index": d.index}
+        if d["name"] != "CPU":
+            out.append({"name": d["name"], "layers": int(d["layers"]), "endpoint": d.get("endpoint", ""),
+                        "index": int(d.get("index", 0))})
+    return out
+
+
+def _placed(targets: Sequence[dict[str, Any]], gpu_layers: int, n_blocks: int) -> tuple[tuple[str, int], ...]:
+    """(device, layers) as llama.cpp places ``gpu_layers`` of ``n_blocks + 1`` units over ``targets``."""
+    from fitchat.model.split import CPU, assign_units
+
+    n_units = n_blocks + 1
+    g = n_units if gpu_layers < 0 else min(gpu_layers, n_units)
+    if not targets:
+        return ((CPU, n_units - g),) + ((("GPU", g),) if g else ())
+    weights = [float(max(t["layers"], 0)) for t in targets]
+    cpu, counts = assign_units(n_units, g, weights if any(weights) else [1.0] * len(targets))
+    return ((CPU, cpu),) + tuple((t["name"], n) for t, n in zip(targets, counts))
+
+
+class _Split:
+    """A load over workers' devices (fitchat.llama.rpc): registers them and hands llama.cpp the device list."""
+
+    def __init__(self, targets: Sequence[dict[str, Any]]) -> None:
+        self.targets = list(targets)
+        self.endpoints = list(dict.fromkeys(t["endpoint"] for t in targets if t["endpoint"]))
+
+    @contextlib.contextmanager
+    def devices(self) -> Iterator[None]:
+        from fitchat.llama import rpc
+        from fitchat.llama.smoke import model_params_override
+
+        rpc.require_rpc()
+        rpc.check_reachable(self.endpoints)
+        registered = {(r.endpoint, r.index): r.dev for r in rpc.register(self.endpoints)}
+        g = rpc._ggml()
+        ptrs: list[int] = []
+        for t in self.targets:
+            if t["endpoint"]:
+                dev = registered.get((t["endpoint"], t["index"]))
+                if dev is None:
+                    raise rpc.WorkerUnreachable(t["endpoint"], f"has no device {t['index']} any more")
+            else:
+                dev = g.ggml_backend_dev_by_name(t["name"].encode())
+                if not dev:
+                    raise LoadFailed(f"this machine has no device {t['name']} any more")
+            ptrs.append(int(dev))
+        arr = (ctypes.c_void_p * (len(ptrs) + 1))(*ptrs, None)
+        with model_params_override(devices=ctypes.addressof(arr)):
+            yield
+
+
 class ChatEngine:
     """One loaded model. Not thread-safe except :meth:`cancel`; one reply at a time."""
 
@@ -343,6 +401,8 @@ class ChatEngine:
         self.gpu_layers = gpu_layers
         self.load_kwargs = load_kwargs
         self.load_report = report
+        #: (device, layers) as llama.cpp placed them: the CPU first, then the offload devices (set by load).
+        self.devices: tuple[tuple[str, int], ...] = ()
         self.notices: list[str] = []
         self._on_notice = on_notice
         self._ctx = llm.ctx
@@ -456,6 +516,10 @@ class ChatEngine:
             planned_gpu = int(gpu_layers)
         for key in ("n_ctx", "n_gpu_layers", "model_path", "verbose"):
             kwargs.pop(key, None)
+        targets = _offload_targets(plan)
+        split = _Split(targets) if any(t["endpoint"] for t in targets) else None
+        if split is not None:
+            kwargs["tensor_split"] = [float(t["layers"]) for t in targets]
 
         early: list[str] = []
 
@@ -477,7 +541,7 @@ class ChatEngine:
         try:
             # A build that dies on this CPU (the AMX crash) is found by a smoke decode in a child process,
             # cached per library and CPU; inside the block, loads leave out the extra buffer types if so.
-            with guard_load(path, on_notice=notify):
+            with guard_load(path, on_notice=notify), (split.devices() if split else contextlib.nullcontext()):
                 for step in fallback_ladder(planned_gpu, planned_ctx, n_layers):
                     if failures:
                         notify(f"retrying with {step.label}: {step.gpu_layers} GPU layers, context {step.n_ctx}")
@@ -519,6 +583,7 @@ class ChatEngine:
             raise
         engine._log = log
         engine.notices[:0] = early
+        engine.devices = _placed(targets, step.gpu_layers, int(engine._lc.llama_model_n_layer(engine._model)))
         if failures:
             engine._notice(f"loaded with {step.label}: {step.gpu_layers} GPU layers, context {engine.n_ctx}")
         try:
@@ -914,6 +979,7 @@ class ChatEngine:
             finish_reason=live["finish"],
             dropped_messages=live["dropped"],
             elapsed_s=now - t0,
+            devices=self.devices,
         )
 
     def _stream(

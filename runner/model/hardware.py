@@ -85,6 +85,21 @@ class BackendDevice:
 
 
 @dataclass(frozen=True)
+class RpcDevice:
+    """A device a ``fitchat worker`` lends over llama.cpp's RPC, as llama.cpp sees it from here.
+
+    ``name`` is llama.cpp's buffer name for it, ``RPC<index on that worker>[<endpoint>]`` (the name its
+    load log uses), so a plan's devices and a load's buffer lines line up.
+    """
+
+    endpoint: str
+    name: str
+    total_bytes: int
+    free_bytes: int
+    index: int = 0  # the device's index on its worker
+
+
+@dataclass(frozen=True)
 class LlamaBuild:
     """The installed llama-cpp-python and what its llama.cpp was compiled with."""
 
@@ -113,6 +128,7 @@ class HardwareInfo:
     os: str
     arch: str
     warnings: tuple[str, ...] = field(default=())
+    rpc: tuple[RpcDevice, ...] = field(default=())  # devices lent by workers (``--rpc``), in llama.cpp's order
 
     def gpu_budgets(self) -> tuple[int, ...]:
         """Free bytes on each device fitchat will offload to (empty for the CPU backend)."""
@@ -146,6 +162,10 @@ class HardwareInfo:
             "os": self.os,
             "arch": self.arch,
             "warnings": list(self.warnings),
+            "rpc": [
+                {"endpoint": d.endpoint, "name": d.name, "total_bytes": d.total_bytes, "free_bytes": d.free_bytes}
+                for d in self.rpc
+            ],
         }
 
 

@@ -1,0 +1,95 @@
+"""``fitchat worker`` processes for the tests, and the one rule for tests that need llama.cpp's RPC backend.
+
+Tests that need RPC take the ``rpc_build`` fixture (tests/conftest.py): without an RPC-enabled build they
+skip, saying why, unless ``FITCHAT_REQUIRE_RPC=1`` is set (CI installs the RPC wheel), when they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+REQUIRE_ENV = "FITCHAT_REQUIRE_RPC"
+
+
+def require_rpc_build() -> None:
+    """Skip (or fail under FITCHAT_REQUIRE_RPC=1) when the installed llama.cpp has no RPC backend."""
+    from fitchat.llama.rpc import RPC_FIX, rpc_available
+
+    if rpc_available():
+        return
+    why = f"llama.cpp's RPC backend is not in this build: {RPC_FIX}"
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1 but {why}")
+    pytest.skip(f"{why} (set {REQUIRE_ENV}=1 to make this a failure)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Worker:
+    """One ``fitchat worker`` process on 127.0.0.1."""
+
+    port: int
+    proc: subprocess.Popen[str]
+    ready_line: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_worker(*args: str, port: int | None = None, timeout: float = 30.0) -> Worker:
+    """Start ``fitchat worker`` (one thread, its own cache) and wait for its ready line."""
+    port = port or free_port()
+    if "--cache" not in args:
+        args = (*args, "--cache", tempfile.mkdtemp(prefix="fitchat-worker-cache-"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fitchat", "worker", "--port", str(port), "--threads", "1", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    worker = Worker(port, proc)
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    buf = ""
+    while time.monotonic() < deadline:
+        chunk = proc.stdout.read()
+        if chunk:
+            buf += chunk
+        if "\n" in buf:
+            worker.ready_line = buf.splitlines()[0]
+            os.set_blocking(proc.stdout.fileno(), True)
+            return worker
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    worker.kill()
+    raise AssertionError(f"fitchat worker on port {port} did not get ready: {buf!r}")
