@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from dataclasses import dataclass, field
 
 import pytest
@@ -76,20 +76,18 @@ def start_worker(*args: str, port: int | None = None, timeout: float = 30.0) -> 
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     worker = Worker(port, proc)
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    buf = ""
-    while time.monotonic() < deadline:
-        chunk = proc.stdout.read()
-        if chunk:
-            buf += chunk
-        if "\n" in buf:
-            worker.ready_line = buf.splitlines()[0]
-            os.set_blocking(proc.stdout.fileno(), True)
-            return worker
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
+    first = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            worker.lines.append(line.rstrip("\n"))
+            first.set()
+        first.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if first.wait(timeout) and worker.lines:
+        worker.ready_line = worker.lines[0]
+        return worker
     worker.kill()
-    raise AssertionError(f"fitchat worker on port {port} did not get ready: {buf!r}")
+    raise AssertionError(f"fitchat worker on port {port} did not get ready: {worker.lines!r}")

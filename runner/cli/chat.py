@@ -522,6 +522,7 @@ class Repl:
                 raise
             self.say(f"fitchat: error: {printable(lost, 500, one_line=True)}")
             self.offer_reload()
+            return
         except FitchatError as exc:
             self.say(f"fitchat: error: {printable(exc, 500, one_line=True)}")
             return

@@ -403,6 +403,8 @@ class ChatEngine:
         self.load_report = report
         #: (device, layers) as llama.cpp placed them: the CPU first, then the offload devices (set by load).
         self.devices: tuple[tuple[str, int], ...] = ()
+        #: Whether layers run on RPC workers: then no C call that may wait for them keeps the GIL.
+        self.remote = False
         self.notices: list[str] = []
         self._on_notice = on_notice
         self._ctx = llm.ctx
@@ -584,6 +586,9 @@ class ChatEngine:
         engine._log = log
         engine.notices[:0] = early
         engine.devices = _placed(targets, step.gpu_layers, int(engine._lc.llama_model_n_layer(engine._model)))
+        engine.remote = split is not None
+        if engine.remote:  # token text and end-of-generation checks: no network, but keep the rule simple
+            engine._held = (engine._lc.llama_vocab_is_eog, engine._lc.llama_token_to_piece)
         if failures:
             engine._notice(f"loaded with {step.label}: {step.gpu_layers} GPU layers, context {engine.n_ctx}")
         try:
@@ -875,7 +880,8 @@ class ChatEngine:
     # ------------------------------------------------------------------ sampling
 
     def _sampler(self, settings: SamplingSettings) -> TokenSampler:
-        return TokenSampler(self._lc, self._ctx, int(self._lc.llama_vocab_n_tokens(self._vocab)), settings)
+        return TokenSampler(self._lc, self._ctx, int(self._lc.llama_vocab_n_tokens(self._vocab)), settings,
+                            keep_gil=not self.remote)
 
     # ------------------------------------------------------------------ the reply
 
@@ -1135,7 +1141,9 @@ class TokenSampler:
 
     LAST_N = 64
 
-    def __init__(self, lc: Any, ctx: Any, n_vocab: int, settings: SamplingSettings) -> None:
+    def __init__(self, lc: Any, ctx: Any, n_vocab: int, settings: SamplingSettings, *, keep_gil: bool = True) -> None:
+        """``keep_gil=False`` for a model split over RPC workers: reading the logits waits for them over the
+        network, and ggml-rpc's own threads may need the GIL meanwhile (its log goes to Python)."""
         import numpy as np
 
         self._np = np
@@ -1155,7 +1163,8 @@ class TokenSampler:
         addr = ctypes.cast(lc.llama_get_logits_ith, ctypes.c_void_p).value
         if addr is None:  # pragma: no cover - the library exports it
             raise EngineError("llama.cpp has no llama_get_logits_ith")
-        self._logits_addr = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(addr)
+        functype = ctypes.PYFUNCTYPE if keep_gil else ctypes.CFUNCTYPE
+        self._logits_addr = functype(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(addr)
         self._chain = None
         if not self._greedy:
             from llama_cpp import _internals

@@ -176,7 +176,7 @@ def test_worker_killed_mid_reply_keeps_the_chat_and_offers_a_reload(rpc_build: N
                                                                      open_terminal: Any) -> None:
     keep, doomed = start_worker(), start_worker()
     try:
-        term = open_terminal(["chat", str(smollm2), "--threads", "1", "--temp", "0", "--ctx", "1024",
+        term = open_terminal(["chat", str(smollm2), "--threads", "1", "--temp", "0", "--ctx", "1024", "--max-tokens", "120",
                               "--rpc", f"{keep.endpoint},{doomed.endpoint}"])
         mark = term.read_until(">>> ", timeout=120)
         term.type("Write a very long story about a dragon who learns to bake bread.\r")
