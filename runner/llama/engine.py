@@ -509,9 +509,9 @@ class ChatEngine:
             planned_ctx = FALLBACK_CTX
             planned_gpu = 0
             if gpu_layers is None:
-                import llama_cpp
+                from fitchat.model.hardware import local_gpu_offload
 
-                planned_gpu = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+                planned_gpu = -1 if local_gpu_offload() else 0
         if n_ctx is not None:
             planned_ctx = int(n_ctx)
         if gpu_layers is not None:
@@ -1223,9 +1223,9 @@ class TokenSampler:
 
 
 def _offload_backend() -> str:
-    import llama_cpp
+    from fitchat.model.hardware import local_gpu_offload
 
-    return "gpu" if llama_cpp.llama_supports_gpu_offload() else "cpu"
+    return "gpu" if local_gpu_offload() else "cpu"
 
 
 def _cpu_info() -> CpuInfo:

@@ -361,6 +361,17 @@ def _ggml_devices(libggml: Any) -> tuple[BackendDevice, ...]:
     return tuple(devices)
 
 
+def local_gpu_offload() -> bool:
+    """Whether llama.cpp has a GPU of this machine to offload to.
+
+    Not ``llama_supports_gpu_offload()``: that also says yes for every build with RPC (llama.cpp counts
+    workers as offload targets), with no GPU here at all.
+    """
+    from llama_cpp._ggml import libggml
+
+    return any(d.kind in ("gpu", "igpu") for d in _ggml_devices(libggml))
+
+
 def probe_llama_build() -> LlamaBuild:
     """Version, GPU offload support and backend devices of the installed llama-cpp-python."""
     try:
@@ -371,8 +382,8 @@ def probe_llama_build() -> LlamaBuild:
     try:
         llama_cpp.llama_backend_init()
         system_info = _text(llama_cpp.llama_print_system_info())
-        gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
         devices = _ggml_devices(libggml)
+        gpu_offload = any(d.kind in ("gpu", "igpu") for d in devices)  # see local_gpu_offload
     except Exception as exc:
         return LlamaBuild(
             version=getattr(llama_cpp, "__version__", "unknown"), gpu_offload=False, devices=(), system_info="", error=str(exc)

@@ -225,6 +225,14 @@ async def test_settings_modal_and_code_block_copy(smollm2: Path, tmp_path: Path,
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, SettingsScreen)
         assert any("Temperature must be a number" in m for m in notifications(app))
+        # The RPC workers field: bad input is one line, and nothing changes.
+        dialog.query_one("#set-temperature").value = "0.8"
+        dialog.query_one("#set-rpc").value = "nohost"
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, SettingsScreen)
+        assert any("is not HOST:PORT" in m for m in notifications(app))
+        assert app.services.rpc == ()
+        dialog.query_one("#set-rpc").value = ""
         # A value out of range is refused by the settings themselves, told by its label; nothing changes.
         before = app.sampling
         dialog.query_one("#set-temperature").value = "0.3"

@@ -641,15 +641,22 @@ class ChatScreen(Guarded, Screen[None]):
                 self.app.report_error(exc)
                 return
 
+        services = self.app.services
+        screen = SettingsScreen(self.app.sampling, workers=services.rpc)
+
         def saved(settings: SamplingSettings | None) -> None:
             if settings is None:
                 return
             self.app.sampling = settings
             if self.session is not None:
                 self.session.set_settings(settings)  # saved with the conversation (a failure is told once)
+            if screen.rpc_workers is not None and tuple(screen.rpc_workers) != services.rpc:
+                services.set_workers(tuple(screen.rpc_workers))
+                self.notify("Settings saved; the workers are used from the next model load")
+                return
             self.notify("Settings saved")
 
-        self.app.push_screen(SettingsScreen(self.app.sampling), saved)
+        self.app.push_screen(screen, saved)
 
     def action_switch_model(self) -> None:
         if not self._busy():
