@@ -67,6 +67,13 @@ def test_bad_rpc_option_is_a_usage_error() -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_serve_with_workers_loads_one_engine() -> None:
+    proc = subprocess.run([sys.executable, "-m", "fitchat", "serve", "starter", "--rpc", "127.0.0.1:50052",
+                           "--parallel", "2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "fitchat: error: --rpc takes --parallel 1: a worker serves one engine at a time"
+
+
 # --------------------------------------------------------------------------- with workers
 
 
