@@ -7,6 +7,7 @@ skip, saying why, unless ``FITCHAT_REQUIRE_RPC=1`` is set (CI installs the RPC w
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -66,14 +67,19 @@ class Worker:
             self.proc.wait()
 
 
-def start_worker(*args: str, port: int | None = None, timeout: float = 30.0) -> Worker:
-    """Start ``fitchat worker`` (one thread, its own cache) and wait for its ready line."""
+def start_worker(*args: str, port: int | None = None, timeout: float = 30.0, data_limit: int | None = None) -> Worker:
+    """Start ``fitchat worker`` (one thread, its own cache) and wait for its ready line.
+
+    ``data_limit``: the worker's RLIMIT_DATA, so it claims all the RAM (the CPU device's free memory) but
+    cannot allocate past the limit: a worker with less memory than it offers.
+    """
     port = port or free_port()
     if "--cache" not in args:
         args = (*args, "--cache", tempfile.mkdtemp(prefix="fitchat-worker-cache-"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "fitchat", "worker", "--port", str(port), "--threads", "1", *args],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        preexec_fn=None if data_limit is None else (lambda: resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))),
     )
     worker = Worker(port, proc)
     first = threading.Event()
@@ -91,3 +97,11 @@ def start_worker(*args: str, port: int | None = None, timeout: float = 30.0) -> 
         return worker
     worker.kill()
     raise AssertionError(f"fitchat worker on port {port} did not get ready: {worker.lines!r}")
+
+
+def data_in_use(worker: Worker) -> int:
+    """The worker's data segment now (VmData), in bytes."""
+    for line in open(f"/proc/{worker.proc.pid}/status"):
+        if line.startswith("VmData:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmData in /proc")

@@ -14,7 +14,7 @@ import pytest
 from fitchat.llama import rpc
 from fitchat.model.measure import PART_TOLERANCE, parse_buffer_log, within
 from fitchat.model.split import assign_units
-from tests.rpc_support import Worker, free_port, start_worker
+from tests.rpc_support import Worker, data_in_use, free_port, start_worker
 
 MiB = 1024**2
 
@@ -225,3 +225,29 @@ def test_without_rpc_in_the_build_worker_and_rpc_say_how_to_get_it(monkeypatch: 
     check = check_rpc(hw, available=False)
     assert check.status == "info" and check.fix and "-DGGML_RPC=ON" in check.fix
     assert check_rpc(hw, available=True).status == "ok"
+
+
+def test_worker_with_less_memory_than_it_offers_walks_the_fallback_ladder(rpc_build: None, smollm2: Path) -> None:
+    from fitchat.llama.engine import SamplingSettings
+    from fitchat.llama.planned import load_planned
+
+    probe = start_worker()
+    baseline = data_in_use(probe)
+    probe.stop()
+    short = start_worker(data_limit=baseline + 20 * MiB)  # offers all the RAM, can allocate 20 MiB more
+    notices: list[str] = []
+    try:
+        engine = load_planned(smollm2, "SmolLM2", ctx=1024, n_threads=1, rpc=(short.endpoint,),
+                              on_notice=notices.append)
+        try:
+            planned = 31
+            placed = dict(engine.devices)
+            assert placed[f"RPC0[{short.endpoint}]"] < planned and sum(placed.values()) == planned
+            assert engine.load_report.failures
+            assert any(f"unable to allocate RPC0[{short.endpoint}] buffer" in n for n in notices), notices
+            assert any(n.startswith("retrying with") for n in notices)
+            assert "".join(engine.stream([{"role": "user", "content": "Hi"}], SamplingSettings(temperature=0, max_tokens=4)))
+        finally:
+            engine.close()
+    finally:
+        short.stop()
