@@ -234,7 +234,8 @@ def render(plans: list[Any], hw: Any, ctx: int, settings: Any) -> str:
         ))
     lines = [describe_hardware(hw), describe_settings(ctx, settings)]
     if plans and plans[0].gpu_budget_bytes:
-        lines.append(f"Margin:   {human_bytes(plans[0].margin_bytes)} kept free per GPU")
+        lines.append(f"Margin:   {human_bytes(plans[0].margin_bytes)} kept free per "
+                     + ("device" if hw.rpc else "GPU"))
     lines.append("")
     lines.extend(table_lines(rows, right=range(2, len(rows[0]) - 1)))
     lines.append("")
@@ -245,7 +246,7 @@ def render(plans: list[Any], hw: Any, ctx: int, settings: Any) -> str:
         if hw.rpc or len(p.devices) > 2:
             lines.append(f"  {label}: split " + ", ".join(
                 f"{d.name} {d.layers} layers ({human_bytes(d.bytes)})" for d in p.devices))
-            if p.verdict != "too_big":
+            if not p.recommended:
                 lines.append(f"  {label}: {p.reason}")
         if p.levers:
             lines.append(f"  {label}: " + "; ".join(p.levers))

@@ -291,7 +291,11 @@ def _plan_split(spec: ModelSpec, hw: HardwareInfo, ctx: int, settings: LoadSetti
     offloaded = sum(counts)
     est = estimate(spec, ctx, settings, gpu_layers=offloaded, cpu_isa=hw.cpu.isa or None)
     off_bytes = sum(d.bytes for d in devices if d.name != CPU)
-    est = dataclasses.replace(est, gpu_bytes=off_bytes, total_bytes=off_bytes + est.cpu_bytes)
+    total = off_bytes + est.cpu_bytes
+    # Each device holds its own compute buffer: the compute figure is what is left of the total.
+    est = dataclasses.replace(est, gpu_bytes=off_bytes, total_bytes=total,
+                              compute_bytes=total - est.weights_bytes - est.kv_bytes - est.overhead_bytes)
+    margins = [margin_bytes if margin_bytes is not None else default_gpu_margin(d.total_bytes) for d in hw.rpc]
     cpu_fits = est.cpu_bytes <= b.ram
     if not cpu_fits:
         verdict = "too_big"
@@ -303,7 +307,8 @@ def _plan_split(spec: ModelSpec, hw: HardwareInfo, ctx: int, settings: LoadSetti
         verdict = "cpu"
     plan = Plan(spec=spec, context=ctx, settings=settings, estimate=est, verdict=verdict, gpu_layers=offloaded,
                 n_layers=n_off, recommended=False, reason="",
-                gpu_budget_bytes=sum(t.budget for t in targets), ram_budget_bytes=b.ram, margin_bytes=b.margin,
+                gpu_budget_bytes=sum(t.budget for t in targets), ram_budget_bytes=b.ram,
+                margin_bytes=max([b.margin, *margins]),
                 full_gpu_bytes=off_bytes, devices=devices)
     return dataclasses.replace(plan, reason=explain(plan, hw))
 
@@ -341,6 +346,8 @@ def verdict_label(plan: Plan | None) -> str:
     """The verdict in words, the same in the CLI, ``compare`` and the TUI: 'full GPU', 'GPU 20/31 layers',
     'CPU', 'too big'; '?' without a plan."""
     verdict = getattr(plan, "verdict", None)
+    if verdict in ("full_gpu", "partial_gpu") and getattr(plan, "rpc_endpoints", ()):
+        return f"split {plan.gpu_layers}/{plan.n_layers} layers"  # type: ignore[union-attr]
     if verdict == "partial_gpu":
         return f"{VERDICT_WORDS[verdict]} {plan.gpu_layers}/{plan.n_layers} layers"  # type: ignore[union-attr]
     return VERDICT_WORDS.get(verdict or "", verdict or "?")
