@@ -401,14 +401,12 @@ def worker_lost(exc: BaseException, workers: Any) -> Exception | None:
 
     if not workers:
         return None
-    from fitchat.llama.rpc import unreachable
+    from fitchat.llama.rpc import lost_message, unreachable
 
     gone = unreachable(workers)
     if not gone:
         return None
-    names = ", ".join(gone)
-    return FitchatError(f"worker {names} stopped answering mid-reply; the reply was cut short "
-                        f"(restart 'fitchat worker' there, or chat without it)")
+    return FitchatError(f"{lost_message(gone)} (restart 'fitchat worker' there, or chat without it)")
 
 
 # ---------------------------------------------------------------- REPL

@@ -209,6 +209,11 @@ def unreachable(endpoints: Sequence[str], timeout_s: float = 1.0) -> list[str]:
     return [e for e in endpoints if probe(e, timeout_s)]
 
 
+def lost_message(gone: Sequence[str]) -> str:
+    """The one line for workers that went away while the engine used them (the CLI and the TUI say it)."""
+    return f"worker {', '.join(gone)} stopped answering mid-reply; the reply was cut short"
+
+
 # --------------------------------------------------------------------------- devices
 
 

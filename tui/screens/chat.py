@@ -264,6 +264,18 @@ class ChatScreen(Guarded, Screen[None]):
         if self.app.services.serving_status().serving:
             self.stop_serving()
         self.status.set_state("engine stopped · ctrl+l reloads the model")
+        services = self.app.services
+        if services.rpc:
+            from fitchat.llama.rpc import lost_message, unreachable
+
+            gone = unreachable(services.rpc, timeout_s=0.5)
+            if gone:
+                # The reload goes without them: the workers still up and this machine.
+                services.set_workers(tuple(w for w in services.rpc if w not in gone))
+                self.notify(f"{lost_message(gone)}. Press ctrl+l to reload the model without "
+                            f"{'it' if len(gone) == 1 else 'them'} (the conversation stays).",
+                            title="Worker lost", severity="error", timeout=20, markup=False)
+                return
         self.notify(f"{exc}. Press ctrl+l to reload the model.", title="Engine stopped", severity="error",
                     timeout=20, markup=False)
 
