@@ -344,9 +344,9 @@ def ctx_label(ctx: int) -> str:
 
 def verdict_label(plan: Plan | None) -> str:
     """The verdict in words, the same in the CLI, ``compare`` and the TUI: 'full GPU', 'GPU 20/31 layers',
-    'CPU', 'too big'; '?' without a plan."""
+    'CPU', 'too big', 'split 31/31 layers' over workers; '?' without a plan."""
     verdict = getattr(plan, "verdict", None)
-    if verdict in ("full_gpu", "partial_gpu") and getattr(plan, "rpc_endpoints", ()):
+    if verdict in ("full_gpu", "partial_gpu") and getattr(plan, "rpc_endpoints", None):
         return f"split {plan.gpu_layers}/{plan.n_layers} layers"  # type: ignore[union-attr]
     if verdict == "partial_gpu":
         return f"{VERDICT_WORDS[verdict]} {plan.gpu_layers}/{plan.n_layers} layers"  # type: ignore[union-attr]
