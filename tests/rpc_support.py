@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +48,7 @@ class Worker:
     proc: subprocess.Popen[str]
     ready_line: str = ""
     lines: list[str] = field(default_factory=list)
+    own_cache: str | None = None  # the cache folder made for it, removed when it ends
 
     @property
     def endpoint(self) -> str:
@@ -60,11 +62,17 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._forget_cache()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._forget_cache()
+
+    def _forget_cache(self) -> None:
+        if self.own_cache:
+            shutil.rmtree(self.own_cache, ignore_errors=True)
 
 
 def start_worker(*args: str, port: int | None = None, timeout: float = 30.0, data_limit: int | None = None) -> Worker:
@@ -74,14 +82,16 @@ def start_worker(*args: str, port: int | None = None, timeout: float = 30.0, dat
     cannot allocate past the limit: a worker with less memory than it offers.
     """
     port = port or free_port()
+    own_cache = None
     if "--cache" not in args:
-        args = (*args, "--cache", tempfile.mkdtemp(prefix="fitchat-worker-cache-"))
+        own_cache = tempfile.mkdtemp(prefix="fitchat-worker-cache-")
+        args = (*args, "--cache", own_cache)
     proc = subprocess.Popen(
         [sys.executable, "-m", "fitchat", "worker", "--port", str(port), "--threads", "1", *args],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         preexec_fn=None if data_limit is None else (lambda: resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))),
     )
-    worker = Worker(port, proc)
+    worker = Worker(port, proc, own_cache=own_cache)
     first = threading.Event()
 
     def read() -> None:

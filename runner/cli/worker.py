@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     print(f"worker on {endpoint} stopped", file=out, flush=True)
     out.flush()
+    sys.stderr.flush()
     # The server thread sits in accept() inside llama.cpp and cannot be told to stop; leave now.
     os._exit(0)
 

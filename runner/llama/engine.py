@@ -198,7 +198,9 @@ class ChatStats:
     devices: tuple[tuple[str, int], ...] = ()  # (device, layers) as loaded: the CPU first, then offload devices
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["devices"] = [[name, layers] for name, layers in self.devices]  # as JSON gives it back
+        return data
 
 
 @dataclass(frozen=True)
