@@ -422,6 +422,7 @@ def format_stats(stats: Any) -> str:
         f"TTFT {stats.ttft_s:.2f} s, context {stats.context_used}/{stats.n_ctx}, "
         f"threads {stats.n_threads}/{stats.n_threads_batch}, GPU layers {stats.gpu_layers}"
         + (f", {stats.finish_reason}" if stats.finish_reason != "stop" else "")
+        + (", layers " + ", ".join(f"{name} {n}" for name, n in stats.devices if n) if len(stats.devices) > 1 else "")
     )
 
 
@@ -447,6 +448,9 @@ class Repl:
         name = printable(s.model_name + (f" ({s.quant})" if s.quant and s.quant not in s.model_name else ""), 120,
                          one_line=True)
         where = f"GPU layers {e.gpu_layers}" if e.gpu_layers else "CPU"
+        devices = getattr(e, "devices", ())
+        if any(name.startswith("RPC") for name, _ in devices):
+            where = "layers " + ", ".join(f"{name} {n}" for name, n in devices if n)
         self.say(
             f"Chatting with {name} · context {e.n_ctx} · {where} · threads {e.threads.n_threads} · "
             "/help for commands, ctrl+d to leave"
