@@ -363,8 +363,9 @@ class _Split:
         from fitchat.llama import rpc
         from fitchat.llama.smoke import model_params_override
 
-        rpc.require_rpc()
-        rpc.check_reachable(self.endpoints)
+        # Each worker answers a handshake first, in a child with a deadline: ggml-rpc would abort this process
+        # on a dead one, and wait without end on one busy with another client.
+        rpc.query_workers(self.endpoints)
         registered = {(r.endpoint, r.index): r.dev for r in rpc.register(self.endpoints)}
         g = rpc._ggml()
         ptrs: list[int] = []

@@ -93,6 +93,22 @@ def test_worker_that_is_not_running_is_named(rpc_build: None, smollm2: Path) -> 
     assert len(lines) == 1 and f"worker {dead}" in lines[0], proc.stderr
 
 
+def test_worker_that_accepts_but_never_answers_is_named_within_the_deadline(rpc_build: None) -> None:
+    """A worker busy with another client (or anything else that accepts and stays silent): no hang."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(rpc.WorkerUnreachable) as err:
+            rpc.query_workers([endpoint], timeout_s=3)
+        assert time.monotonic() - t0 < 10
+    assert f"worker {endpoint} accepted the connection but did not answer within 3 s" in str(err.value)
+    assert "another fitchat" in str(err.value)
+
+
 def test_query_sees_each_worker_device(two_workers: tuple[Worker, Worker]) -> None:
     a, b = two_workers
     devices = rpc.query_workers([a.endpoint, b.endpoint])
