@@ -351,39 +351,6 @@ def _placed(targets: Sequence[dict[str, Any]], gpu_layers: int, n_blocks: int) -
     return ((CPU, cpu),) + tuple((t["name"], n) for t, n in zip(targets, counts))
 
 
-class _Split:
-    """A load over workers' devices (fitchat.llama.rpc): registers them and hands llama.cpp the device list."""
-
-    def __init__(self, targets: Sequence[dict[str, Any]]) -> None:
-        self.targets = list(targets)
-        self.endpoints = list(dict.fromkeys(t["endpoint"] for t in targets if t["endpoint"]))
-
-    @contextlib.contextmanager
-    def devices(self) -> Iterator[None]:
-        from fitchat.llama import rpc
-        from fitchat.llama.smoke import model_params_override
-
-        # Each worker answers a handshake first, in a child with a deadline: ggml-rpc would abort this process
-        # on a dead one, and wait without end on one busy with another client.
-        rpc.query_workers(self.endpoints)
-        registered = {(r.endpoint, r.index): r.dev for r in rpc.register(self.endpoints)}
-        g = rpc._ggml()
-        ptrs: list[int] = []
-        for t in self.targets:
-            if t["endpoint"]:
-                dev = registered.get((t["endpoint"], t["index"]))
-                if dev is None:
-                    raise rpc.WorkerUnreachable(t["endpoint"], f"has no device {t['index']} any more")
-            else:
-                dev = g.ggml_backend_dev_by_name(t["name"].encode())
-                if not dev:
-                    raise LoadFailed(f"this machine has no device {t['name']} any more")
-            ptrs.append(int(dev))
-        arr = (ctypes.c_void_p * (len(ptrs) + 1))(*ptrs, None)
-        with model_params_override(devices=ctypes.addressof(arr)):
-            yield
-
-
 class ChatEngine:
     """One loaded model. Not thread-safe except :meth:`cancel`; one reply at a time."""
 
@@ -522,9 +489,11 @@ class ChatEngine:
         for key in ("n_ctx", "n_gpu_layers", "model_path", "verbose"):
             kwargs.pop(key, None)
         targets = _offload_targets(plan)
-        split = _Split(targets) if any(t["endpoint"] for t in targets) else None
-        if split is not None:
-            kwargs["tensor_split"] = [float(t["layers"]) for t in targets]
+        split = any(t["endpoint"] for t in targets)  # over RPC workers: fitchat.llama.rpc registers them
+        if split:
+            from fitchat.llama.rpc import load_devices, tensor_split
+
+            kwargs["tensor_split"] = tensor_split(targets)
 
         early: list[str] = []
 
@@ -546,7 +515,7 @@ class ChatEngine:
         try:
             # A build that dies on this CPU (the AMX crash) is found by a smoke decode in a child process,
             # cached per library and CPU; inside the block, loads leave out the extra buffer types if so.
-            with guard_load(path, on_notice=notify), (split.devices() if split else contextlib.nullcontext()):
+            with guard_load(path, on_notice=notify), (load_devices(targets) if split else contextlib.nullcontext()):
                 for step in fallback_ladder(planned_gpu, planned_ctx, n_layers):
                     if failures:
                         notify(f"retrying with {step.label}: {step.gpu_layers} GPU layers, context {step.n_ctx}")
@@ -589,7 +558,7 @@ class ChatEngine:
         engine._log = log
         engine.notices[:0] = early
         engine.devices = _placed(targets, step.gpu_layers, int(engine._lc.llama_model_n_layer(engine._model)))
-        engine.remote = split is not None
+        engine.remote = split
         if engine.remote:  # token text and end-of-generation checks: no network, but keep the rule simple
             engine._held = (engine._lc.llama_vocab_is_eog, engine._lc.llama_token_to_piece)
         if failures:

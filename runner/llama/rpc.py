@@ -19,13 +19,14 @@ engine process (itself a child, fitchat.llama.process) ever connects in-process,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import re
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -301,6 +302,45 @@ def _query_one(endpoint: str) -> list[dict[str, Any]]:
         lib.ggml_backend_rpc_get_device_memory(endpoint.encode(), r.index, ctypes.byref(free), ctypes.byref(total))
         out.append({"index": r.index, "name": r.name, "free": free.value, "total": total.value})
     return out
+
+
+# --------------------------------------------------------------------------- the load parameters of a split
+
+
+def tensor_split(targets: Sequence[dict[str, Any]]) -> list[float]:
+    """``Llama(tensor_split=…)`` for a plan's offload devices: whole layer counts, which llama.cpp places
+    exactly (fitchat.model.split.assign_units mirrors its rule)."""
+    return [float(t["layers"]) for t in targets]
+
+
+@contextlib.contextmanager
+def load_devices(targets: Sequence[dict[str, Any]]) -> Iterator[None]:
+    """While inside, loads in this thread use exactly ``targets`` ({name, layers, endpoint, index}, in the
+    plan's order: workers' devices, then local GPUs) as ``llama_model_params.devices``.
+
+    Each worker answers a handshake first, in a child with a deadline (ggml-rpc would abort this process on
+    a dead one, and wait without end on one busy with another client); then they are registered here.
+    """
+    from fitchat.llama.smoke import model_params_override
+
+    endpoints = list(dict.fromkeys(t["endpoint"] for t in targets if t["endpoint"]))
+    query_workers(endpoints)
+    registered = {(r.endpoint, r.index): r.dev for r in register(endpoints)}
+    g = _ggml()
+    ptrs: list[int] = []
+    for t in targets:
+        if t["endpoint"]:
+            dev = registered.get((t["endpoint"], t["index"]))
+            if dev is None:
+                raise WorkerUnreachable(t["endpoint"], f"has no device {t['index']} any more")
+        else:
+            dev = g.ggml_backend_dev_by_name(t["name"].encode())
+            if not dev:
+                raise LoadFailed(f"this machine has no device {t['name']} any more")
+        ptrs.append(int(dev))
+    arr = (ctypes.c_void_p * (len(ptrs) + 1))(*ptrs, None)  # NULL-terminated; alive for the whole load
+    with model_params_override(devices=ctypes.addressof(arr)):
+        yield
 
 
 # --------------------------------------------------------------------------- the server side

@@ -158,13 +158,13 @@ def test_chat_over_two_workers_shows_layers_on_both(two_workers: tuple[Worker, W
 _LOAD_SCRIPT = """
 import json, sys
 import llama_cpp
-from fitchat.llama.engine import _Split
+from fitchat.llama.rpc import load_devices, tensor_split
 from fitchat.model.estimate import LoadSettings
 targets, ngl, ctx, path = json.loads(sys.argv[1])
 kwargs = LoadSettings().llama_kwargs()
-with _Split(targets).devices():
+with load_devices(targets):
     llm = llama_cpp.Llama(path, n_gpu_layers=ngl, n_ctx=ctx, n_threads=1, verbose=True,
-                          tensor_split=[float(t["layers"]) for t in targets], **kwargs)
+                          tensor_split=tensor_split(targets), **kwargs)
 llm.close()
 """
 
