@@ -31,6 +31,7 @@ from fitchat.model.estimate import (
     _extra_buft_rules,
     _layout,
     compute_stages,
+    effective_batches,
     estimate,
     kv_layer_bytes,
 )
@@ -38,6 +39,34 @@ from fitchat.model.gguf_spec import ModelSpec
 
 #: The name the CPU has in a plan's devices (llama.cpp's name for its CPU device).
 CPU = "CPU"
+
+#: ggml's GGML_SCHED_MAX_COPIES: with pipeline parallelism the scheduler keeps this many copies of the graph's
+#: inputs, so that micro-batches overlap on consecutive devices.
+PIPELINE_COPIES = 4
+
+
+def pipelined(n_devices: int, offloaded: int, n_units: int) -> bool:
+    """Whether llama.cpp turns pipeline parallelism on (llama-context.cpp): more than one offload device and
+    every unit offloaded (RPC devices and CUDA have the async compute and events it needs)."""
+    return n_devices > 1 and offloaded >= n_units
+
+
+def pipeline_inputs(spec: ModelSpec, ctx: int, settings: LoadSettings) -> tuple[int, int]:
+    """(extra bytes per offload device, the CPU's compute buffer) under pipeline parallelism.
+
+    The scheduler keeps PIPELINE_COPIES copies of each input: the attention mask (f16 with flash attention,
+    f32 without; two masks for sliding-window models) and the hidden state arriving from the device before.
+    Measured on llama.cpp 0.3.36 over two RPC workers (SmolLM2, ctx 1k to 16k, flash attention on and off):
+    the mask term is exact; the hidden-state term, five of ``4·ub·n_embd``, is fitted.
+    """
+    from fitchat.model.estimate import pad
+
+    _, ub = effective_batches(ctx, settings)
+    n_kv = pad(max(ctx, 1))
+    masks = 2 if spec.sliding_window and any(spec.swa_layers) else 1
+    mask = masks * ub * n_kv * (2 if settings.flash_attn else 4)
+    hidden = 4 * ub * spec.n_embd
+    return (PIPELINE_COPIES - 1) * mask + 5 * hidden, PIPELINE_COPIES * mask + 5 * hidden
 
 
 @dataclass(frozen=True)
@@ -87,8 +116,9 @@ def assign_units(n_units: int, n_gpu_layers: int, weights: Sequence[float]) -> t
 
 
 def device_bytes(spec: ModelSpec, ctx: int, settings: LoadSettings, first: int, last: int, *,
-                 largest_cpu_matrix: int = 0) -> int:
-    """Bytes an offload device needs for units ``first`` to ``last - 1`` (unit ``n_layers`` = the output layer)."""
+                 largest_cpu_matrix: int = 0, pipeline: bool = False) -> int:
+    """Bytes an offload device needs for units ``first`` to ``last - 1`` (unit ``n_layers`` = the output layer);
+    ``pipeline``: under pipeline parallelism (:func:`pipelined`), with its copies of the inputs."""
     if last <= first:
         return 0
     n_layers = spec.n_layers
@@ -106,6 +136,8 @@ def device_bytes(spec: ModelSpec, ctx: int, settings: LoadSettings, first: int, 
         compute = max(stages.values())
     else:
         compute = max(stages["attention"], stages["ffn"])
+    if pipeline:
+        compute += pipeline_inputs(spec, ctx, settings)[0]
     return weights + kv_bytes + compute + largest_cpu_matrix
 
 
@@ -127,15 +159,20 @@ def describe(spec: ModelSpec, ctx: int, settings: LoadSettings, targets: Sequenc
     offloaded = sum(counts)
     cpu_units = n_units - offloaded
     cpu = cpu_share(spec, ctx, settings, offloaded, cpu_isa)
-    out = [PlanDevice(CPU, cpu_units, cpu.cpu_bytes)]
+    pipeline = pipelined(len(targets), offloaded, n_units)
+    cpu_bytes = cpu.cpu_bytes
+    if pipeline:  # the CPU's compute buffer then holds the inputs' copies, not just the input embeddings
+        _, ub = effective_batches(ctx, settings)
+        cpu_bytes += pipeline_inputs(spec, ctx, settings)[1] - 4 * ub * spec.n_embd
+    out = [PlanDevice(CPU, cpu_units, cpu_bytes)]
     first = cpu_units
     op_offload = _largest_cpu_matrix(spec, cpu_units) if cpu_units and offloaded else 0
     first_local = next((i for i, t in enumerate(targets) if not t.endpoint and counts[i]), None)
     for i, (t, n) in enumerate(zip(targets, counts)):
         # ggml offloads big CPU matrix products to the first local GPU (RPC devices take no offloaded ops).
         extra = op_offload if i == first_local else 0
-        out.append(PlanDevice(t.name, n, device_bytes(spec, ctx, settings, first, first + n, largest_cpu_matrix=extra),
-                              t.endpoint, t.index))
+        out.append(PlanDevice(t.name, n, device_bytes(spec, ctx, settings, first, first + n, largest_cpu_matrix=extra,
+                                                      pipeline=pipeline), t.endpoint, t.index))
         first += n
     return tuple(out)
 
@@ -144,9 +181,10 @@ def _fits(spec: ModelSpec, ctx: int, settings: LoadSettings, targets: Sequence[T
           counts: Sequence[int]) -> list[bool]:
     n_units = spec.n_layers + 1
     first = n_units - sum(counts)
+    pipeline = pipelined(len(targets), sum(counts), n_units)
     ok = []
     for t, n in zip(targets, counts):
-        ok.append(n == 0 or device_bytes(spec, ctx, settings, first, first + n) <= t.budget)
+        ok.append(n == 0 or device_bytes(spec, ctx, settings, first, first + n, pipeline=pipeline) <= t.budget)
         first += n
     return ok
 

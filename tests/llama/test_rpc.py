@@ -160,8 +160,8 @@ import json, sys
 import llama_cpp
 from fitchat.llama.rpc import load_devices, tensor_split
 from fitchat.model.estimate import LoadSettings
-targets, ngl, ctx, path = json.loads(sys.argv[1])
-kwargs = LoadSettings().llama_kwargs()
+targets, ngl, ctx, path, flash_attn = json.loads(sys.argv[1])
+kwargs = LoadSettings(flash_attn=flash_attn).llama_kwargs()
 with load_devices(targets):
     llm = llama_cpp.Llama(path, n_gpu_layers=ngl, n_ctx=ctx, n_threads=1, verbose=True,
                           tensor_split=tensor_split(targets), **kwargs)
@@ -169,10 +169,14 @@ llm.close()
 """
 
 
-def test_estimate_per_device_matches_llama_cpp_buffers(two_workers: tuple[Worker, Worker], smollm2: Path) -> None:
-    """Each worker device's weights, KV and compute against the buffers llama.cpp logs for it."""
+@pytest.mark.parametrize(("ctx", "flash_attn"), [(2048, True), (8192, True), (8192, False)])
+def test_estimate_per_device_matches_llama_cpp_buffers(two_workers: tuple[Worker, Worker], smollm2: Path,
+                                                       ctx: int, flash_attn: bool) -> None:
+    """Each device's weights, KV and compute (the CPU's and each worker's) against the buffers llama.cpp logs
+    for it, pipeline parallelism's copies of the inputs included."""
     import dataclasses
 
+    from fitchat.model.estimate import LoadSettings
     from fitchat.model.gguf_spec import read_spec
     from fitchat.model.hardware import detect_hardware
     from fitchat.model.plan import plan_model
@@ -180,17 +184,19 @@ def test_estimate_per_device_matches_llama_cpp_buffers(two_workers: tuple[Worker
     a, b = two_workers
     spec = read_spec(smollm2)
     hw = dataclasses.replace(detect_hardware(), rpc=rpc.query_workers([a.endpoint, b.endpoint]))
-    plan = plan_model(spec, hw, 2048)
+    plan = plan_model(spec, hw, ctx, LoadSettings(flash_attn=flash_attn))
     targets = [{"name": d.name, "layers": d.layers, "endpoint": d.endpoint, "index": d.index}
                for d in plan.devices[1:]]
-    done = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, json.dumps([targets, plan.gpu_layers, 2048, str(smollm2)])],
+    done = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, json.dumps([targets, plan.gpu_layers, ctx, str(smollm2), flash_attn])],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     buffers = parse_buffer_log(done.stderr)
-    for d in plan.devices[1:]:
-        measured = sum(x.bytes for x in buffers if x.device == d.name)
-        kinds = {x.kind for x in buffers if x.device == d.name}
-        assert {"model", "KV", "compute"} <= kinds, (d.name, kinds)
+    assert "pipeline parallelism enabled" in done.stderr
+    for d in plan.devices:
+        mine = [x for x in buffers if x.device == d.name or (d.name == "CPU" and x.device.startswith("CPU"))]
+        measured = sum(x.bytes for x in mine)
+        kinds = {x.kind for x in mine}
+        assert {"model", "compute"} <= kinds and (d.name == "CPU" or "KV" in kinds), (d.name, kinds)
         assert within(d.bytes, measured, PART_TOLERANCE), (
             f"{d.name}: estimated {d.bytes / MiB:.2f} MiB, llama.cpp {measured / MiB:.2f} MiB")
 
