@@ -187,8 +187,8 @@ def test_estimate_per_device_matches_llama_cpp_buffers(two_workers: tuple[Worker
     plan = plan_model(spec, hw, ctx, LoadSettings(flash_attn=flash_attn))
     targets = [{"name": d.name, "layers": d.layers, "endpoint": d.endpoint, "index": d.index}
                for d in plan.devices[1:]]
-    done = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, json.dumps([targets, plan.gpu_layers, ctx, str(smollm2), flash_attn])],
-                          capture_output=True, text=True, timeout=120)
+    request = json.dumps([targets, plan.gpu_layers, ctx, str(smollm2), flash_attn])
+    done = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, request], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     buffers = parse_buffer_log(done.stderr)
     assert "pipeline parallelism enabled" in done.stderr
