@@ -11,7 +11,10 @@
 # only when the backend is wrong. Every command it runs is printed; --dry-run prints the plan and
 # runs nothing.
 #
-# Usage: sh install.sh [--backend auto|cuda|metal|cpu] [--method auto|pipx|uv|venv]
+# --rpc adds llama.cpp's RPC backend (-DGGML_RPC=ON), which 'fitchat worker' and --rpc need to lend and
+# borrow other machines' memory; an installed build without it is rebuilt.
+#
+# Usage: sh install.sh [--backend auto|cuda|metal|cpu] [--rpc] [--method auto|pipx|uv|venv]
 #                      [--prefix DIR] [--source SPEC] [--python PYTHON]
 #                      [--find-links DIR] [--no-index] [--upgrade] [--rebuild] [--dry-run]
 #                      [--check-model FILE.gguf] [--no-smoke]
@@ -34,6 +37,7 @@ UPGRADE=0
 REBUILD=0
 DRY_RUN=0
 SMOKE=1
+RPC=0
 CHECK_MODEL=
 DONE=
 CUDA_SEARCH=${FITCHAT_CUDA_SEARCH-/usr/local/cuda /opt/cuda}
@@ -48,6 +52,7 @@ usage() {
 Install fitchat with the llama.cpp backend this machine can use (CUDA, Metal or CPU).
 
   --backend B     auto (default), cuda, metal or cpu
+  --rpc           also build llama.cpp's RPC backend (-DGGML_RPC=ON) for 'fitchat worker' and --rpc
   --method M      auto (default: pipx, else uv, else venv), pipx, uv or venv
   --prefix DIR    install under DIR: the venv in DIR/share/fitchat/venv and the command in DIR/bin
                   (default ~/.local); with pipx or uv, their homes go under DIR too
@@ -84,6 +89,7 @@ while [ $# -gt 0 ]; do
         --no-index) NO_INDEX=1; shift ;;
         --upgrade) UPGRADE=1; shift ;;
         --rebuild) REBUILD=1; shift ;;
+        --rpc) RPC=1; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
         --check-model) [ $# -ge 2 ] || die "--check-model needs a value"; CHECK_MODEL=$2; shift 2 ;;
         --check-model=*) CHECK_MODEL=${1#*=}; shift ;;
@@ -171,6 +177,10 @@ case $BACKEND in
     metal) BACKEND_ARGS=-DGGML_METAL=on ;;
     *) BACKEND_ARGS= ;;
 esac
+if [ "$RPC" = 1 ]; then
+    BACKEND_ARGS=$(printf '%s %s' "$BACKEND_ARGS" -DGGML_RPC=ON | sed 's/^ *//')
+    say "with llama.cpp's RPC backend (--rpc): workers have no authentication, keep them on a private network"
+fi
 USER_CMAKE_ARGS=${CMAKE_ARGS:-}  # what the user passed, kept apart from the flags each build sets
 BUILD_ARGS=$(printf '%s %s' "$BACKEND_ARGS" "$USER_CMAKE_ARGS" | sed 's/^ *//; s/ *$//')
 JOBS=$( (getconf _NPROCESSORS_ONLN || sysctl -n hw.ncpu || echo 2) 2>/dev/null | head -n1)
@@ -288,6 +298,12 @@ elif b.has_device("Metal") or b.has_device("MTL"):
     state = "metal"
 else:
     state = "cpu"
+try:
+    from fitchat.llama.rpc import rpc_available
+    if rpc_available():
+        state += "+rpc"
+except Exception:
+    pass
 print(state, b.version)
 EOF
 }
@@ -362,7 +378,17 @@ if [ "$DRY_RUN" = 1 ] && [ ! -x "$ENV_PY" ]; then
 else
     state=$(llama_backend)
     HAVE=${state%% *} LLAMA_VERSION=${state#* }
-    if [ "$HAVE" = "$BACKEND" ] && [ "$REBUILD" = 0 ]; then
+    HAVE_RPC=0
+    case $HAVE in *+rpc) HAVE_RPC=1; HAVE=${HAVE%+rpc} ;; esac
+    if [ "$HAVE" = "$BACKEND" ] && [ "$RPC" = 1 ] && [ "$HAVE_RPC" = 0 ] && [ "$REBUILD" = 0 ]; then
+        say "llama-cpp-python $LLAMA_VERSION has the $BACKEND backend but no RPC: rebuilding it with RPC (--rpc)"
+        rebuild "$LLAMA_VERSION"
+        if [ "$DRY_RUN" = 0 ]; then
+            state=$(llama_backend)
+            case ${state%% *} in *+rpc) ;; *) die "llama-cpp-python was rebuilt but has no RPC backend: check the build output above" ;; esac
+            did "rebuilt llama-cpp-python ${state#* } with the $BACKEND backend and RPC"
+        fi
+    elif [ "$HAVE" = "$BACKEND" ] && [ "$REBUILD" = 0 ]; then
         say "llama-cpp-python $LLAMA_VERSION already has the $BACKEND backend"
     else
         if [ "$REBUILD" = 1 ]; then
@@ -373,7 +399,7 @@ else
         rebuild "$LLAMA_VERSION"
         if [ "$DRY_RUN" = 0 ]; then
             state=$(llama_backend)
-            [ "${state%% *}" = "$BACKEND" ] || die "llama-cpp-python was rebuilt but its backend is '${state%% *}', not '$BACKEND': check the build output above (for CUDA: nvcc on PATH and a driver that supports it; 'fitchat doctor' says more)"
+            [ "${state%% *}" = "$BACKEND" ] || [ "${state%% *}" = "$BACKEND+rpc" ] || die "llama-cpp-python was rebuilt but its backend is '${state%% *}', not '$BACKEND': check the build output above (for CUDA: nvcc on PATH and a driver that supports it; 'fitchat doctor' says more)"
             did "rebuilt llama-cpp-python ${state#* } with the $BACKEND backend"
         fi
     fi

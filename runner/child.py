@@ -23,6 +23,7 @@ CHILD_FLAG = "--fitchat-child"
 #: The modules fitchat runs as children.
 CHILD_MODULES = frozenset({
     "fitchat.llama.process", "fitchat.compare.worker", "fitchat.llama.smoke", "fitchat.model.measure",
+    "fitchat.llama.rpc",
 })
 
 

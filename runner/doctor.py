@@ -608,6 +608,26 @@ def check_token(env: Mapping[str, str], hub: Check | None = None, timeout_s: flo
     return Check("token", "HF token", OK, f"token {where}; not verified ({reason})", details=details)
 
 
+# --------------------------------------------------------------------------- RPC workers
+
+
+def check_rpc(hw: HardwareInfo, available: bool | None = None) -> Check:
+    """Whether this build can use ``fitchat worker``\\s (llama.cpp's RPC backend), and how to get one that can."""
+    from fitchat.llama import rpc
+
+    name = "RPC workers"
+    if hw.llama_cpp.error:
+        return Check("rpc", name, INFO, "not checked: llama-cpp-python could not be loaded")
+    if available is None:
+        available = rpc.rpc_available()
+    if available:
+        return Check("rpc", name, OK, "the build has llama.cpp's RPC backend: 'fitchat worker' and --rpc work",
+                     details={"rpc": True, "library": str(rpc.library_path())})
+    fix = rpc.RPC_FIX.split("; ", 1)[-1]
+    return Check("rpc", name, INFO, "the build has no RPC backend: 'fitchat worker' and --rpc are unavailable "
+                 "(needed only to lend or borrow another machine's memory)", fix=fix, details={"rpc": False})
+
+
 # --------------------------------------------------------------------------- all together
 
 
@@ -644,6 +664,7 @@ def run_doctor(
         check_llama_smoke(hw, verdict),
         check_cuda(hw, probe_cuda_toolkit(env, which, default_homes=cuda_homes), env),
         check_metal(hw, sysctl),
+        check_rpc(hw),
         check_disk(hf_cache_dir()),
         hub,
         check_token(env, hub, timeout_s),

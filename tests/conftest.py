@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from tests import models
 from tests.cli.test_chat import open_terminal  # noqa: F401  (fitchat in a pseudo-terminal)
 from tests.hubserver import hub, local_hub, unreachable_endpoint  # noqa: F401  (local Hub fixtures)
+from tests.rpc_support import Worker, require_rpc_build, start_worker
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +65,23 @@ def smollm2_variants(smollm2: Path) -> dict[str, Path]:
 def gemma3() -> Path:
     """gemma-3-270m Q4_K_M: a second architecture (262k vocabulary, sliding-window attention)."""
     return models.gemma3_270m()
+
+
+@pytest.fixture(scope="session")
+def rpc_build() -> None:
+    """The one rule for tests that need llama.cpp's RPC backend: skip without it, fail under FITCHAT_REQUIRE_RPC=1."""
+    require_rpc_build()
+
+
+@pytest.fixture(scope="session")
+def two_workers(rpc_build: None) -> Iterator[tuple[Worker, Worker]]:
+    """Two ``fitchat worker``\\s on 127.0.0.1 (CPU backend), shared by the tests that only use them."""
+    a = start_worker()
+    try:
+        b = start_worker()
+    except BaseException:
+        a.kill()
+        raise
+    yield a, b
+    a.stop()
+    b.stop()

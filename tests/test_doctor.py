@@ -154,7 +154,9 @@ def test_cli_json_on_this_machine(capsys, monkeypatch, unreachable_endpoint, rea
     rc, report = doctor_json(capsys)
     assert rc == (1 if report["failed"] else 0)
     checks = {c["key"]: c for c in report["checks"]}
-    assert list(checks) == ["llama_build", "llama_smoke", "cuda", "metal", "disk", "hub", "token"]
+    assert list(checks) == ["llama_build", "llama_smoke", "cuda", "metal", "rpc", "disk", "hub", "token"]
+    assert checks["rpc"]["status"] in ("ok", "info")  # RPC is optional: never a problem
+    assert checks["rpc"]["details"]["rpc"] is (checks["rpc"]["status"] == "ok")
     build = checks["llama_build"]
     hw = detect_hardware()
     assert build["details"]["backend"] == hw.backend

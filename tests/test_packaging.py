@@ -288,6 +288,26 @@ def test_dry_run_gpu_without_toolkit_stays_on_cpu_and_says_why(tmp_path):
     assert "CMAKE_ARGS" not in proc.stdout
 
 
+def test_dry_run_with_rpc_builds_llama_cpp_with_its_rpc_backend(tmp_path):
+    fakebin = tmp_path / "bin"
+    fake_nvidia(fakebin, gpu=False, nvcc=None)
+    prefix = tmp_path / "prefix"
+    proc = install_sh("--dry-run", "--rpc", "--method", "venv", "--prefix", str(prefix), fakebin=fakebin)
+    assert proc.returncode == 0, proc.stderr
+    venv_py = prefix / "share" / "fitchat" / "venv" / "bin" / "python"
+    assert f'would run: CMAKE_ARGS="-DGGML_RPC=ON" {venv_py} -m pip install' in proc.stdout
+    assert "no authentication" in proc.stdout
+    cuda = install_sh("--dry-run", "--rpc", "--backend", "cuda", "--prefix", str(tmp_path / "p2"),
+                      fakebin=_with_nvcc(tmp_path))
+    assert 'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=ON"' in cuda.stdout, cuda.stdout + cuda.stderr
+
+
+def _with_nvcc(tmp_path: Path) -> Path:
+    fakebin = tmp_path / "bin-cuda"
+    fake_nvidia(fakebin, gpu=True, nvcc="12.4")
+    return fakebin
+
+
 def test_dry_run_toolkit_without_gpu_stays_on_cpu(tmp_path):
     fakebin = tmp_path / "bin"
     fake_nvidia(fakebin, gpu=False, nvcc="13.0")

@@ -61,6 +61,9 @@ class Services:
     compare_settings: CompareSettings | None = None
     #: The port the loaded model is served on first (the next free one when it is taken).
     serve_port: int = 8080
+    #: ``fitchat worker``\s a chat's model is split over (``--rpc``; the chat settings dialog sets them).
+    rpc: tuple[str, ...] = ()
+    _rpc_devices: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
     _history: History | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _llama: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
@@ -126,11 +129,29 @@ class Services:
         return settings_for_this_build(DEFAULT_SETTINGS)
 
     def local_plan(self, path: Path, hw: HardwareInfo, ctx: int) -> Plan:
-        """The fit of one local file at ``ctx``."""
+        """The fit of one local file at ``ctx`` (split over the workers, when some are set)."""
         from fitchat.model.gguf_spec import read_spec
         from fitchat.model.plan import plan_model
 
-        return plan_model(read_spec(path), hw, ctx, self.load_settings())
+        return plan_model(read_spec(path), self.with_workers(hw), ctx, self.load_settings())
+
+    def set_workers(self, endpoints: tuple[str, ...]) -> None:
+        """Use these workers for the next load (their devices are asked once, at the next plan)."""
+        with self._lock:
+            self.rpc, self._rpc_devices = tuple(endpoints), None
+
+    def with_workers(self, hw: HardwareInfo) -> HardwareInfo:
+        """``hw`` with the workers' devices (asked once per set of workers: a worker serves one client at a
+        time, so it cannot be asked again while a chat's model is loaded on it)."""
+        if not self.rpc:
+            return hw
+        import dataclasses
+
+        from fitchat.llama.rpc import query_workers
+
+        if self._rpc_devices is None:
+            self._rpc_devices = query_workers(self.rpc)
+        return dataclasses.replace(hw, rpc=self._rpc_devices)
 
     def default_ctx(self) -> int:
         """The context length plans start from."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from fitchat.cli.options import add_load_settings_arguments, settings_from_args
+from fitchat.cli.options import add_load_settings_arguments, add_rpc_argument, settings_from_args
 from fitchat.format import printable
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: measured)")
     p.add_argument("--gpu-layers", type=int, help="layers to offload (default: the fit plan's)")
     add_load_settings_arguments(p)
+    add_rpc_argument(p)
     p.add_argument("--json", action="store_true", help='print {"reply", "stats"} instead of streaming')
     p.add_argument("--resume", type=int, metavar="ID", help="continue a saved conversation")
     p.add_argument("--no-save", action="store_true", help="do not save the REPL conversation")
@@ -99,14 +100,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"Loading {printable(model.name, 120, one_line=True)}…", file=sys.stderr, flush=True)
         with interrupt_ends_command():
             engine = _load(model, args)
+        session = None
         try:
             session = _session(engine, history, model, args, sampling)
             if prompt is not None:
                 return _one_shot(session, prompt, args)
-            return Repl(session, sys.stdout, sys.stderr).loop()
+            repl = Repl(session, sys.stdout, sys.stderr)
+            repl.workers = tuple(args.rpc)
+            repl.reload = lambda workers: _load(model, args, rpc=workers)
+            return repl.loop()
         finally:
             with interrupt_ends_command():
-                engine.close()
+                (session.engine if session is not None else engine).close()
     finally:
         if history is not None:
             history.close()
@@ -196,12 +201,13 @@ def _resolve(ref: str) -> _Model:
     return _Model(Path(local.path), local.repo or local.file, local.quant)
 
 
-def _load(model: _Model, args: argparse.Namespace) -> Any:
+def _load(model: _Model, args: argparse.Namespace, rpc: Any = None) -> Any:
     from fitchat.llama.planned import plan_load
     from fitchat.llama.process import ProcessEngine
 
+    workers = tuple(args.rpc if rpc is None else rpc)
     plan = plan_load(model.path, model.name, ctx=args.ctx, settings=settings_from_args(args), gpu_layers=args.gpu_layers,
-                     moe_cpu_layers=args.cpu_moe)
+                     moe_cpu_layers=args.cpu_moe, rpc=workers)
     model.quant = model.quant or plan.spec.quant
     # The model runs in its own process: a crash in llama.cpp is one line and exit status 1, not fitchat's end.
     return ProcessEngine.load(
@@ -365,19 +371,43 @@ def _one_shot(session: Any, prompt: str, args: argparse.Namespace) -> int:
     out = None if args.json else sys.stdout
     try:
         text, interrupted = stream_to(lambda: session.send(prompt), session.engine, out)
-    except EngineDied:
+    except EngineDied as exc:
         if out is not None:
             out.write("\n")  # after the reply so far; the error follows on stderr
             out.flush()
+        lost = worker_lost(exc, args.rpc)
+        if lost is not None:
+            raise lost from exc
         raise
     stats = session.last_stats
     if args.json:
-        payload = {"reply": text, "stats": {k: getattr(stats, k) for k in JSON_STATS} if stats else None}
+        payload = {"reply": text, "stats": json_stats(stats) if stats else None}
         print(json.dumps(payload, ensure_ascii=False))
     elif text and not text.endswith("\n"):
         sys.stdout.write("\n")
         sys.stdout.flush()
     return 130 if interrupted else 0
+
+
+def json_stats(stats: Any) -> dict[str, Any]:
+    """The ``chat --json`` stats: the figures of :data:`JSON_STATS` and the layers per device."""
+    out = {k: getattr(stats, k) for k in JSON_STATS}
+    out["devices"] = [{"name": name, "layers": layers} for name, layers in stats.devices]
+    return out
+
+
+def worker_lost(exc: BaseException, workers: Any) -> Exception | None:
+    """When the engine died because a worker went away: one line naming it (None when no worker is gone)."""
+    from fitchat.errors import FitchatError
+
+    if not workers:
+        return None
+    from fitchat.llama.rpc import lost_message, unreachable
+
+    gone = unreachable(workers)
+    if not gone:
+        return None
+    return FitchatError(f"{lost_message(gone)} (restart 'fitchat worker' there, or chat without it)")
 
 
 # ---------------------------------------------------------------- REPL
@@ -394,6 +424,7 @@ def format_stats(stats: Any) -> str:
         f"threads {stats.n_threads}/{stats.n_threads_batch}, GPU layers {stats.gpu_layers}"
         + (f", {_experts_words(stats.moe_cpu_layers)}" if stats.moe_cpu_layers else "")
         + (f", {stats.finish_reason}" if stats.finish_reason != "stop" else "")
+        + (", layers " + ", ".join(f"{name} {n}" for name, n in stats.devices if n) if len(stats.devices) > 1 else "")
     )
 
 
@@ -409,6 +440,8 @@ class Repl:
         self.session = session
         self.out, self.err = out, err
         self.read_line = read_line
+        self.workers: tuple[str, ...] = ()  # the --rpc workers the model is split over
+        self.reload: Any = None  # reload(workers) -> a new engine, for a reload without a lost worker
         try:
             import readline  # noqa: F401 - line editing and history for input()
         except ImportError:
@@ -422,6 +455,9 @@ class Repl:
         name = printable(s.model_name + (f" ({s.quant})" if s.quant and s.quant not in s.model_name else ""), 120,
                          one_line=True)
         where = f"GPU layers {e.gpu_layers}" if e.gpu_layers else "CPU"
+        devices = getattr(e, "devices", ())
+        if any(name.startswith("RPC") for name, _ in devices):
+            where = "layers " + ", ".join(f"{name} {n}" for name, n in devices if n)
         if getattr(e, "moe_cpu_layers", 0):
             where += f", {_experts_words(e.moe_cpu_layers)}"
         self.say(
@@ -489,10 +525,15 @@ class Repl:
         except RenderCancelled:
             self.say("(stopped)")
             return
-        except EngineDied:
+        except EngineDied as exc:
             self.out.write("\n")  # the partial reply is saved; the error ends the command (one line, status 1)
             self.out.flush()
-            raise
+            lost = worker_lost(exc, self.workers)
+            if lost is None or self.reload is None:
+                raise
+            self.say(f"fitchat: error: {printable(lost, 500, one_line=True)}")
+            self.offer_reload()
+            return
         except FitchatError as exc:
             self.say(f"fitchat: error: {printable(exc, 500, one_line=True)}")
             return
@@ -501,6 +542,29 @@ class Repl:
         self.out.flush()
         if interrupted:
             self.say("(stopped)")
+
+    def offer_reload(self) -> None:
+        """After a worker was lost: offer to load the model again on what is left (the conversation stays)."""
+        from fitchat.errors import FitchatError
+        from fitchat.llama.rpc import unreachable
+
+        left = tuple(w for w in self.workers if w not in unreachable(self.workers))
+        where = f"the workers still up ({', '.join(left)}) and this machine" if left else "this machine alone"
+        try:
+            answer = self.read_line(f"Reload the model on {where}? The conversation is kept. [Y/n] ")
+        except (EOFError, KeyboardInterrupt):
+            answer = "n"
+        if answer.strip().lower() not in ("", "y", "yes"):
+            raise FitchatError("not reloaded: the model is gone with its worker; the conversation is saved "
+                               "('fitchat chat --list' shows it, --resume ID continues it)")
+        try:
+            engine = self.reload(left)
+        except FitchatError as exc:
+            self.say(f"fitchat: error: {printable(exc, 500, one_line=True)}")
+            raise
+        self.session.engine = engine
+        self.workers = left
+        self.say(f"Reloaded on {where}; the conversation goes on.")
 
     def save(self, name: str, *, replace: bool = False) -> None:
         """``/save [FILE]``: write the conversation as Markdown; an existing file needs ``/save! FILE``."""

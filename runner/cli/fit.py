@@ -17,6 +17,7 @@ from typing import Any
 from fitchat.cli.options import (
     BadOption,
     add_load_settings_arguments,
+    add_rpc_argument,
     option_type,
     parse_ctx,
     parse_size,
@@ -43,6 +44,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--margin", type=option_type(parse_size), default=None, metavar="BYTES",
                    help="GPU memory to keep free per device (default: 10%% of the GPU, at least 512M, at most 1G)")
     add_load_settings_arguments(p)
+    add_rpc_argument(p)
     p.add_argument("--measure", nargs="?", const="auto", choices=("auto", "load", "dry"), default=None,
                    help="also load a local file with llama.cpp and show its reported buffers beside the estimate "
                    "(load: a real CPU load; dry: llama.cpp's no_alloc dry run; auto: load when it fits in RAM); "
@@ -97,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     kind, what = resolve_source(args.source)
     hw = plan_hardware(detect_hardware(), gpu_mem=args.gpu_mem, ram=args.ram)
+    if args.rpc:
+        from fitchat.llama.rpc import with_workers
+
+        hw = with_workers(hw, args.rpc)
     headers: dict[str, Any] = {}  # a remote variant's file -> the header bytes read (for --measure)
     if kind == "local":
         specs = [read_spec(p) for p in what]
@@ -193,7 +199,11 @@ def describe_hardware(hw: Any) -> str:
         gpus = f"Metal {human_bytes(hw.metal.working_set_bytes)} working set"
     else:
         gpus = f"no GPU in use ({hw.gpu_reason or 'CPU build'})"
-    return f"Machine:  {gpus}; RAM {human_bytes(hw.ram.available_bytes)} available"
+    line = f"Machine:  {gpus}; RAM {human_bytes(hw.ram.available_bytes)} available"
+    if hw.rpc:
+        line += "\nWorkers:  " + "; ".join(
+            f"{d.name} {human_bytes(d.free_bytes)} free of {human_bytes(d.total_bytes)}" for d in hw.rpc)
+    return line
 
 
 def describe_settings(ctx: int, s: Any) -> str:
@@ -225,7 +235,8 @@ def render(plans: list[Any], hw: Any, ctx: int, settings: Any) -> str:
         ))
     lines = [describe_hardware(hw), describe_settings(ctx, settings)]
     if plans and plans[0].gpu_budget_bytes:
-        lines.append(f"Margin:   {human_bytes(plans[0].margin_bytes)} kept free per GPU")
+        lines.append(f"Margin:   {human_bytes(plans[0].margin_bytes)} kept free per "
+                     + ("device" if hw.rpc else "GPU"))
     lines.append("")
     lines.extend(table_lines(rows, right=range(2, len(rows[0]) - 1)))
     lines.append("")
@@ -235,6 +246,11 @@ def render(plans: list[Any], hw: Any, ctx: int, settings: Any) -> str:
         label = p.spec.file if mixed else p.spec.quant
         if p.moe_cpu_layers:
             lines.append(f"  {label}: {moe_line(p)}")
+        if hw.rpc or len(p.devices) > 2:
+            lines.append(f"  {label}: split " + ", ".join(
+                f"{d.name} {d.layers} layers ({human_bytes(d.bytes)})" for d in p.devices))
+            if not p.recommended:
+                lines.append(f"  {label}: {p.reason}")
         if p.levers:
             lines.append(f"  {label}: " + "; ".join(p.levers))
         for note in p.estimate.notes:

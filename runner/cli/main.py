@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fitchat.cli.compare",
     "fitchat.cli.doctor",
     "fitchat.cli.serve",
+    "fitchat.cli.worker",
 )
 
 

@@ -121,3 +121,20 @@ def settings_from_args(args: argparse.Namespace) -> LoadSettings:
     from fitchat.llama.smoke import settings_for_this_build
 
     return settings_for_this_build(dataclasses.replace(DEFAULT_SETTINGS, **changes))
+
+
+def parse_rpc(text: str) -> tuple[str, ...]:
+    """``--rpc HOST:PORT[,HOST:PORT…]``: the workers, checked (fitchat.llama.rpc holds the rule)."""
+    from fitchat.llama.rpc import BadEndpoint, parse_endpoints
+
+    try:
+        return parse_endpoints(text)
+    except BadEndpoint as exc:
+        raise BadOption(str(exc)) from None
+
+
+def add_rpc_argument(p: argparse.ArgumentParser) -> None:
+    """``--rpc``, shared by ``fit``, ``chat`` and ``serve``: layers also go to these ``fitchat worker``\\s."""
+    p.add_argument("--rpc", type=option_type(parse_rpc), default=(), metavar="HOST:PORT[,HOST:PORT...]",
+                   help="also use the memory of these 'fitchat worker's (llama.cpp RPC); the layers are split "
+                   "over them and this machine")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fitchat.cli.fit import add_load_settings_arguments, settings_from_args
+from fitchat.cli.options import add_rpc_argument
 from fitchat.format import printable
 
 #: Where the API key may come from instead of --api-key (which others on the machine can read in the process list).
@@ -37,6 +38,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, help="CPU threads per engine (default: measured)")
     p.add_argument("--gpu-layers", type=int, help="layers to offload (default: the fit plan's)")
     add_load_settings_arguments(p)
+    add_rpc_argument(p)
     p.set_defaults(func=run)
 
 
@@ -59,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise _usage("--port must be between 0 and 65535")
     if args.parallel < 1:
         raise _usage("--parallel must be at least 1")
+    if args.rpc and args.parallel > 1:
+        raise _usage("--rpc takes --parallel 1: a worker serves one engine at a time")
     for name in ("ctx", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     def load_engine() -> Any:
         return load_planned(path, name, ctx=args.ctx, settings=settings, n_threads=args.threads,
-                            gpu_layers=args.gpu_layers, on_notice=_say, moe_cpu_layers=args.cpu_moe)
+                            gpu_layers=args.gpu_layers, on_notice=_say, moe_cpu_layers=args.cpu_moe, rpc=args.rpc)
 
     def ready(url: str) -> None:
         print(f"serving {shown} on {url}", flush=True)

@@ -198,9 +198,12 @@ class ChatStats:
     finish_reason: str = "stop"  # "stop", "length", "context", "cancelled"
     dropped_messages: int = 0  # oldest messages left out to fit the context
     elapsed_s: float = 0.0
+    devices: tuple[tuple[str, int], ...] = ()  # (device, layers) as loaded: the CPU first, then offload devices
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["devices"] = [[name, layers] for name, layers in self.devices]  # as JSON gives it back
+        return data
 
 
 @dataclass(frozen=True)
@@ -355,6 +358,31 @@ def _settings_kwargs(settings: LoadSettings | dict[str, Any] | None) -> dict[str
     return dict(settings.llama_kwargs())
 
 
+def _offload_targets(plan: LoadPlan | None) -> list[dict[str, Any]]:
+    """The plan's offload devices in llama.cpp's order ({name, layers, endpoint, index}); the CPU left out."""
+    out = []
+    for d in getattr(plan, "devices", None) or ():
+        d = d if isinstance(d, dict) else {"name": d.name, "layers": d.layers, "endpoint": d.endpoint,
+                                           "index": d.index}
+        if d["name"] != "CPU":
+            out.append({"name": d["name"], "layers": int(d["layers"]), "endpoint": d.get("endpoint", ""),
+                        "index": int(d.get("index", 0))})
+    return out
+
+
+def _placed(targets: Sequence[dict[str, Any]], gpu_layers: int, n_blocks: int) -> tuple[tuple[str, int], ...]:
+    """(device, layers) as llama.cpp places ``gpu_layers`` of ``n_blocks + 1`` units over ``targets``."""
+    from fitchat.model.split import CPU, assign_units
+
+    n_units = n_blocks + 1
+    g = n_units if gpu_layers < 0 else min(gpu_layers, n_units)
+    if not targets:
+        return ((CPU, n_units - g),) + ((("GPU", g),) if g else ())
+    weights = [float(max(t["layers"], 0)) for t in targets]
+    cpu, counts = assign_units(n_units, g, weights if any(weights) else [1.0] * len(targets))
+    return ((CPU, cpu),) + tuple((t["name"], n) for t, n in zip(targets, counts))
+
+
 class ChatEngine:
     """One loaded model. Not thread-safe except :meth:`cancel`; one reply at a time."""
 
@@ -377,6 +405,10 @@ class ChatEngine:
         self.moe_cpu_layers = moe_cpu_layers
         self.load_kwargs = load_kwargs
         self.load_report = report
+        #: (device, layers) as llama.cpp placed them: the CPU first, then the offload devices (set by load).
+        self.devices: tuple[tuple[str, int], ...] = ()
+        #: Whether layers run on RPC workers: then no C call that may wait for them keeps the GIL.
+        self.remote = False
         self.notices: list[str] = []
         self._on_notice = on_notice
         self._ctx = llm.ctx
@@ -485,9 +517,9 @@ class ChatEngine:
             planned_ctx = FALLBACK_CTX
             planned_gpu = 0
             if gpu_layers is None:
-                import llama_cpp
+                from fitchat.model.hardware import local_gpu_offload
 
-                planned_gpu = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+                planned_gpu = -1 if local_gpu_offload() else 0
         if n_ctx is not None:
             planned_ctx = int(n_ctx)
         if gpu_layers is not None:
@@ -496,6 +528,12 @@ class ChatEngine:
             planned_moe = int(moe_cpu_layers)
         for key in ("n_ctx", "n_gpu_layers", "model_path", "verbose"):
             kwargs.pop(key, None)
+        targets = _offload_targets(plan)
+        split = any(t["endpoint"] for t in targets)  # over RPC workers: fitchat.llama.rpc registers them
+        if split:
+            from fitchat.llama.rpc import load_devices, tensor_split
+
+            kwargs["tensor_split"] = tensor_split(targets)
 
         early: list[str] = []
 
@@ -517,7 +555,7 @@ class ChatEngine:
         try:
             # A build that dies on this CPU (the AMX crash) is found by a smoke decode in a child process,
             # cached per library and CPU; inside the block, loads leave out the extra buffer types if so.
-            with guard_load(path, on_notice=notify):
+            with guard_load(path, on_notice=notify), (load_devices(targets) if split else contextlib.nullcontext()):
                 for step in fallback_ladder(planned_gpu, planned_ctx, n_layers, planned_moe):
                     if failures:
                         notify(f"retrying with {step.label}: {step.gpu_layers} GPU layers, context {step.n_ctx}")
@@ -560,6 +598,10 @@ class ChatEngine:
             raise
         engine._log = log
         engine.notices[:0] = early
+        engine.devices = _placed(targets, step.gpu_layers, int(engine._lc.llama_model_n_layer(engine._model)))
+        engine.remote = split
+        if engine.remote:  # token text and end-of-generation checks: no network, but keep the rule simple
+            engine._held = (engine._lc.llama_vocab_is_eog, engine._lc.llama_token_to_piece)
         if failures:
             engine._notice(f"loaded with {step.label}: {step.gpu_layers} GPU layers, context {engine.n_ctx}")
         try:
@@ -851,7 +893,8 @@ class ChatEngine:
     # ------------------------------------------------------------------ sampling
 
     def _sampler(self, settings: SamplingSettings) -> TokenSampler:
-        return TokenSampler(self._lc, self._ctx, int(self._lc.llama_vocab_n_tokens(self._vocab)), settings)
+        return TokenSampler(self._lc, self._ctx, int(self._lc.llama_vocab_n_tokens(self._vocab)), settings,
+                            keep_gil=not self.remote)
 
     # ------------------------------------------------------------------ the reply
 
@@ -956,6 +999,7 @@ class ChatEngine:
             finish_reason=live["finish"],
             dropped_messages=live["dropped"],
             elapsed_s=now - t0,
+            devices=self.devices,
         )
 
     def _stream(
@@ -1111,7 +1155,9 @@ class TokenSampler:
 
     LAST_N = 64
 
-    def __init__(self, lc: Any, ctx: Any, n_vocab: int, settings: SamplingSettings) -> None:
+    def __init__(self, lc: Any, ctx: Any, n_vocab: int, settings: SamplingSettings, *, keep_gil: bool = True) -> None:
+        """``keep_gil=False`` for a model split over RPC workers: reading the logits waits for them over the
+        network, and ggml-rpc's own threads may need the GIL meanwhile (its log goes to Python)."""
         import numpy as np
 
         self._np = np
@@ -1131,7 +1177,8 @@ class TokenSampler:
         addr = ctypes.cast(lc.llama_get_logits_ith, ctypes.c_void_p).value
         if addr is None:  # pragma: no cover - the library exports it
             raise EngineError("llama.cpp has no llama_get_logits_ith")
-        self._logits_addr = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(addr)
+        functype = ctypes.PYFUNCTYPE if keep_gil else ctypes.CFUNCTYPE
+        self._logits_addr = functype(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(addr)
         self._chain = None
         if not self._greedy:
             from llama_cpp import _internals
@@ -1190,9 +1237,9 @@ class TokenSampler:
 
 
 def _offload_backend() -> str:
-    import llama_cpp
+    from fitchat.model.hardware import local_gpu_offload
 
-    return "gpu" if llama_cpp.llama_supports_gpu_offload() else "cpu"
+    return "gpu" if local_gpu_offload() else "cpu"
 
 
 def _cpu_info() -> CpuInfo:

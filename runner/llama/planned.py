@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,10 +15,11 @@ if TYPE_CHECKING:
 
 
 def plan_load(path: str | Path, name: str, *, ctx: int | None = None, settings: Any = None,
-              gpu_layers: int | None = None, moe_cpu_layers: int | None = None) -> Plan:
-    """The fit plan for ``path`` on this machine; :class:`LoadFailed` when it does not fit (unless the
-    user named the GPU layers, which overrides the plan). ``moe_cpu_layers`` (``--cpu-moe``; -1: all)
-    fixes the blocks whose MoE experts stay in RAM instead of letting the planner choose."""
+              gpu_layers: int | None = None, moe_cpu_layers: int | None = None, rpc: Sequence[str] = ()) -> Plan:
+    """The fit plan for ``path`` on this machine (and the workers ``rpc`` names: their devices join the split,
+    fitchat.llama.rpc); :class:`LoadFailed` when it does not fit (unless the user named the GPU layers, which
+    overrides the plan). ``moe_cpu_layers`` (``--cpu-moe``; -1: all) fixes the blocks whose MoE experts stay in
+    RAM instead of letting the planner choose."""
     from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS
     from fitchat.model.gguf_spec import read_spec
     from fitchat.model.hardware import detect_hardware
@@ -27,7 +29,12 @@ def plan_load(path: str | Path, name: str, *, ctx: int | None = None, settings: 
     from fitchat.llama.smoke import settings_for_this_build
 
     chosen = settings_for_this_build(settings if settings is not None else DEFAULT_SETTINGS)
-    plan = plan_model(spec, detect_hardware(), ctx or DEFAULT_CTX, chosen, moe_cpu_layers=moe_cpu_layers)
+    hw = detect_hardware()
+    if rpc:
+        from fitchat.llama.rpc import with_workers
+
+        hw = with_workers(hw, rpc)
+    plan = plan_model(spec, hw, ctx or DEFAULT_CTX, chosen, moe_cpu_layers=moe_cpu_layers)
     if plan.verdict == "too_big" and gpu_layers is None:
         levers = f"; options: {'; '.join(plan.levers)}" if plan.levers else ""
         raise LoadFailed(f"{name} does not fit this machine at context {plan.context}: {plan.reason}{levers}")
@@ -36,7 +43,8 @@ def plan_load(path: str | Path, name: str, *, ctx: int | None = None, settings: 
 
 def load_planned(path: str | Path, name: str, *, ctx: int | None = None, settings: Any = None,
                  n_threads: int | None = None, gpu_layers: int | None = None,
-                 on_notice: Notice | None = None, moe_cpu_layers: int | None = None) -> ProcessEngine:
+                 on_notice: Notice | None = None, moe_cpu_layers: int | None = None,
+                 rpc: Sequence[str] = ()) -> ProcessEngine:
     """:func:`plan_load`, then the engine process loads it with that plan (and its fallback ladder).
 
     The model runs in its own process (fitchat.llama.process): a crash in llama.cpp ends that process,
@@ -44,6 +52,7 @@ def load_planned(path: str | Path, name: str, *, ctx: int | None = None, setting
     """
     from fitchat.llama.process import ProcessEngine
 
-    plan = plan_load(path, name, ctx=ctx, settings=settings, gpu_layers=gpu_layers, moe_cpu_layers=moe_cpu_layers)
+    plan = plan_load(path, name, ctx=ctx, settings=settings, gpu_layers=gpu_layers, moe_cpu_layers=moe_cpu_layers,
+                     rpc=rpc)
     return ProcessEngine.load(path, plan=plan, n_ctx=ctx, n_threads=n_threads, gpu_layers=gpu_layers,
                               on_notice=on_notice, moe_cpu_layers=moe_cpu_layers)

@@ -20,9 +20,9 @@ dataclasses written out field by field (``SamplingSettings``, ``ChatStats``, ``L
 
 Requests (parent -> child), one at a time except ``cancel`` and ``live``::
 
-    {"op": "load", "path", "plan": {settings, context, gpu_layers, n_layers, moe_cpu_layers} | null, "n_ctx",
-     "n_threads", "n_threads_batch", "gpu_layers", "moe_cpu_layers", "settings", "calibrate", "thread_cache",
-     "validate", "loader"}
+    {"op": "load", "path", "plan": {settings, context, gpu_layers, n_layers, moe_cpu_layers, devices} | null,
+     "n_ctx", "n_threads", "n_threads_batch", "gpu_layers", "moe_cpu_layers", "settings", "calibrate",
+     "thread_cache", "validate", "loader"}
     {"op": "stream", "messages", "settings", "attempt": null | int}   # attempt: regenerate
     {"op": "call", "name", "args"}       # count_tokens, tokenize, render, prompt_tokens, fit_context,
                                          # reply_reserve, reset, set_threads, calibrate_threads
@@ -131,7 +131,11 @@ def death_message(returncode: int | None, *, process: str = "the model's engine 
 
 
 def _stats(data: dict[str, Any] | None) -> ChatStats | None:
-    return ChatStats(**data) if data else None
+    if not data:
+        return None
+    data = dict(data)
+    data["devices"] = tuple((str(name), int(layers)) for name, layers in data.get("devices") or ())
+    return ChatStats(**data)
 
 
 def _threads(data: dict[str, Any]) -> ThreadChoice:
@@ -199,6 +203,7 @@ class ProcessEngine:
         self.path = ""
         self.gpu_layers = 0
         self.moe_cpu_layers = 0
+        self.devices: tuple[tuple[str, int], ...] = ()  # (device, layers) as loaded
         self.load_kwargs: dict[str, Any] = {}
         self.load_report = LoadReport(LoadStep(0, 0, "as planned"))
         self.n_ctx = self.n_batch = self.n_ctx_train = 0
@@ -250,7 +255,9 @@ class ProcessEngine:
         if plan is not None:
             plan_json = {"settings": dict(plan.settings.llama_kwargs()), "context": int(plan.context),
                          "gpu_layers": int(plan.gpu_layers), "n_layers": int(getattr(plan, "n_layers", 0) or 0),
-                         "moe_cpu_layers": int(getattr(plan, "moe_cpu_layers", 0) or 0)}
+                         "moe_cpu_layers": int(getattr(plan, "moe_cpu_layers", 0) or 0),
+                         "devices": [{"name": d.name, "layers": int(d.layers), "endpoint": d.endpoint,
+                                      "index": int(d.index)} for d in getattr(plan, "devices", ())]}
         request = {
             "op": "load", "path": str(path), "plan": plan_json, "n_ctx": n_ctx, "n_threads": n_threads,
             "n_threads_batch": n_threads_batch, "gpu_layers": gpu_layers, "moe_cpu_layers": moe_cpu_layers,
@@ -278,6 +285,7 @@ class ProcessEngine:
         self.has_chat_template = bool(info["has_chat_template"])
         self.model_label = info["model_label"]
         self.threads = _threads(info["threads"])
+        self.devices = tuple((str(n), int(k)) for n, k in info.get("devices") or ())
 
     # ------------------------------------------------------------------ the pipe
 
@@ -653,7 +661,7 @@ class _Child:
                             "load_s": report.load_s},
             "n_ctx": e.n_ctx, "n_batch": e.n_batch, "n_ctx_train": e.n_ctx_train, "add_bos": e.add_bos,
             "chat_template": e.chat_template, "has_chat_template": e.has_chat_template, "model_label": e.model_label,
-            "threads": asdict(e.threads),
+            "threads": asdict(e.threads), "devices": [list(d) for d in e.devices],
         }
 
     def _reply(self, r: dict[str, Any]) -> None:
@@ -696,9 +704,10 @@ class _PlanView:
     """The parts of a ``Plan`` that ``ChatEngine.load`` reads, as they crossed the pipe."""
 
     def __init__(self, settings: dict[str, Any], context: int, gpu_layers: int, n_layers: int,
-                 moe_cpu_layers: int = 0) -> None:
+                 moe_cpu_layers: int = 0, devices: Sequence[dict[str, Any]] = ()) -> None:
         self.settings, self.context, self.gpu_layers, self.n_layers = settings, context, gpu_layers, n_layers
         self.moe_cpu_layers = moe_cpu_layers
+        self.devices = list(devices)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

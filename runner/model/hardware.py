@@ -85,6 +85,21 @@ class BackendDevice:
 
 
 @dataclass(frozen=True)
+class RpcDevice:
+    """A device a ``fitchat worker`` lends over llama.cpp's RPC, as llama.cpp sees it from here.
+
+    ``name`` is llama.cpp's buffer name for it, ``RPC<index on that worker>[<endpoint>]`` (the name its
+    load log uses), so a plan's devices and a load's buffer lines line up.
+    """
+
+    endpoint: str
+    name: str
+    total_bytes: int
+    free_bytes: int
+    index: int = 0  # the device's index on its worker
+
+
+@dataclass(frozen=True)
 class LlamaBuild:
     """The installed llama-cpp-python and what its llama.cpp was compiled with."""
 
@@ -113,6 +128,7 @@ class HardwareInfo:
     os: str
     arch: str
     warnings: tuple[str, ...] = field(default=())
+    rpc: tuple[RpcDevice, ...] = field(default=())  # devices lent by workers (``--rpc``), in llama.cpp's order
 
     def gpu_budgets(self) -> tuple[int, ...]:
         """Free bytes on each device fitchat will offload to (empty for the CPU backend)."""
@@ -146,6 +162,10 @@ class HardwareInfo:
             "os": self.os,
             "arch": self.arch,
             "warnings": list(self.warnings),
+            "rpc": [
+                {"endpoint": d.endpoint, "name": d.name, "total_bytes": d.total_bytes, "free_bytes": d.free_bytes}
+                for d in self.rpc
+            ],
         }
 
 
@@ -341,6 +361,17 @@ def _ggml_devices(libggml: Any) -> tuple[BackendDevice, ...]:
     return tuple(devices)
 
 
+def local_gpu_offload() -> bool:
+    """Whether llama.cpp has a GPU of this machine to offload to.
+
+    Not ``llama_supports_gpu_offload()``: that also says yes for every build with RPC (llama.cpp counts
+    workers as offload targets), with no GPU here at all.
+    """
+    from llama_cpp._ggml import libggml
+
+    return any(d.kind in ("gpu", "igpu") for d in _ggml_devices(libggml))
+
+
 def probe_llama_build() -> LlamaBuild:
     """Version, GPU offload support and backend devices of the installed llama-cpp-python."""
     try:
@@ -351,8 +382,8 @@ def probe_llama_build() -> LlamaBuild:
     try:
         llama_cpp.llama_backend_init()
         system_info = _text(llama_cpp.llama_print_system_info())
-        gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
         devices = _ggml_devices(libggml)
+        gpu_offload = any(d.kind in ("gpu", "igpu") for d in devices)  # see local_gpu_offload
     except Exception as exc:
         return LlamaBuild(
             version=getattr(llama_cpp, "__version__", "unknown"), gpu_offload=False, devices=(), system_info="", error=str(exc)

@@ -33,6 +33,7 @@ from fitchat.format import human_bytes
 from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings, estimate, expert_layers
 from fitchat.model.gguf_spec import ModelSpec
 from fitchat.model.hardware import GpuInfo, HardwareInfo, MetalInfo, RamInfo
+from fitchat.model.split import CPU, PlanDevice, Target, assign_units, describe, split_units
 
 MiB = 1024**2
 GiB = 1024**3
@@ -77,6 +78,18 @@ class Plan:
     ram_budget_bytes: int = 0  # usable RAM after the margin
     margin_bytes: int = 0
     full_gpu_bytes: int = 0  # what a full offload would need on the GPU
+    #: Where the ``n_layers`` units go, the CPU first, then the offload devices in llama.cpp's order (workers'
+    #: devices, then local GPUs); the layers add up to ``n_layers`` (fitchat.model.split).
+    devices: tuple[PlanDevice, ...] = ()
+
+    @property
+    def rpc_endpoints(self) -> tuple[str, ...]:
+        """The workers this plan loads on, in order (empty for a plan on this machine alone)."""
+        seen: list[str] = []
+        for d in self.devices:
+            if d.endpoint and d.endpoint not in seen:
+                seen.append(d.endpoint)
+        return tuple(seen)
 
     @property
     def moe_cpu_layers(self) -> int:
@@ -107,6 +120,7 @@ class Plan:
             "architecture": self.spec.architecture,
             "path_or_url": self.spec.path_or_url,
             "notes": list(e.notes),
+            "devices": [d.to_json() for d in self.devices],
         }
 
 
@@ -274,6 +288,8 @@ def plan_model(
     letting the planner choose (None).
     """
     b = _budget(hw, margin_bytes)
+    if hw.rpc:
+        return _plan_split(spec, hw, ctx, settings, margin_bytes, b)
     verdict, gpu_layers, est, full = _solve(spec, hw, ctx, settings, b, moe_cpu_layers)
     n_off = spec.n_layers + 1
     plan = Plan(
@@ -290,11 +306,98 @@ def plan_model(
         ram_budget_bytes=b.ram,
         margin_bytes=b.margin,
         full_gpu_bytes=full.gpu_bytes if full else 0,
+        devices=_local_devices(spec, hw, ctx, settings, gpu_layers, margin_bytes),
     )
     plan = dataclasses.replace(plan, reason=explain(plan, hw))
     if verdict != "full_gpu":
         plan = dataclasses.replace(plan, levers=tuple(_levers(plan, hw, b)))
     return plan
+
+
+# --------------------------------------------------------------------------- devices and workers
+
+
+def _local_targets(hw: HardwareInfo, margin_bytes: int | None) -> list[Target]:
+    """This machine's offload devices under llama.cpp's names (CUDA0, Metal …), with their usable bytes."""
+    names = [d.name for d in hw.llama_cpp.devices if d.kind in ("gpu", "igpu")]
+    out = []
+    for i, (free, total) in enumerate(_gpu_devices(hw)):
+        margin = margin_bytes if margin_bytes is not None else default_gpu_margin(total)
+        name = names[i] if i < len(names) else ("Metal" if hw.backend == "metal" else f"CUDA{i}")
+        out.append(Target(name, max(0, free - margin), "", i))
+    return out
+
+
+def _local_devices(spec: ModelSpec, hw: HardwareInfo, ctx: int, settings: LoadSettings, gpu_layers: int,
+                   margin_bytes: int | None) -> tuple[PlanDevice, ...]:
+    """The devices of a plan on this machine alone: ``gpu_layers`` over the GPUs as llama.cpp spreads them
+    by default (in proportion to free memory), the rest on the CPU."""
+    targets = _local_targets(hw, margin_bytes)
+    frees = [free for free, _ in _gpu_devices(hw)]
+    _, counts = assign_units(spec.n_layers + 1, gpu_layers, frees)
+    return describe(spec, ctx, settings, targets, counts, hw.cpu.isa or None)
+
+
+def _rpc_targets(hw: HardwareInfo, margin_bytes: int | None) -> list[Target]:
+    """The workers' devices, before the local GPUs (llama.cpp puts RPC devices first)."""
+    out = []
+    for d in hw.rpc:
+        margin = margin_bytes if margin_bytes is not None else default_gpu_margin(d.total_bytes)
+        out.append(Target(d.name, max(0, d.free_bytes - margin), d.endpoint, d.index))
+    return out
+
+
+def _plan_split(spec: ModelSpec, hw: HardwareInfo, ctx: int, settings: LoadSettings, margin_bytes: int | None,
+                b: _Budget) -> Plan:
+    """A plan over the workers' devices and this machine's (``--rpc``): see fitchat.model.split."""
+    targets = _rpc_targets(hw, margin_bytes) + _local_targets(hw, margin_bytes)
+    counts = split_units(spec, ctx, targets, settings)
+    devices = describe(spec, ctx, settings, targets, counts, hw.cpu.isa or None)
+    n_off = spec.n_layers + 1
+    offloaded = sum(counts)
+    est = estimate(spec, ctx, settings, gpu_layers=offloaded, cpu_isa=hw.cpu.isa or None)
+    off_bytes = sum(d.bytes for d in devices if d.name != CPU)
+    total = off_bytes + est.cpu_bytes
+    # Each device holds its own compute buffer: the compute figure is what is left of the total.
+    est = dataclasses.replace(est, gpu_bytes=off_bytes, total_bytes=total,
+                              compute_bytes=total - est.weights_bytes - est.kv_bytes - est.overhead_bytes)
+    margins = [margin_bytes if margin_bytes is not None else default_gpu_margin(d.total_bytes) for d in hw.rpc]
+    cpu_fits = est.cpu_bytes <= b.ram
+    if not cpu_fits:
+        verdict = "too_big"
+    elif offloaded == n_off:
+        verdict = "full_gpu"
+    elif offloaded:
+        verdict = "partial_gpu"
+    else:
+        verdict = "cpu"
+    plan = Plan(spec=spec, context=ctx, settings=settings, estimate=est, verdict=verdict, gpu_layers=offloaded,
+                n_layers=n_off, recommended=False, reason="",
+                gpu_budget_bytes=sum(t.budget for t in targets), ram_budget_bytes=b.ram,
+                margin_bytes=max([b.margin, *margins]),
+                full_gpu_bytes=off_bytes, devices=devices)
+    return dataclasses.replace(plan, reason=explain(plan, hw))
+
+
+def split_label(devices: Sequence[PlanDevice]) -> str:
+    """'CPU 0, RPC0[10.0.0.2:50052] 15, RPC0[10.0.0.3:50052] 16' (layers per device)."""
+    return ", ".join(f"{d.name} {d.layers}" for d in devices)
+
+
+def explain_split(plan: Plan, hw: HardwareInfo) -> str:
+    """Why this split, in one clause: where the layers go, and what did not fit where."""
+    targets = _rpc_targets(hw, None) + _local_targets(hw, None)
+    c = ctx_label(plan.context)
+    cpu = plan.devices[0]
+    text = f"{plan.gpu_layers} of {plan.n_layers} layers on {len(targets)} device(s) at {c} context ({split_label(plan.devices)})"
+    full = [d for d, t in zip(plan.devices[1:], targets) if d.bytes and t.budget - d.bytes < plan.spec.block_bytes(0)]
+    if cpu.layers and plan.gpu_layers < plan.n_layers:
+        names = ", ".join(d.name for d in full) or "the devices"
+        text += f"; {cpu.layers} stay on the CPU because {names} have no room for more"
+    if plan.verdict == "too_big":
+        text += (f"; the CPU's share needs {human_bytes(cpu.bytes)} but only "
+                 f"{human_bytes(plan.ram_budget_bytes)} of RAM is usable")
+    return text
 
 
 # --------------------------------------------------------------------------- words
@@ -307,8 +410,10 @@ def ctx_label(ctx: int) -> str:
 
 def verdict_label(plan: Plan | None) -> str:
     """The verdict in words, the same in the CLI, ``compare`` and the TUI: 'full GPU', 'GPU 20/31 layers',
-    'CPU', 'too big'; '?' without a plan."""
+    'CPU', 'too big', 'split 31/31 layers' over workers; '?' without a plan."""
     verdict = getattr(plan, "verdict", None)
+    if verdict in ("full_gpu", "partial_gpu") and getattr(plan, "rpc_endpoints", None):
+        return f"split {plan.gpu_layers}/{plan.n_layers} layers"  # type: ignore[union-attr]
     moe = getattr(plan, "moe_cpu_layers", 0)
     if verdict == "partial_gpu" and moe:
         layers = "" if plan.gpu_layers == plan.n_layers else f" {plan.gpu_layers}/{plan.n_layers} layers,"  # type: ignore[union-attr]
@@ -320,6 +425,8 @@ def verdict_label(plan: Plan | None) -> str:
 
 def explain(plan: Plan, hw: HardwareInfo) -> str:
     """Why this verdict, in one clause."""
+    if plan.rpc_endpoints or hw.rpc:
+        return explain_split(plan, hw)
     e, c = plan.estimate, ctx_label(plan.context)
     if plan.verdict == "full_gpu":
         spare = plan.gpu_budget_bytes - e.gpu_bytes
@@ -457,7 +564,7 @@ def _recommendation(plans: Sequence[Plan], i: int, hw: HardwareInfo, margin_byte
         ),
         key=lambda p: p.spec.size_bytes,
     )
-    if larger:
+    if larger and not hw.rpc:
         nxt = larger[0]
         if chosen.verdict in ("full_gpu", "partial_gpu") and nxt.full_gpu_bytes:
             text += f"; {nxt.spec.quant} would need {human_bytes(nxt.full_gpu_bytes)} on the GPU"

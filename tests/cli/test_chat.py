@@ -45,7 +45,8 @@ def test_json(smollm2: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(out)
     assert set(data) == {"reply", "stats"}
     assert data["reply"].strip()
-    assert list(data["stats"]) == list(JSON_STATS)
+    assert list(data["stats"]) == [*JSON_STATS, "devices"]
+    assert data["stats"]["devices"] == [{"name": "CPU", "layers": 31}]  # SmolLM2: 30 blocks and the output layer
     s = data["stats"]
     assert 0 < s["completion_tokens"] <= 16 and s["prompt_tokens"] > 10
     assert (s["n_ctx"], s["n_threads"], s["gpu_layers"]) == (1024, 1, 0)

@@ -260,3 +260,65 @@ def test_fit_remote_repo_reads_the_headers_at_once(hub, smollm2_variants: dict[s
     assert timed[1][1] == timed[4][1]
     assert timed[1][0] >= 4 * 0.4  # one range read per variant at least, one after another
     assert timed[4][0] < 0.6 * timed[1][0]
+
+
+# --------------------------------------------------------------------------- devices and workers (fitchat.model.split)
+
+
+def _workers(*budgets: int) -> tuple:
+    from fitchat.model.hardware import RpcDevice
+
+    return tuple(RpcDevice(f"10.0.0.{i + 2}:50052", f"RPC0[10.0.0.{i + 2}:50052]", b, b) for i, b in enumerate(budgets))
+
+
+def test_every_plan_lists_its_devices_and_they_add_up(specs: dict[str, ModelSpec]) -> None:
+    spec = specs["Q8_0"]
+    cpu = plan_model(spec, cpu_machine(), CTX)
+    assert [(d.name, d.layers) for d in cpu.devices] == [("CPU", cpu.n_layers)]
+    assert cpu.devices[0].bytes == cpu.estimate.total_bytes
+    need = full_need(spec)
+    partial = plan_model(spec, gpu_machine((need // 2 + 512 * MiB, 4 * GiB)), CTX)  # 512 MiB margin
+    assert partial.verdict == "partial_gpu"
+    cpu_dev, gpu_dev = partial.devices
+    assert (cpu_dev.name, gpu_dev.name) == ("CPU", "CUDA0")
+    assert gpu_dev.layers == partial.gpu_layers and cpu_dev.layers + gpu_dev.layers == partial.n_layers
+    assert gpu_dev.bytes == partial.estimate.gpu_bytes and cpu_dev.bytes == partial.estimate.cpu_bytes
+    assert partial.to_json()["devices"][1] == {"name": "CUDA0", "layers": gpu_dev.layers, "bytes": gpu_dev.bytes}
+
+
+def test_split_over_workers_in_proportion_to_their_memory(specs: dict[str, ModelSpec]) -> None:
+    import dataclasses
+
+    spec = specs["Q8_0"]
+    hw = dataclasses.replace(cpu_machine(), rpc=_workers(8 * GiB, 24 * GiB))
+    plan = plan_model(spec, hw, CTX)
+    names = [d.name for d in plan.devices]
+    assert names == ["CPU", "RPC0[10.0.0.2:50052]", "RPC0[10.0.0.3:50052]"]
+    layers = [d.layers for d in plan.devices]
+    assert sum(layers) == plan.n_layers and layers[0] == 0 and plan.verdict == "full_gpu"
+    assert layers[1] < layers[2]  # the worker with more memory takes more layers
+    assert plan.rpc_endpoints == ("10.0.0.2:50052", "10.0.0.3:50052")
+    assert "31 of 31 layers on 2 device(s)" in plan.reason
+
+
+def test_what_no_worker_can_hold_stays_on_the_cpu_and_is_explained(specs: dict[str, ModelSpec]) -> None:
+    import dataclasses
+
+    from fitchat.model.plan import default_gpu_margin
+
+    spec = specs["Q8_0"]
+    # Room for about a third of the model on each worker, after the margin kept free.
+    room = full_need(spec) // 3
+    hw = dataclasses.replace(cpu_machine(), rpc=_workers(room + default_gpu_margin(room), room + default_gpu_margin(room)))
+    plan = plan_model(spec, hw, CTX)
+    cpu, a, b = plan.devices
+    assert cpu.layers > 0 and a.layers > 0 and b.layers > 0
+    assert cpu.layers + a.layers + b.layers == plan.n_layers
+    assert plan.verdict == "partial_gpu" and plan.gpu_layers == a.layers + b.layers
+    for d in (a, b):
+        assert d.bytes <= room
+    assert f"{cpu.layers} stay on the CPU because" in plan.reason and "no room for more" in plan.reason
+    # The CPU's share has to fit in RAM too.
+    tiny_ram = dataclasses.replace(plan_hardware(cpu_machine(), ram=600 * MiB), rpc=hw.rpc)
+    too_big = plan_model(spec, tiny_ram, CTX)
+    assert too_big.verdict == "too_big" and "of RAM is usable" in too_big.reason

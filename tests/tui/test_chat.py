@@ -225,6 +225,14 @@ async def test_settings_modal_and_code_block_copy(smollm2: Path, tmp_path: Path,
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, SettingsScreen)
         assert any("Temperature must be a number" in m for m in notifications(app))
+        # The RPC workers field: bad input is one line, and nothing changes.
+        dialog.query_one("#set-temperature").value = "0.8"
+        dialog.query_one("#set-rpc").value = "nohost"
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, SettingsScreen)
+        assert any("is not HOST:PORT" in m for m in notifications(app))
+        assert app.services.rpc == ()
+        dialog.query_one("#set-rpc").value = ""
         # A value out of range is refused by the settings themselves, told by its label; nothing changes.
         before = app.sampling
         dialog.query_one("#set-temperature").value = "0.3"
@@ -300,3 +308,39 @@ async def test_engine_killed_mid_reply_keeps_the_app_and_the_reply_and_offers_a_
         again = await ask(pilot, screen, "Say hi.")
         assert again.text.strip()
         assert len(app.services.history().load(screen.conversation_id).messages) == 4
+
+
+async def test_worker_lost_mid_reply_keeps_the_chat_and_reloads_without_it(
+    rpc_build: None, smollm2: Path, tmp_path: Path, unreachable_endpoint: str
+) -> None:
+    from tests.rpc_support import start_worker
+
+    link_starter(smollm2)
+    keep, doomed = start_worker(), start_worker()
+    try:
+        app = make_app(tmp_path, unreachable_endpoint, dataclasses.replace(GREEDY, max_tokens=300))
+        app.services.set_workers((keep.endpoint, doomed.endpoint))
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = await open_chat(pilot, app)
+            names = dict(screen.engine.devices)
+            assert names[f"RPC0[{keep.endpoint}]"] > 0 and names[f"RPC0[{doomed.endpoint}]"] > 0
+            await pilot.press(*"Write a very long story about a dragon who learns to cook.")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: len(screen.query(ChatMessage).last().text) >= 20, what="a few tokens")
+            doomed.kill()
+            await wait_for(pilot, lambda: not screen.generating, timeout=30, what="the reply to end")
+            assert app.is_running and app.screen is screen
+            lost = notifications(app, "error")
+            assert len(lost) == 1 and f"worker {doomed.endpoint} stopped answering" in lost[0], lost
+            assert "ctrl+l" in lost[0] and "\n" not in lost[0]
+            assert app.services.rpc == (keep.endpoint,)
+            assert replies(screen)[-1].text.strip()  # the reply so far stays
+            await pilot.press("ctrl+l")  # the reload, on the worker still up
+            await wait_for(pilot, lambda: screen.engine is not None, timeout=60, what="the model to load again")
+            assert dict(screen.engine.devices).get(f"RPC0[{keep.endpoint}]") == 31
+            app.sampling = GREEDY
+            assert (await ask(pilot, screen, "Say hi.")).text.strip()
+            assert len(app.services.history().load(screen.conversation_id).messages) == 4
+    finally:
+        keep.stop()
+        doomed.kill()

@@ -266,6 +266,18 @@ class ChatScreen(Guarded, Screen[None]):
         if self.app.services.serving_status().serving:
             self.stop_serving()
         self.status.set_state("engine stopped · ctrl+l reloads the model")
+        services = self.app.services
+        if services.rpc:
+            from fitchat.llama.rpc import lost_message, unreachable
+
+            gone = unreachable(services.rpc, timeout_s=0.5)
+            if gone:
+                # The reload goes without them: the workers still up and this machine.
+                services.set_workers(tuple(w for w in services.rpc if w not in gone))
+                self.notify(f"{lost_message(gone)}. Press ctrl+l to reload the model without "
+                            f"{'it' if len(gone) == 1 else 'them'} (the conversation stays).",
+                            title="Worker lost", severity="error", timeout=20, markup=False)
+                return
         self.notify(f"{exc}. Press ctrl+l to reload the model.", title="Engine stopped", severity="error",
                     timeout=20, markup=False)
 
@@ -654,15 +666,22 @@ class ChatScreen(Guarded, Screen[None]):
                 self.app.report_error(exc)
                 return
 
+        services = self.app.services
+        screen = SettingsScreen(self.app.sampling, workers=services.rpc)
+
         def saved(settings: SamplingSettings | None) -> None:
             if settings is None:
                 return
             self.app.sampling = settings
             if self.session is not None:
                 self.session.set_settings(settings)  # saved with the conversation (a failure is told once)
+            if screen.rpc_workers is not None and tuple(screen.rpc_workers) != services.rpc:
+                services.set_workers(tuple(screen.rpc_workers))
+                self.notify("Settings saved; the workers are used from the next model load")
+                return
             self.notify("Settings saved")
 
-        self.app.push_screen(SettingsScreen(self.app.sampling), saved)
+        self.app.push_screen(screen, saved)
 
     def action_switch_model(self) -> None:
         if not self._busy():

@@ -31,10 +31,12 @@ class SettingsScreen(Guarded, ModalScreen[Any]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, workers: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.settings = settings
         self._fields = [f for f in FIELDS if hasattr(settings, f[0])]
+        #: The RPC workers (``fitchat worker``) models load on; None hides the field. Read after Save.
+        self.rpc_workers = workers
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog", id="settings-dialog"):
@@ -48,6 +50,9 @@ class SettingsScreen(Guarded, ModalScreen[Any]):
                     yield Label(label)
                     yield Input("" if value is None else str(value), id=f"set-{name}", compact=True,
                                 placeholder="random" if name == "seed" else "default")
+            if self.rpc_workers is not None:
+                yield Label("RPC workers (HOST:PORT, comma-separated; a reload uses them)")
+                yield Input(",".join(self.rpc_workers), id="set-rpc", compact=True, placeholder="none: this machine only")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save", variant="primary", id="save", compact=True)
                 yield Button("Cancel", id="cancel", compact=True)
@@ -66,6 +71,19 @@ class SettingsScreen(Guarded, ModalScreen[Any]):
                 values[name] = kind(raw)
             except ValueError:
                 raise ValueError(f"{label} must be {'a whole number' if kind is int else 'a number'}, not {raw!r}") from None
+        if self.rpc_workers is not None:
+            from fitchat.llama.rpc import BadEndpoint, parse_endpoints, require_rpc
+
+            raw = self.query_one("#set-rpc", Input).value.strip()
+            try:
+                workers = parse_endpoints(raw) if raw else ()
+                if workers:
+                    require_rpc()
+            except BadEndpoint as exc:
+                raise ValueError(str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - a build without RPC: its one line
+                raise ValueError(str(exc)) from None
+            self.rpc_workers = workers
         prompt = self.query_one("#system-prompt", TextArea).text.strip()
         if hasattr(self.settings, "system_prompt"):
             values["system_prompt"] = prompt or None
