@@ -35,11 +35,20 @@ class Model:
     matrix: str = F16  # the type of 2-D/3-D weights (real-scale headers use Q8_0)
     kv: dict[str, Any] = field(default_factory=dict)
     tensors: list[tuple[str, tuple[int, ...], str]] = field(default_factory=list)
+    file_type: int = 1  # general.file_type: MOSTLY_F16 (15: MOSTLY_Q4_K_M)
+    #: A vocabulary with the 256 byte tokens SentencePiece's byte fallback looks up, so llama.cpp tokenizes
+    #: any text (for models that really chat); else plain pieces only.
+    byte_vocab: bool = False
+    chat_template: str | None = None
 
     def t(self, name: str, *shape: int, dtype: str | None = None) -> None:
         if len(shape) == 1:
             dtype = F32  # norms, biases: llama.cpp keeps 1-D tensors in f32
         self.tensors.append((name, shape, dtype or self.matrix))
+
+
+#: Where the tensor data of each file written here starts (its header's size).
+HEADER_SIZES: dict[Path, int] = {}
 
 
 def write(model: Model, path: Path) -> Path:
@@ -49,7 +58,7 @@ def write(model: Model, path: Path) -> Path:
 
     w = GGUFWriter(path, model.arch)
     w.add_name(f"synthetic {model.arch}")
-    w.add_file_type(1)  # MOSTLY_F16
+    w.add_file_type(model.file_type)
     for key, value in model.kv.items():
         full = key if "." in key and key.split(".")[0] in ("general", "tokenizer") else f"{model.arch}.{key}"
         if isinstance(value, bool):
@@ -63,14 +72,24 @@ def write(model: Model, path: Path) -> Path:
         elif isinstance(value, list):
             sub = GGUFValueType.INT32 if all(isinstance(v, int) for v in value) else GGUFValueType.FLOAT32
             w.add_array(full, value) if sub is GGUFValueType.INT32 else w.add_key_value(full, value, GGUFValueType.ARRAY, sub)
-    # A SentencePiece-style vocabulary llama.cpp accepts: <unk>, <s>, </s>, then plain pieces.
     w.add_tokenizer_model("llama")
-    # (<|endoftext|> too: llama.cpp looks it up by name for a model whose name says phi3)
-    w.add_token_list(["<unk>", "<s>", "</s>", "<|endoftext|>"] + [f"t{i}" for i in range(model.n_vocab - 4)])
-    w.add_token_scores([0.0] * model.n_vocab)
-    w.add_token_types([2, 3, 3, 3] + [1] * (model.n_vocab - 4))
+    if model.byte_vocab:
+        # Control tokens, the 256 byte tokens the byte fallback looks up, then plain pieces.
+        n_plain = model.n_vocab - 3 - 256
+        w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+                         + [f"\u2581t{i}" for i in range(n_plain)])
+        w.add_token_scores([0.0] * model.n_vocab)
+        w.add_token_types([2, 3, 3] + [6] * 256 + [1] * n_plain)
+    else:
+        # A SentencePiece-style vocabulary llama.cpp accepts: <unk>, <s>, </s>, then plain pieces
+        # (<|endoftext|> too: llama.cpp looks it up by name for a model whose name says phi3).
+        w.add_token_list(["<unk>", "<s>", "</s>", "<|endoftext|>"] + [f"t{i}" for i in range(model.n_vocab - 4)])
+        w.add_token_scores([0.0] * model.n_vocab)
+        w.add_token_types([2, 3, 3, 3] + [1] * (model.n_vocab - 4))
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+    if model.chat_template:
+        w.add_chat_template(model.chat_template)
     data = 0
     for name, shape, dtype in model.tensors:
         qtype = GGMLQuantizationType[dtype]
@@ -88,6 +107,7 @@ def write(model: Model, path: Path) -> Path:
     assert w.fout is not None
     fh = w.fout[0]
     header = w.ggml_pad(fh.tell(), w.data_alignment)
+    HEADER_SIZES[Path(path)] = header
     w.close()
     with open(path, "r+b") as fh2:
         fh2.truncate(header + data)

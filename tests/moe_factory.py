@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-F32, F16, Q4_K, Q6_K = "F32", "F16", "Q4_K", "Q6_K"
+from tests.arch_factory import HEADER_SIZES, Model, write
 
-#: Where the tensor data of each file written here starts (its header's size).
-_HEADER_SIZES: dict[Path, int] = {}
+F32, F16, Q4_K, Q6_K = "F32", "F16", "Q4_K", "Q6_K"
 
 #: A chat template that renders the conversation plainly, so the engine chats (not plain completion).
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
@@ -25,50 +24,11 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% 
 
 def _write(path: Path, arch: str, kv: dict[str, int | float], n_vocab: int,
            tensors: list[tuple[str, tuple[int, ...], str]], chat_template: str | None) -> Path:
-    """The header at ``path``, truncated to the full size (shapes in ggml order, ne0 first)."""
-    import numpy as np
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
-
-    w = GGUFWriter(path, arch)
-    w.add_name(f"synthetic {arch}")
-    w.add_file_type(15)  # MOSTLY_Q4_K_M
-    for key, value in kv.items():
-        if isinstance(value, float):
-            w.add_float32(f"{arch}.{key}", value)
-        else:
-            w.add_uint32(f"{arch}.{key}", value)
-    # A SentencePiece vocabulary llama.cpp tokenizes with: control tokens, the 256 byte tokens its byte
-    # fallback looks up, then plain pieces.
-    n_plain = n_vocab - 3 - 256
-    w.add_tokenizer_model("llama")
-    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-                     + [f"\u2581t{i}" for i in range(n_plain)])
-    w.add_token_scores([0.0] * n_vocab)
-    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * n_plain)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    if chat_template:
-        w.add_chat_template(chat_template)
-    data = 0
-    for name, shape, dtype in tensors:
-        qtype = GGMLQuantizationType[dtype]
-        block, type_size = GGML_QUANT_SIZES[qtype]
-        n = 1
-        for d in shape:
-            n *= d
-        nbytes = n // block * type_size
-        w.add_tensor_info(name, tuple(reversed(shape)), np.dtype(np.float32), nbytes, raw_dtype=qtype)
-        data += w.ggml_pad(nbytes, w.data_alignment)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    assert w.fout is not None
-    header = w.ggml_pad(w.fout[0].tell(), w.data_alignment)
-    _HEADER_SIZES[Path(path)] = header
-    w.close()
-    with open(path, "r+b") as fh:
-        fh.truncate(header + data)
-    return path
+    """The header at ``path`` (Q4_K_M's file type, a vocabulary with byte tokens), truncated to the full size
+    (shapes in ggml order, ne0 first)."""
+    model = Model(arch, n_vocab, kv=dict(kv), tensors=list(tensors), file_type=15, byte_vocab=True,
+                  chat_template=chat_template)
+    return write(model, path)
 
 
 def qwen3moe(path: Path, *, n_layers: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
@@ -152,7 +112,7 @@ def qwen3_32b(path: Path) -> Path:
 def header_bytes(path: Path) -> bytes:
     """The first bytes of a header-only file, up to its tensor data (what a Hub Range read fetches)."""
     with open(path, "rb") as fh:
-        return fh.read(_HEADER_SIZES[Path(path)])
+        return fh.read(HEADER_SIZES[Path(path)])
 
 
 def qwen3_30b_a3b(path: Path) -> Path:
