@@ -12,6 +12,7 @@ hole of zeros (no disk, no time to write).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.arch_factory import HEADER_SIZES, Model, write
@@ -31,42 +32,56 @@ def _write(path: Path, arch: str, kv: dict[str, int | float], n_vocab: int,
     return write(model, path)
 
 
+def _more_bits(i: int, n_layers: int) -> bool:
+    """Whether Q4_K_M gives layer ``i`` Q6_K for attn_v and ffn_down (llama-quant.cpp use_more_bits)."""
+    return i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2
+
+
+def _qwen3_kv(n_layers: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int,
+              head_dim: int) -> dict[str, int | float]:
+    return {
+        "block_count": n_layers, "context_length": 40960, "embedding_length": n_embd, "feed_forward_length": n_ff,
+        "attention.head_count": n_head, "attention.head_count_kv": n_head_kv, "attention.key_length": head_dim,
+        "attention.value_length": head_dim, "attention.layer_norm_rms_epsilon": 1e-6, "rope.freq_base": 1000000.0,
+    }
+
+
+def _qwen3_attn(i: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
+                mat: Callable[[int, str], str]) -> list[tuple[str, tuple[int, ...], str]]:
+    """Layer ``i``'s attention with q/k norms, then its FFN norm; ``mat(i, kind)`` types each matrix."""
+    return [
+        (f"blk.{i}.attn_norm.weight", (n_embd,), F32),
+        (f"blk.{i}.attn_q.weight", (n_embd, n_head * head_dim), mat(i, "attn_q")),
+        (f"blk.{i}.attn_k.weight", (n_embd, n_head_kv * head_dim), mat(i, "attn_k")),
+        (f"blk.{i}.attn_v.weight", (n_embd, n_head_kv * head_dim), mat(i, "attn_v")),
+        (f"blk.{i}.attn_output.weight", (n_head * head_dim, n_embd), mat(i, "attn_output")),
+        (f"blk.{i}.attn_q_norm.weight", (head_dim,), F32),
+        (f"blk.{i}.attn_k_norm.weight", (head_dim,), F32),
+        (f"blk.{i}.ffn_norm.weight", (n_embd,), F32),
+    ]
+
+
 def qwen3moe(path: Path, *, n_layers: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
              n_expert: int, n_expert_used: int, n_ff_exp: int, n_vocab: int, quant: str = F16,
              chat_template: str | None = CHAT_TEMPLATE) -> Path:
     """A qwen3moe header. ``quant="Q4_K_M"`` gives llama.cpp's Q4_K_M choice of types (Q6_K for the output,
     and for attn_v and ffn_down_exps on the "more bits" layers), else every matrix is ``quant``."""
 
-    def more_bits(i: int) -> bool:  # llama-quant.cpp use_more_bits
-        return i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2
-
     def mat(i: int | None, kind: str) -> str:
         if quant != "Q4_K_M":
             return quant
         if kind == "output":
             return Q6_K
-        if kind in ("attn_v", "ffn_down_exps") and i is not None and more_bits(i):
+        if kind in ("attn_v", "ffn_down_exps") and i is not None and _more_bits(i, n_layers):
             return Q6_K
         return Q4_K
 
-    kv: dict[str, int | float] = {
-        "block_count": n_layers, "context_length": 40960, "embedding_length": n_embd,
-        "feed_forward_length": 6144, "attention.head_count": n_head, "attention.head_count_kv": n_head_kv,
-        "attention.key_length": head_dim, "attention.value_length": head_dim,
-        "attention.layer_norm_rms_epsilon": 1e-6, "rope.freq_base": 1000000.0,
-        "expert_count": n_expert, "expert_used_count": n_expert_used, "expert_feed_forward_length": n_ff_exp,
-    }
+    kv = _qwen3_kv(n_layers, n_embd, 6144, n_head, n_head_kv, head_dim)
+    kv.update({"expert_count": n_expert, "expert_used_count": n_expert_used, "expert_feed_forward_length": n_ff_exp})
     t: list[tuple[str, tuple[int, ...], str]] = [("token_embd.weight", (n_embd, n_vocab), mat(None, "token_embd"))]
     for i in range(n_layers):
+        t += _qwen3_attn(i, n_embd, n_head, n_head_kv, head_dim, mat)
         t += [
-            (f"blk.{i}.attn_norm.weight", (n_embd,), F32),
-            (f"blk.{i}.attn_q.weight", (n_embd, n_head * head_dim), mat(i, "attn_q")),
-            (f"blk.{i}.attn_k.weight", (n_embd, n_head_kv * head_dim), mat(i, "attn_k")),
-            (f"blk.{i}.attn_v.weight", (n_embd, n_head_kv * head_dim), mat(i, "attn_v")),
-            (f"blk.{i}.attn_output.weight", (n_head * head_dim, n_embd), mat(i, "attn_output")),
-            (f"blk.{i}.attn_q_norm.weight", (head_dim,), F32),
-            (f"blk.{i}.attn_k_norm.weight", (head_dim,), F32),
-            (f"blk.{i}.ffn_norm.weight", (n_embd,), F32),
             (f"blk.{i}.ffn_gate_inp.weight", (n_embd, n_expert), F32),
             (f"blk.{i}.ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert), mat(i, "ffn_gate_exps")),
             (f"blk.{i}.ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert), mat(i, "ffn_up_exps")),
@@ -82,25 +97,13 @@ def qwen3_32b(path: Path) -> Path:
     n_layers, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab = 64, 5120, 64, 8, 128, 25600, 151936
 
     def q(i: int, kind: str) -> str:
-        more = i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2
-        return Q6_K if kind in ("attn_v", "ffn_down") and more else Q4_K
+        return Q6_K if kind in ("attn_v", "ffn_down") and _more_bits(i, n_layers) else Q4_K
 
-    kv: dict[str, int | float] = {
-        "block_count": n_layers, "context_length": 40960, "embedding_length": n_embd, "feed_forward_length": n_ff,
-        "attention.head_count": n_head, "attention.head_count_kv": n_head_kv, "attention.key_length": head_dim,
-        "attention.value_length": head_dim, "attention.layer_norm_rms_epsilon": 1e-6, "rope.freq_base": 1000000.0,
-    }
+    kv = _qwen3_kv(n_layers, n_embd, n_ff, n_head, n_head_kv, head_dim)
     t: list[tuple[str, tuple[int, ...], str]] = [("token_embd.weight", (n_embd, n_vocab), Q4_K)]
     for i in range(n_layers):
+        t += _qwen3_attn(i, n_embd, n_head, n_head_kv, head_dim, q)
         t += [
-            (f"blk.{i}.attn_norm.weight", (n_embd,), F32),
-            (f"blk.{i}.attn_q.weight", (n_embd, n_head * head_dim), q(i, "attn_q")),
-            (f"blk.{i}.attn_k.weight", (n_embd, n_head_kv * head_dim), q(i, "attn_k")),
-            (f"blk.{i}.attn_v.weight", (n_embd, n_head_kv * head_dim), q(i, "attn_v")),
-            (f"blk.{i}.attn_output.weight", (n_head * head_dim, n_embd), q(i, "attn_output")),
-            (f"blk.{i}.attn_q_norm.weight", (head_dim,), F32),
-            (f"blk.{i}.attn_k_norm.weight", (head_dim,), F32),
-            (f"blk.{i}.ffn_norm.weight", (n_embd,), F32),
             (f"blk.{i}.ffn_gate.weight", (n_embd, n_ff), q(i, "ffn_gate")),
             (f"blk.{i}.ffn_up.weight", (n_embd, n_ff), q(i, "ffn_up")),
             (f"blk.{i}.ffn_down.weight", (n_ff, n_embd), q(i, "ffn_down")),
