@@ -27,11 +27,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fitchat.errors import FitchatError, LoadFailed
+from fitchat.model.hardware import BackendDevice, ggml_device_api, ggml_device_handles
 
 if TYPE_CHECKING:
     from fitchat.model.hardware import HardwareInfo, RpcDevice
@@ -132,17 +133,10 @@ def _rpc_lib() -> ctypes.CDLL:
 
 
 def _ggml() -> Any:
-    """libggml's device API (the functions fitchat.model.hardware's probe uses too)."""
-    from llama_cpp._ggml import libggml as g
+    """libggml's device API (fitchat.model.hardware's calls, and those that find and register devices)."""
+    from llama_cpp._ggml import libggml
 
-    p, sz = ctypes.c_void_p, ctypes.c_size_t
-    g.ggml_backend_dev_count.restype = sz
-    g.ggml_backend_dev_get.argtypes, g.ggml_backend_dev_get.restype = [sz], p
-    g.ggml_backend_dev_name.argtypes, g.ggml_backend_dev_name.restype = [p], ctypes.c_char_p
-    g.ggml_backend_dev_description.argtypes, g.ggml_backend_dev_description.restype = [p], ctypes.c_char_p
-    g.ggml_backend_dev_type.argtypes, g.ggml_backend_dev_type.restype = [p], ctypes.c_int
-    g.ggml_backend_dev_memory.argtypes = [p, ctypes.POINTER(sz), ctypes.POINTER(sz)]
-    g.ggml_backend_dev_memory.restype = None
+    g, p, sz = ggml_device_api(libggml), ctypes.c_void_p, ctypes.c_size_t
     g.ggml_backend_dev_by_name.argtypes, g.ggml_backend_dev_by_name.restype = [ctypes.c_char_p], p
     g.ggml_backend_reg_dev_count.argtypes, g.ggml_backend_reg_dev_count.restype = [p], sz
     g.ggml_backend_reg_dev_get.argtypes, g.ggml_backend_reg_dev_get.restype = [p, sz], p
@@ -347,35 +341,15 @@ def load_devices(targets: Sequence[dict[str, Any]]) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class LocalDevice:
-    """A device of this machine a worker can lend."""
+class LocalDevice(BackendDevice):
+    """A device of this machine a worker can lend, with llama.cpp's handle for it in this process."""
 
-    name: str
-    description: str
-    kind: str
-    free_bytes: int
-    total_bytes: int
     dev: int
-
-
-_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
 
 
 def local_devices() -> list[LocalDevice]:
     """This machine's llama.cpp devices (CPU, CUDA0, Metal …), with their memory."""
-    g = _ggml()
-    out = []
-    for i in range(int(g.ggml_backend_dev_count())):
-        dev = g.ggml_backend_dev_get(i)
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        out.append(LocalDevice(
-            name=(g.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
-            description=(g.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
-            kind=_KINDS.get(int(g.ggml_backend_dev_type(dev)), "other"),
-            free_bytes=free.value, total_bytes=total.value, dev=int(dev),
-        ))
-    return out
+    return [LocalDevice(**asdict(d), dev=dev) for dev, d in ggml_device_handles(_ggml())]
 
 
 def worker_devices(names: Sequence[str] = ()) -> list[LocalDevice]:

@@ -13,7 +13,7 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
@@ -328,37 +328,38 @@ def probe_cpu(system_info: str) -> CpuInfo:
 _DEV_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
 
 
-def _ggml_devices(libggml: Any) -> tuple[BackendDevice, ...]:
-    g = libggml
-    g.ggml_backend_dev_count.restype = ctypes.c_size_t
-    g.ggml_backend_dev_get.restype = ctypes.c_void_p
-    g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    g.ggml_backend_dev_name.restype = ctypes.c_char_p
-    g.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
-    g.ggml_backend_dev_description.restype = ctypes.c_char_p
-    g.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
-    g.ggml_backend_dev_type.restype = ctypes.c_int
-    g.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    g.ggml_backend_dev_memory.argtypes = [
-        ctypes.c_void_p,
-        ctypes.POINTER(ctypes.c_size_t),
-        ctypes.POINTER(ctypes.c_size_t),
-    ]
-    devices = []
-    for i in range(g.ggml_backend_dev_count()):
+def ggml_device_api(libggml: Any) -> Any:
+    """``libggml`` with the ctypes signatures of the device calls fitchat makes (llama-cpp-python declares none)."""
+    g, p, sz = libggml, ctypes.c_void_p, ctypes.c_size_t
+    g.ggml_backend_dev_count.restype = sz
+    g.ggml_backend_dev_get.argtypes, g.ggml_backend_dev_get.restype = [sz], p
+    g.ggml_backend_dev_name.argtypes, g.ggml_backend_dev_name.restype = [p], ctypes.c_char_p
+    g.ggml_backend_dev_description.argtypes, g.ggml_backend_dev_description.restype = [p], ctypes.c_char_p
+    g.ggml_backend_dev_type.argtypes, g.ggml_backend_dev_type.restype = [p], ctypes.c_int
+    g.ggml_backend_dev_memory.argtypes = [p, ctypes.POINTER(sz), ctypes.POINTER(sz)]
+    g.ggml_backend_dev_memory.restype = None
+    return g
+
+
+def ggml_device_handles(libggml: Any) -> Iterator[tuple[int, BackendDevice]]:
+    """Each ggml backend device with its ``ggml_backend_dev_t`` (valid in this process only: a worker
+    lends devices by it), in llama.cpp's order."""
+    g = ggml_device_api(libggml)
+    for i in range(int(g.ggml_backend_dev_count())):
         dev = g.ggml_backend_dev_get(i)
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        devices.append(
-            BackendDevice(
-                name=(g.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
-                description=(g.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
-                kind=_DEV_KINDS.get(g.ggml_backend_dev_type(dev), "unknown"),
-                free_bytes=int(free.value),
-                total_bytes=int(total.value),
-            )
+        yield int(dev), BackendDevice(
+            name=(g.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
+            description=(g.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
+            kind=_DEV_KINDS.get(g.ggml_backend_dev_type(dev), "unknown"),
+            free_bytes=int(free.value),
+            total_bytes=int(total.value),
         )
-    return tuple(devices)
+
+
+def _ggml_devices(libggml: Any) -> tuple[BackendDevice, ...]:
+    return tuple(device for _, device in ggml_device_handles(libggml))
 
 
 def local_gpu_offload() -> bool:
