@@ -9,8 +9,7 @@ import time
 import pytest
 
 from fitchat.tui.screens.model import ModelScreen
-from tests.hubserver import SMOLLM2_REPO, smollm2_files
-from tests.tui.test_measure import make_app, open_repo, panel_text
+from tests.tui.test_measure import model_screen, open_repo, panel_text
 from tests.tui_support import notifications, wait_for
 
 DEADLINE_S = 1.0
@@ -34,10 +33,7 @@ async def _measure_fails(pilot, screen: ModelScreen, *, within: float) -> str:
 
 @pytest.mark.parametrize("fault", ["drip", "lie_size", "huge_size"])
 async def test_a_hostile_hub_while_measuring_is_one_line(hub, smollm2_variants, fault: str) -> None:
-    hub.add_repo(SMOLLM2_REPO, smollm2_files(smollm2_variants))
-    app = make_app(hub.endpoint)
-    async with app.run_test(size=(100, 40)) as pilot:
-        screen = await open_repo(pilot, app)
+    async with model_screen(hub, smollm2_variants) as (app, pilot, screen):
         if fault == "drip":
             hub.drip(0.3, route="cdn")
         elif fault == "lie_size":
@@ -54,10 +50,7 @@ async def test_a_hostile_hub_while_measuring_is_one_line(hub, smollm2_variants, 
 
 async def test_an_endless_body_is_read_only_as_far_as_the_header(hub, smollm2_variants) -> None:
     """The CDN sends the file and then zeros forever: the Range reads take what they asked for and hang up."""
-    hub.add_repo(SMOLLM2_REPO, smollm2_files(smollm2_variants))
-    app = make_app(hub.endpoint)
-    async with app.run_test(size=(100, 40)) as pilot:
-        screen = await open_repo(pilot, app)
+    async with model_screen(hub, smollm2_variants) as (app, pilot, screen):
         hub.endless()
         start = time.perf_counter()
         await pilot.press("m")
@@ -67,10 +60,7 @@ async def test_an_endless_body_is_read_only_as_far_as_the_header(hub, smollm2_va
 
 
 async def test_leaving_the_screen_mid_measure(hub, smollm2_variants) -> None:
-    hub.add_repo(SMOLLM2_REPO, smollm2_files(smollm2_variants))
-    app = make_app(hub.endpoint)
-    async with app.run_test(size=(100, 40)) as pilot:
-        screen = await open_repo(pilot, app)
+    async with model_screen(hub, smollm2_variants) as (app, pilot, screen):
         hub.delay(1.5, route="cdn")
         await pilot.press("m", "m", "m")  # one at a time, the rest say so
         assert screen.measuring is not None

@@ -4,6 +4,10 @@ SmolLM2 variants; the machine is a fixed CPU-only HardwareInfo, like this build.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
 from fitchat.hub.store import list_local
 from fitchat.tui.screens.model import ModelScreen
 from fitchat.tui.services import Services
@@ -25,16 +29,22 @@ async def open_repo(pilot, app: RecordingApp) -> ModelScreen:
     return screen
 
 
+@contextlib.asynccontextmanager
+async def model_screen(hub, variants) -> AsyncIterator[tuple[RecordingApp, Any, ModelScreen]]:
+    """(app, pilot, screen): SmolLM2's repository on ``hub`` and its model screen open in a running app."""
+    hub.add_repo(SMOLLM2_REPO, smollm2_files(variants))
+    app = make_app(hub.endpoint)
+    async with app.run_test(size=(100, 40)) as pilot:
+        yield app, pilot, await open_repo(pilot, app)
+
+
 def panel_text(screen: ModelScreen) -> str:
     return str(screen.query_one(MeasurePanel).render())
 
 
 async def test_measure_a_variant_on_the_hub_from_its_header(hub, smollm2_variants) -> None:
-    hub.add_repo(SMOLLM2_REPO, smollm2_files(smollm2_variants))
     hub.delay(1.0, route="cdn", match="Q8_0")  # the header read is on its way long enough to be seen
-    app = make_app(hub.endpoint)
-    async with app.run_test(size=(100, 40)) as pilot:
-        screen = await open_repo(pilot, app)
+    async with model_screen(hub, smollm2_variants) as (app, pilot, screen):
         table = screen.query_one(VariantsTable)
         table.move_cursor(row=[p.spec.quant for p in table.plans].index("Q8_0"))
         await pilot.pause()
@@ -67,10 +77,7 @@ async def test_measure_a_variant_on_the_hub_from_its_header(hub, smollm2_variant
 
 
 async def test_measure_a_file_on_disk(hub, smollm2_variants) -> None:
-    hub.add_repo(SMOLLM2_REPO, smollm2_files(smollm2_variants))
-    app = make_app(hub.endpoint)
-    async with app.run_test(size=(100, 40)) as pilot:
-        screen = await open_repo(pilot, app)
+    async with model_screen(hub, smollm2_variants) as (app, pilot, screen):
         table = screen.query_one(VariantsTable)
         table.move_cursor(row=[p.spec.quant for p in table.plans].index("Q4_1"))
         await pilot.press("d")
@@ -86,10 +93,7 @@ async def test_measure_a_file_on_disk(hub, smollm2_variants) -> None:
 
 
 async def test_a_hub_failure_is_one_line_in_the_panel(hub, smollm2_variants) -> None:
-    hub.add_repo(SMOLLM2_REPO, smollm2_files(smollm2_variants))
-    app = make_app(hub.endpoint)
-    async with app.run_test(size=(100, 40)) as pilot:
-        screen = await open_repo(pilot, app)
+    async with model_screen(hub, smollm2_variants) as (app, pilot, screen):
         hub.fail(503, route="any", times=None)
         await pilot.press("m")
         await wait_for(pilot, lambda: screen.measuring is None, timeout=60, what="the failure")
