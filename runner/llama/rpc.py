@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -51,6 +53,17 @@ PROBE_TIMEOUT_S = 3.0
 QUERY_TIMEOUT_S = 20.0
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+#: A DNS label (what the resolver takes: 1 to 63 characters; ``a..b`` and 64-character labels it refuses).
+_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+#: A port as typed: ASCII digits only ('²' and '٥' pass str.isdigit but are no port), at most 5 of them
+#: after leading zeros.
+_PORT_RE = re.compile(r"^0*[0-9]{1,5}$")
+#: The most devices one worker may claim: a machine has a handful; ggml-rpc would make one object per
+#: claimed device (2^32 of them from a lying worker) before fitchat sees the count.
+MAX_WORKER_DEVICES = 64
+#: ggml-rpc's wire format for the commands the device query checks first (ggml-rpc.cpp, protocol 7).
+RPC_PROTO_MAJOR = 7
+_CMD_HELLO, _CMD_DEVICE_COUNT, _CONN_CAPS = 14, 15, 24
 
 
 class RpcUnavailable(FitchatError):
@@ -168,9 +181,9 @@ def parse_endpoints(text: str) -> tuple[str, ...]:
             raise BadEndpoint(f"worker {quoted(part)} is not HOST:PORT, like 192.168.1.20:{DEFAULT_PORT}")
         if ":" in host or host.startswith("["):
             raise BadEndpoint(f"worker {quoted(part)}: llama.cpp's RPC takes IPv4 addresses and host names, not IPv6")
-        if not _HOST_RE.match(host):
+        if not _HOST_RE.match(host) or not all(_LABEL_RE.match(label) for label in host.split(".")):
             raise BadEndpoint(f"worker {quoted(part)}: {quoted(host)} is not a host name or IPv4 address")
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not _PORT_RE.match(port) or not 1 <= int(port) <= 65535:
             raise BadEndpoint(f"worker {quoted(part)}: the port must be a number from 1 to 65535")
         endpoint = f"{host}:{int(port)}"
         if endpoint in out:
@@ -195,6 +208,8 @@ def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
         return "refused the connection (is 'fitchat worker' running there?)"
     except OSError as exc:
         return f"cannot be reached: {exc.strerror or exc}"
+    except UnicodeError:  # the resolver refuses the name (a label over 63 characters …)
+        return f"cannot be reached: {host} is not a name the resolver takes"
 
 
 def check_reachable(endpoints: Sequence[str], timeout_s: float = PROBE_TIMEOUT_S) -> None:
@@ -232,19 +247,20 @@ def query_workers(endpoints: Sequence[str], timeout_s: float = QUERY_TIMEOUT_S) 
     out: list[RpcDevice] = []
     for endpoint in endpoints:  # one child per worker: a failure names its worker
         cmd = module_command("fitchat.llama.rpc", "query", endpoint)
+        env = dict(os.environ, GGML_NO_BACKTRACE="1")  # an abort there says its one line, without gdb
         try:
-            done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+            done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False, env=env)
         except subprocess.TimeoutExpired:
             raise WorkerUnreachable(
                 endpoint, f"accepted the connection but did not answer within {timeout_s:g} s "
                 "(a worker serves one client at a time: is another fitchat using it?)"
             ) from None
         if done.returncode != 0:
-            why = _last_line(done.stderr) or f"the query ended with status {done.returncode}"
-            raise WorkerUnreachable(endpoint, f"did not answer the device query: {why}")
+            raise WorkerUnreachable(endpoint, _query_failure(endpoint, done.stderr, done.returncode))
         for d in json.loads(done.stdout.decode().strip().splitlines()[-1]):
-            out.append(RpcDevice(endpoint=endpoint, name=d["name"], total_bytes=int(d["total"]),
-                                 free_bytes=int(d["free"]), index=int(d["index"])))
+            total = int(d["total"])  # a worker's word: free past total is no memory anyone has
+            out.append(RpcDevice(endpoint=endpoint, name=d["name"], total_bytes=total,
+                                 free_bytes=min(int(d["free"]), total), index=int(d["index"])))
     return tuple(out)
 
 
@@ -255,11 +271,24 @@ def with_workers(hw: HardwareInfo, endpoints: Sequence[str]) -> HardwareInfo:
     return dataclasses.replace(hw, rpc=query_workers(endpoints))
 
 
-def _last_line(data: bytes) -> str:
+_VERSION_MISMATCH = re.compile(r"RPC server version mismatch: (\d+\.\d+\.\d+)")
+
+
+def _query_failure(endpoint: str, stderr: bytes, returncode: int) -> str:
+    """Why the query child failed, in words: its own one-line error, or what ggml-rpc's abort means."""
+    from fitchat.child import crash_line
     from fitchat.format import printable
 
-    lines = [line for line in data.decode(errors="replace").splitlines() if line.strip()]
-    return printable(lines[-1], 300, one_line=True).strip() if lines else ""
+    text = stderr.decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if returncode == 1 and lines:  # main()'s own FitchatError ("worker HOST:PORT …"): the rest of it
+        return printable(lines[-1].removeprefix(f"worker {endpoint} "), 300, one_line=True)
+    if m := _VERSION_MISMATCH.search(text):
+        return (f"speaks RPC protocol {m.group(1)}, not {RPC_PROTO_MAJOR}.x: run the same fitchat and "
+                "llama-cpp-python on both machines")
+    if "malformed response" in text or "handshake failed" in text:
+        return "closed the connection or answered with something that is not llama.cpp's RPC (is it a fitchat worker?)"
+    return f"did not answer the device query: {crash_line(text) if lines else f'status {returncode}'}"
 
 
 def device_name(endpoint: str, index: int) -> str:
@@ -293,8 +322,50 @@ def register(endpoints: Sequence[str]) -> list[Registered]:
     return out
 
 
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed the connection")
+        data += chunk
+    return data
+
+
+def _reply(sock: socket.socket, cmd: int, body: bytes, size: int) -> bytes:
+    """Send one ggml-rpc request and read its reply of ``size`` bytes (``cmd | u64 size | body`` out,
+    ``u64 size | data`` back)."""
+    sock.sendall(bytes([cmd]) + struct.pack("<Q", len(body)) + body)
+    (got,) = struct.unpack("<Q", _recv_exactly(sock, 8))
+    if got != size:
+        raise ConnectionError(f"answered {got} bytes where llama.cpp's RPC answers {size}")
+    return _recv_exactly(sock, size)
+
+
+def check_worker(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """The handshake and device count, read here before ggml-rpc sees them: a peer that is not a worker of
+    this protocol, or claims more devices than a machine has, gets one line (ggml-rpc would abort, or make
+    an object per claimed device) - :class:`FitchatError` naming the worker."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+            hello = _reply(sock, _CMD_HELLO, bytes(_CONN_CAPS), 4 + _CONN_CAPS)
+            if hello[0] != RPC_PROTO_MAJOR:
+                raise FitchatError(f"worker {endpoint} speaks RPC protocol {hello[0]}.{hello[1]}.{hello[2]}, "
+                                   f"not {RPC_PROTO_MAJOR}.x: run the same fitchat and llama-cpp-python on both machines")
+            (count,) = struct.unpack("<I", _reply(sock, _CMD_DEVICE_COUNT, b"", 4))
+    except TimeoutError:
+        raise FitchatError(f"worker {endpoint} did not answer the handshake within {timeout_s:g} s") from None
+    except (OSError, ConnectionError) as exc:
+        raise FitchatError(f"worker {endpoint} is not a llama.cpp RPC worker of this version: "
+                           f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") from None
+    if count > MAX_WORKER_DEVICES:
+        raise FitchatError(f"worker {endpoint} claims {count} devices; a worker lends at most {MAX_WORKER_DEVICES}")
+
+
 def _query_one(endpoint: str) -> list[dict[str, Any]]:
     """In the query child: the worker's devices with free/total memory."""
+    check_worker(endpoint)
     lib = _rpc_lib()
     out = []
     for r in register([endpoint]):

@@ -1,0 +1,75 @@
+"""Anything listening on a worker's port is outside input: each lie ends in one line naming the worker, soon,
+and never aborts fitchat (ggml-rpc aborts on a bad reply; that only ever happens in a child)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fitchat.llama import rpc
+from tests.hostile_worker import hostile_worker
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["host:²", "host:" + "9" * 5000, "host:٥٠٠٥٢", "a..b:1", "x" * 64 + ".lan:1", "host.:1", "a\x1b[31m:1"],
+)
+def test_endpoints_the_resolver_or_int_would_refuse_are_one_line(text: str) -> None:
+    with pytest.raises(rpc.BadEndpoint) as err:
+        rpc.parse_endpoints(text)
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+
+
+def test_probe_of_a_name_the_resolver_refuses_is_words() -> None:
+    assert "resolver" in (rpc.probe("x" * 70 + ":1", 1) or "")
+
+
+@pytest.mark.parametrize(
+    ("mode", "kwargs", "words"),
+    [
+        ("close", {}, "is not a llama.cpp RPC worker of this version: closed the connection"),
+        ("garbage", {}, "is not a llama.cpp RPC worker of this version"),
+        ("short-hello", {}, "answered 3 bytes where llama.cpp's RPC answers 28"),
+        ("version", {}, "speaks RPC protocol 8.0.0, not 7.x"),
+        ("lie", {"count": 2**32 - 1}, "claims 4294967295 devices"),
+        ("lie", {"count": 0}, "lends no devices"),
+    ],
+)
+def test_hostile_worker_is_one_line_naming_it(rpc_build: None, mode: str, kwargs: dict[str, int], words: str) -> None:
+    with hostile_worker(mode, **kwargs) as endpoint:
+        t0 = time.monotonic()
+        with pytest.raises(rpc.WorkerUnreachable) as err:
+            rpc.query_workers([endpoint], timeout_s=10)
+        assert time.monotonic() - t0 < 10
+    message = str(err.value)
+    assert message.startswith(f"worker {endpoint} ") and message.count(endpoint) == 1, message
+    assert words in message and "\n" not in message
+
+
+def test_worker_that_drips_its_handshake_is_cut_at_the_deadline(rpc_build: None) -> None:
+    with hostile_worker("drip") as endpoint:
+        t0 = time.monotonic()
+        with pytest.raises(rpc.WorkerUnreachable) as err:
+            rpc.query_workers([endpoint], timeout_s=3)
+        assert time.monotonic() - t0 < 8
+    assert f"worker {endpoint} accepted the connection but did not answer within 3 s" in str(err.value)
+
+
+def test_worker_claiming_more_free_than_total_memory_counts_total(rpc_build: None) -> None:
+    with hostile_worker("lie", free=2**40, total=2**20) as endpoint:
+        (device,) = rpc.query_workers([endpoint], timeout_s=10)
+    assert device.free_bytes == device.total_bytes == 2**20
+
+
+def test_fit_with_a_hostile_worker_is_one_line(rpc_build: None, smollm2: Path) -> None:
+    with hostile_worker("garbage") as endpoint:
+        proc = subprocess.run([sys.executable, "-m", "fitchat", "fit", str(smollm2), "--rpc", endpoint],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"fitchat: error: worker {endpoint} "), proc.stderr
+    assert "Traceback" not in proc.stderr and "csu" not in proc.stderr
