@@ -225,6 +225,20 @@ def unreachable(endpoints: Sequence[str], timeout_s: float = 1.0) -> list[str]:
     return [e for e in endpoints if probe(e, timeout_s)]
 
 
+#: ggml-rpc's abort lines (ggml-rpc.cpp): the process died because a worker broke off or answered wrongly.
+_RPC_ABORTS = ("Remote RPC server crashed or returned malformed response", "RPC handshake failed for",
+               "Failed to connect to")
+
+
+def engine_abort(log_lines: Sequence[str], endpoints: Sequence[str]) -> str | None:
+    """When a process's last log lines hold ggml-rpc's abort: why, naming the workers it used (the abort
+    itself says which only sometimes); None otherwise."""
+    if not endpoints or not any(a in line for line in log_lines for a in _RPC_ABORTS):
+        return None
+    who = f"worker {endpoints[0]}" if len(endpoints) == 1 else f"one of the workers {', '.join(endpoints)}"
+    return f"{who} broke off the connection or answered with something that is not llama.cpp's RPC"
+
+
 def lost_message(gone: Sequence[str]) -> str:
     """The one line for workers that went away while the engine used them (the CLI and the TUI say it)."""
     return f"worker {', '.join(gone)} stopped answering mid-reply; the reply was cut short"

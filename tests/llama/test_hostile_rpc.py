@@ -31,7 +31,7 @@ def test_probe_of_a_name_the_resolver_refuses_is_words() -> None:
 @pytest.mark.parametrize(
     ("mode", "kwargs", "words"),
     [
-        ("close", {}, "is not a llama.cpp RPC worker of this version: closed the connection"),
+        ("close", {}, "is not a llama.cpp RPC worker of this version: "),
         ("garbage", {}, "is not a llama.cpp RPC worker of this version"),
         ("short-hello", {}, "answered 3 bytes where llama.cpp's RPC answers 28"),
         ("version", {}, "speaks RPC protocol 8.0.0, not 7.x"),
@@ -73,3 +73,16 @@ def test_fit_with_a_hostile_worker_is_one_line(rpc_build: None, smollm2: Path) -
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"fitchat: error: worker {endpoint} "), proc.stderr
     assert "Traceback" not in proc.stderr and "csu" not in proc.stderr
+
+
+def test_worker_that_answers_the_query_then_breaks_off_at_load_is_named(rpc_build: None, smollm2: Path) -> None:
+    """ggml-rpc aborts the engine process on a bad reply mid-load: fitchat stays, and its line names the worker."""
+    with hostile_worker("lie") as endpoint:
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "fitchat", "chat", str(smollm2), "-p", "hi", "--threads", "1",
+                               "--rpc", endpoint], capture_output=True, text=True, timeout=90)
+        assert time.monotonic() - t0 < 60
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"fitchat: error: worker {endpoint} broke off the connection"), proc.stderr
