@@ -66,13 +66,15 @@ def _serve(conn: socket.socket, mode: str, free: int, total: int, count: int) ->
             _reply(conn, struct.pack("<I", count))
         elif cmd == GET_DEVICE_MEMORY:
             _reply(conn, struct.pack("<QQ", free, total))
+        elif mode == "stall":  # past the query: silent, as a machine whose network went away without a word
+            time.sleep(3600)
         else:  # anything past the query: hang up, as a machine that went away
             return
 
 
 @contextmanager
 def hostile_worker(mode: str, *, free: int = 1 << 30, total: int = 1 << 30, count: int = 1) -> Iterator[str]:
-    """A fake worker on 127.0.0.1 behaving as ``mode`` (silent, close, garbage, version, drip, short-hello,
+    """A fake worker on 127.0.0.1 behaving as ``mode`` (silent, close, garbage, version, drip, short-hello, stall,
     or ``lie``: a well-formed reply with ``free``/``total``/``count``); yields its endpoint."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

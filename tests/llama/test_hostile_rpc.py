@@ -86,3 +86,26 @@ def test_worker_that_answers_the_query_then_breaks_off_at_load_is_named(rpc_buil
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"fitchat: error: worker {endpoint} broke off the connection"), proc.stderr
+
+
+def test_load_stalled_by_a_silent_worker_ends_at_ctrl_c(rpc_build: None, smollm2: Path) -> None:
+    """A worker that answers the query, then goes silent mid-load (a machine whose network dropped): ggml-rpc
+    waits without a deadline, so ctrl+c is the way out, at once, leaving no engine process behind."""
+    import signal
+
+    with hostile_worker("stall") as endpoint:
+        proc = subprocess.Popen([sys.executable, "-m", "fitchat", "chat", str(smollm2), "-p", "hi", "--threads", "1",
+                                 "--rpc", endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(4)
+        assert proc.poll() is None  # still loading: the stall holds it
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the engine runs in a child process"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        assert time.monotonic() - t0 < 10
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children), "the engine outlived fitchat"
