@@ -323,11 +323,14 @@ class Registered:
 def register(endpoints: Sequence[str]) -> list[Registered]:
     """Connect to every worker in this process and return its devices (for ``llama_model_params.devices``).
 
-    Only the engine process calls this, after :func:`check_reachable`: a worker that fails here aborts it.
+    Only child processes call this (the query's, the engine's), after :func:`check_reachable`: a worker that
+    fails inside ggml-rpc aborts the process. Each is checked here first (:func:`check_worker`), so only a
+    worker that answers well here and lies on the next connection gets that far.
     """
     lib, g = _rpc_lib(), _ggml()
     out: list[Registered] = []
     for endpoint in endpoints:
+        check_worker(endpoint)
         reg = lib.ggml_backend_rpc_add_server(endpoint.encode())
         if not reg:
             raise WorkerUnreachable(endpoint, "lends no devices")
@@ -358,28 +361,27 @@ def _reply(sock: socket.socket, cmd: int, body: bytes, size: int) -> bytes:
 
 def check_worker(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """The handshake and device count, read here before ggml-rpc sees them: a peer that is not a worker of
-    this protocol, or claims more devices than a machine has, gets one line (ggml-rpc would abort, or make
-    an object per claimed device) - :class:`FitchatError` naming the worker."""
+    this protocol, or claims more devices than a machine has, gets one line - :class:`WorkerUnreachable`
+    naming it (ggml-rpc would abort the process, or make an object per claimed device)."""
     host, _, port = endpoint.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
             hello = _reply(sock, _CMD_HELLO, bytes(_CONN_CAPS), 4 + _CONN_CAPS)
             if hello[0] != RPC_PROTO_MAJOR:
-                raise FitchatError(f"worker {endpoint} speaks RPC protocol {hello[0]}.{hello[1]}.{hello[2]}, "
-                                   f"not {RPC_PROTO_MAJOR}.x: run the same fitchat and llama-cpp-python on both machines")
+                raise WorkerUnreachable(endpoint, f"speaks RPC protocol {hello[0]}.{hello[1]}.{hello[2]}, not "
+                                        f"{RPC_PROTO_MAJOR}.x: run the same fitchat and llama-cpp-python on both machines")
             (count,) = struct.unpack("<I", _reply(sock, _CMD_DEVICE_COUNT, b"", 4))
     except TimeoutError:
-        raise FitchatError(f"worker {endpoint} did not answer the handshake within {timeout_s:g} s") from None
-    except (OSError, ConnectionError) as exc:
-        raise FitchatError(f"worker {endpoint} is not a llama.cpp RPC worker of this version: "
-                           f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") from None
+        raise WorkerUnreachable(endpoint, f"did not answer the handshake within {timeout_s:g} s") from None
+    except OSError as exc:  # refused, reset, closed, a reply of the wrong size
+        why = exc.strerror if exc.strerror else str(exc)
+        raise WorkerUnreachable(endpoint, f"is not a llama.cpp RPC worker of this version: {why}") from None
     if count > MAX_WORKER_DEVICES:
-        raise FitchatError(f"worker {endpoint} claims {count} devices; a worker lends at most {MAX_WORKER_DEVICES}")
+        raise WorkerUnreachable(endpoint, f"claims {count} devices; a worker lends at most {MAX_WORKER_DEVICES}")
 
 
 def _query_one(endpoint: str) -> list[dict[str, Any]]:
     """In the query child: the worker's devices with free/total memory."""
-    check_worker(endpoint)
     lib = _rpc_lib()
     out = []
     for r in register([endpoint]):
