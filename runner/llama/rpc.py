@@ -196,28 +196,42 @@ def parse_endpoints(text: str) -> tuple[str, ...]:
 
 def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """None when something listens at ``endpoint``; else why not, in words (refused, timed out, unknown host)."""
+    return _connect(endpoint, timeout_s)[0]
+
+
+def _connect(endpoint: str, timeout_s: float) -> tuple[str | None, tuple[str, int] | None]:
+    """Connect once: (why not, None), or (None, the address reached: what two names of one worker share)."""
     host, _, port = endpoint.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            return None
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+            peer = sock.getpeername()
+            return None, (str(peer[0]), int(peer[1]))
     except socket.gaierror:
-        return f"cannot be reached: no host named {host}"
+        return f"cannot be reached: no host named {host}", None
     except TimeoutError:
-        return f"did not answer within {timeout_s:g} s"
+        return f"did not answer within {timeout_s:g} s", None
     except ConnectionRefusedError:
-        return "refused the connection (is 'fitchat worker' running there?)"
+        return "refused the connection (is 'fitchat worker' running there?)", None
     except OSError as exc:
-        return f"cannot be reached: {exc.strerror or exc}"
+        return f"cannot be reached: {exc.strerror or exc}", None
     except UnicodeError:  # the resolver refuses the name (a label over 63 characters …)
-        return f"cannot be reached: {host} is not a name the resolver takes"
+        return f"cannot be reached: {host} is not a name the resolver takes", None
 
 
 def check_reachable(endpoints: Sequence[str], timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Raise :class:`WorkerUnreachable` naming the first worker whose port does not answer."""
+    """Raise :class:`WorkerUnreachable` naming the first worker whose port does not answer, and
+    :class:`BadEndpoint` for one worker named twice (``localhost:50052,127.0.0.1:50052``): a worker serves
+    one client at a time, so the second connection of one load would wait for the first without end."""
+    seen: dict[tuple[str, int], str] = {}
     for endpoint in endpoints:
-        why = probe(endpoint, timeout_s)
+        why, peer = _connect(endpoint, timeout_s)
         if why:
             raise WorkerUnreachable(endpoint, why)
+        assert peer is not None
+        if peer in seen:
+            raise BadEndpoint(f"workers {seen[peer]} and {endpoint} are the same worker ({peer[0]} port {peer[1]}); "
+                              "name it once")
+        seen[peer] = endpoint
 
 
 def unreachable(endpoints: Sequence[str], timeout_s: float = 1.0) -> list[str]:

@@ -109,3 +109,17 @@ def test_load_stalled_by_a_silent_worker_ends_at_ctrl_c(rpc_build: None, smollm2
     while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(Path(f"/proc/{pid}").exists() for pid in children), "the engine outlived fitchat"
+
+
+def test_one_worker_named_two_ways_is_a_usage_error(rpc_build: None, smollm2: Path) -> None:
+    """``localhost:P,127.0.0.1:P`` is one worker twice: its memory would count twice, and the load's second
+    connection would wait for the first without end (a worker serves one client at a time)."""
+    with hostile_worker("lie") as endpoint:
+        port = endpoint.rpartition(":")[2]
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "fitchat", "fit", str(smollm2), "--rpc",
+                               f"localhost:{port},127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+        assert time.monotonic() - t0 < 30
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"fitchat: error: workers localhost:{port} and 127.0.0.1:{port} are the same "
+                                   f"worker (127.0.0.1 port {port}); name it once")
