@@ -60,6 +60,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -89,6 +90,9 @@ if TYPE_CHECKING:
 
 #: Seconds ``close`` waits for the child to free the model and exit before killing it.
 CLOSE_TIMEOUT_S = 10.0
+#: Seconds the engine process lives on once its parent is gone (end of input), to finish what it was doing.
+#: More than the parent's own wait in ``close``: an engine still busy after that is held by llama.cpp.
+ORPHAN_GRACE_S = CLOSE_TIMEOUT_S + 5.0
 #: Lines of the child's stderr kept (llama.cpp's last words before a crash), see :attr:`ProcessEngine.log_tail`.
 LOG_TAIL = 40
 #: ggml_abort's line: ``…/ggml-rpc.cpp:354: Remote RPC server crashed …``.
@@ -625,6 +629,10 @@ class _Child:
         if self.engine is not None:
             self.engine.cancel()
         self._requests.put(None)
+        # The parent is gone. The main thread ends at once unless llama.cpp holds it (a load waiting on an RPC
+        # worker that went silent waits without end): past the grace, end the process rather than outlive fitchat.
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(1)
 
     def serve(self) -> int:
         threading.Thread(target=self.control, name="fitchat-engine-control", daemon=True).start()

@@ -123,3 +123,24 @@ def test_one_worker_named_two_ways_is_a_usage_error(rpc_build: None, smollm2: Pa
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (f"fitchat: error: workers localhost:{port} and 127.0.0.1:{port} are the same "
                                    f"worker (127.0.0.1 port {port}); name it once")
+
+
+def test_engine_held_by_a_silent_worker_does_not_outlive_a_killed_fitchat(rpc_build: None, smollm2: Path) -> None:
+    """fitchat killed (SIGKILL, no clean-up) while a stalled worker holds the engine's load: the engine, blocked
+    inside llama.cpp, ends on its own once its input has been gone for ORPHAN_GRACE_S."""
+    import signal
+
+    from fitchat.llama.process import ORPHAN_GRACE_S
+
+    with hostile_worker("stall") as endpoint:
+        proc = subprocess.Popen([sys.executable, "-m", "fitchat", "chat", str(smollm2), "-p", "hi", "--threads", "1",
+                                 "--rpc", endpoint], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(4)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the engine runs in a child process"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + ORPHAN_GRACE_S + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in children), "the engine outlived fitchat"
