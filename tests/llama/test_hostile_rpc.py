@@ -3,6 +3,8 @@ and never aborts fitchat (ggml-rpc aborts on a bad reply; that only ever happens
 
 from __future__ import annotations
 
+import contextlib
+import re
 import subprocess
 import sys
 import time
@@ -144,3 +146,15 @@ def test_engine_held_by_a_silent_worker_does_not_outlive_a_killed_fitchat(rpc_bu
         while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(Path(f"/proc/{pid}").exists() for pid in children), "the engine outlived fitchat"
+
+
+def test_more_devices_than_llama_cpp_loads_onto_is_one_line_at_plan_time(rpc_build: None, smollm2: Path) -> None:
+    """Six workers lending three devices each: 18 offload devices, past llama.cpp's 16. Said when planning
+    (fit), not as llama-cpp-python's refusal at load."""
+    with contextlib.ExitStack() as stack:
+        endpoints = [stack.enter_context(hostile_worker("lie", count=3)) for _ in range(6)]
+        proc = subprocess.run([sys.executable, "-m", "fitchat", "fit", str(smollm2), "--rpc", ",".join(endpoints)],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert re.fullmatch(r"fitchat: error: the workers lend 18 devices and this machine offloads to \d+: "
+                        r"llama.cpp loads onto at most 16; name fewer workers", proc.stderr.strip()), proc.stderr
