@@ -34,12 +34,15 @@ def free_port() -> int:
 def start_worker(threads: int) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fitchat", "worker", "--port", str(port), "--threads", str(threads)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
     if not line.startswith("listening on"):
         proc.kill()
-        raise SystemExit(f"fitchat worker did not start: {line!r}")
+        _, err = proc.communicate()
+        why = (err.strip().splitlines() or [line.strip() or "no output"])[-1]
+        raise SystemExit(f"fitchat worker did not start: {why}")
+    proc.stderr.close()  # llama.cpp's per-connection lines: not read, so not kept either
     return proc, f"127.0.0.1:{port}"
 
 
@@ -60,6 +63,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    for name in ("threads", "tokens", "runs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
     from fitchat.llama.rpc import require_rpc
 
     require_rpc()
@@ -69,12 +75,13 @@ def main() -> int:
         args.model = Path(resolve_model("starter").path)
     from fitchat.llama.planned import load_planned
 
-    workers = [start_worker(args.threads), start_worker(args.threads)]
+    workers: list[tuple[subprocess.Popen[str], str]] = []
     t0 = time.monotonic()
     local: list[float] = []
     split: list[float] = []
     devices: dict[str, object] = {}
     try:
+        workers += [start_worker(args.threads), start_worker(args.threads)]  # inside: a failed second stops the first
         # One engine at a time (an idle engine's threads would spin on the cores the other needs); the split
         # runs between two all-local rounds, so a machine that gets busier or quieter moves both alike.
         for name, rpc, rates in (("local", (), local), ("split", tuple(ep for _, ep in workers), split),
@@ -102,4 +109,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fitchat.errors import FitchatError
+
+    try:
+        sys.exit(main())
+    except FitchatError as exc:  # no starter model, no RPC build, a worker gone: one line
+        raise SystemExit(f"bench/rpc.py: {exc}") from None

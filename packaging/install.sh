@@ -105,12 +105,25 @@ case $METHOD in auto|pipx|uv|venv) ;; *) die "--method must be auto, pipx, uv or
 [ -z "$FIND_LINKS" ] || [ -d "$FIND_LINKS" ] || die "--find-links: no such folder: $FIND_LINKS"
 [ "$NO_INDEX" = 0 ] || [ -n "$FIND_LINKS" ] || die "--no-index needs --find-links (where else would packages come from?)"
 
+# The arguments as a shell would read them back: one with a space, a quote, '$' or the like in single quotes,
+# so a printed command (a path with a space, a CMAKE_ARGS from the environment) pastes as what runs.
+shown() {
+    _shown=
+    for _arg in "$@"; do
+        case $_arg in
+            ''|*[!A-Za-z0-9_./:=@%+,-]*) _arg="'$(printf '%s' "$_arg" | sed "s/'/'\\\\''/g")'" ;;
+        esac
+        _shown="${_shown:+$_shown }$_arg"
+    done
+    printf '%s' "$_shown"
+}
+
 # Print a command, then run it (or only print it in a dry run).
 run() {
     if [ "$DRY_RUN" = 1 ]; then
-        printf '  would run: %s\n' "$*"
+        printf '  would run: %s\n' "$(shown "$@")"
     else
-        printf '  + %s\n' "$*"
+        printf '  + %s\n' "$(shown "$@")"
         "$@"
     fi
 }
@@ -193,7 +206,8 @@ BUILD_SHOW_REST=
 [ "$CUDA_ENV" = 0 ] || BUILD_SHOW_REST="CUDACXX=$NVCC "
 show_build() {
     BUILD_SHOW=
-    [ -z "$BUILD_ARGS" ] || BUILD_SHOW="CMAKE_ARGS=\"$BUILD_ARGS\" "
+    # In double quotes as before, with what is special inside them escaped: it pastes as what runs.
+    [ -z "$BUILD_ARGS" ] || BUILD_SHOW="CMAKE_ARGS=\"$(printf '%s' "$BUILD_ARGS" | sed 's/[\\"$`]/\\&/g')\" "
     BUILD_SHOW="$BUILD_SHOW$BUILD_SHOW_REST"
 }
 show_build
@@ -311,10 +325,10 @@ EOF
 # Run a command in the build environment: the backend's CMake flags, all cores, and nvcc where CMake finds it.
 build_run() {
     if [ "$DRY_RUN" = 1 ]; then
-        printf '  would run: %s%s\n' "$BUILD_SHOW" "$*"
+        printf '  would run: %s%s\n' "$BUILD_SHOW" "$(shown "$@")"
         return
     fi
-    printf '  + %s%s\n' "$BUILD_SHOW" "$*"
+    printf '  + %s%s\n' "$BUILD_SHOW" "$(shown "$@")"
     (
         export CMAKE_BUILD_PARALLEL_LEVEL="$JOBS"
         if [ -n "$BUILD_ARGS" ]; then export CMAKE_ARGS="$BUILD_ARGS"; else unset CMAKE_ARGS; fi

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -516,3 +517,23 @@ def test_install_script_rebuilds_once_with_portable_flags_when_the_native_build_
     assert f"the native build crashed here: rebuilding llama-cpp-python once with portable flags ({portable})" in out
     assert f'+ CMAKE_ARGS="{portable}" ' in out and "--force-reinstall --no-cache-dir --no-deps llama-cpp-python" in out
     assert proc.returncode != 0  # the rebuild could not fetch llama-cpp-python from the empty folder
+
+
+def test_dry_run_prints_commands_that_paste_as_what_runs(tmp_path):
+    """A path with a space, or a CMAKE_ARGS holding quotes and '$(…)': the printed command, pasted into a shell,
+    runs with exactly those values (and runs nothing else)."""
+    fakebin = tmp_path / "bin"
+    fake_nvidia(fakebin, gpu=False, nvcc=None)
+    prefix = tmp_path / "my dir"
+    hostile = "-DFOO=\"a b\" $(touch pwned) it's"
+    proc = install_sh("--dry-run", "--rpc", "--method", "venv", "--prefix", str(prefix), fakebin=fakebin,
+                      extra_env={"CMAKE_ARGS": hostile})
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if "CMAKE_ARGS=" in ln).removeprefix("  would run: ")
+    venv_py = shlex.quote(str(prefix / "share" / "fitchat" / "venv" / "bin" / "python"))
+    assignment = line.split(f" {venv_py} ")[0]  # CMAKE_ARGS="…", as printed
+    pasted = subprocess.run(["sh", "-c", f"{assignment} sh -c 'printf %s \"$CMAKE_ARGS\"'"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert pasted.stdout == f"-DGGML_RPC=ON {hostile}"
+    assert not (tmp_path / "pwned").exists()
+    assert f"would run: {sys.executable} -m venv {shlex.quote(str(prefix / 'share' / 'fitchat' / 'venv'))}" in proc.stdout

@@ -25,6 +25,8 @@ from typing import Any, TextIO
 
 #: Seconds the worker waits for its server to accept connections before it gives up.
 READY_TIMEOUT_S = 15.0
+#: ggml's GGML_MAX_N_THREADS: a CPU worker given more dies at the first graph a client sends.
+MAX_THREADS = 512
 
 WARNING = """
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -97,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     rpc.require_rpc()
     (endpoint,) = rpc.parse_endpoints(f"{args.host}:{args.port}")
     host = endpoint.rpartition(":")[0]
-    if args.threads is not None and args.threads < 1:
-        raise FitchatError("--threads must be at least 1")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise FitchatError(f"--threads must be from 1 to {MAX_THREADS}")
     cache = os.path.abspath(args.cache) if args.cache else str(cache_dir() / "rpc")
     try:
         os.makedirs(cache, exist_ok=True)
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise FitchatError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from None
     devices = rpc.worker_devices(args.device)
-    threads = args.threads or _physical_cores()
+    threads = args.threads or min(_physical_cores(), MAX_THREADS)
 
     out = _private_stdout()
     server = threading.Thread(target=rpc.start_server, args=(endpoint, devices, threads, cache),

@@ -55,10 +55,12 @@ import contextlib
 import importlib
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -88,8 +90,13 @@ if TYPE_CHECKING:
 
 #: Seconds ``close`` waits for the child to free the model and exit before killing it.
 CLOSE_TIMEOUT_S = 10.0
+#: Seconds the engine process lives on once its parent is gone (end of input), to finish what it was doing.
+#: More than the parent's own wait in ``close``: an engine still busy after that is held by llama.cpp.
+ORPHAN_GRACE_S = CLOSE_TIMEOUT_S + 5.0
 #: Lines of the child's stderr kept (llama.cpp's last words before a crash), see :attr:`ProcessEngine.log_tail`.
 LOG_TAIL = 40
+#: ggml_abort's line: ``…/ggml-rpc.cpp:354: Remote RPC server crashed …``.
+_ABORT_LINE = re.compile(r"\.(?:c|cc|cpp|h):\d+: \S")
 
 #: What each deadly signal likely means, for the one line :class:`EngineDied` says.
 
@@ -198,6 +205,8 @@ class ProcessEngine:
         self._streaming = False
         #: llama.cpp's and Python's last lines on the child's stderr (why it died, when it says).
         self.log_tail: deque[str] = deque(maxlen=LOG_TAIL)
+        #: llama.cpp's abort lines (``file.cpp:123: message``): gdb's backtrace after one can fill the tail.
+        self.abort_lines: deque[str] = deque(maxlen=4)
         self.notices: list[str] = []
         self.last_stats: ChatStats | None = None
         self.path = ""
@@ -213,7 +222,10 @@ class ProcessEngine:
         self.model_label = ""
         self.threads = ThreadChoice(0, 0, 0.0, "default")
         threading.Thread(target=self._read_events, name="fitchat-engine-events", daemon=True).start()
-        threading.Thread(target=self._read_log, name="fitchat-engine-log", daemon=True).start()
+        self._log_reader = threading.Thread(target=self._read_log, name="fitchat-engine-log", daemon=True)
+        self._log_reader.start()
+        #: The RPC workers the loaded plan puts layers on: named when ggml-rpc's abort ends the engine.
+        self.workers: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ loading
 
@@ -250,6 +262,7 @@ class ProcessEngine:
             start_new_session=True,  # ctrl+c in the terminal is fitchat's to handle, not the engine's
         )
         engine = cls(proc, on_notice)
+        engine.workers = tuple(dict.fromkeys(d.endpoint for d in getattr(plan, "devices", ()) if d.endpoint))
         settings_json = settings if isinstance(settings, dict) or settings is None else dict(settings.llama_kwargs())
         plan_json = None
         if plan is not None:
@@ -328,6 +341,8 @@ class ProcessEngine:
             text = line.decode("utf-8", errors="replace").rstrip()
             if text:
                 self.log_tail.append(text)
+                if _ABORT_LINE.search(text):
+                    self.abort_lines.append(text)
 
     def _dead(self) -> EngineDied:
         if self._died is None:
@@ -336,6 +351,13 @@ class ProcessEngine:
             except subprocess.TimeoutExpired:
                 rc = None
             message, name = death_message(rc)
+            if self.workers:
+                from fitchat.llama.rpc import engine_abort
+
+                self._log_reader.join(timeout=1.0)  # its last words: ggml-rpc's abort line
+                why = engine_abort([*self.abort_lines, *self.log_tail], self.workers)
+                if why:
+                    message = f"{why}; the model's engine process stopped; load the model again"
             self._died = EngineDied(message, signal_name=name, returncode=rc)
         return self._died
 
@@ -607,6 +629,10 @@ class _Child:
         if self.engine is not None:
             self.engine.cancel()
         self._requests.put(None)
+        # The parent is gone. The main thread ends at once unless llama.cpp holds it (a load waiting on an RPC
+        # worker that went silent waits without end): past the grace, end the process rather than outlive fitchat.
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(1)
 
     def serve(self) -> int:
         threading.Thread(target=self.control, name="fitchat-engine-control", daemon=True).start()

@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -52,6 +54,17 @@ PROBE_TIMEOUT_S = 3.0
 QUERY_TIMEOUT_S = 20.0
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+#: A DNS label (what the resolver takes: 1 to 63 characters; ``a..b`` and 64-character labels it refuses).
+_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+#: A port as typed: ASCII digits only ('²' and '٥' pass str.isdigit but are no port), at most 5 of them
+#: after leading zeros.
+_PORT_RE = re.compile(r"^0*[0-9]{1,5}$")
+#: The most devices one worker may claim: a machine has a handful; ggml-rpc would make one object per
+#: claimed device (2^32 of them from a lying worker) before fitchat sees the count.
+MAX_WORKER_DEVICES = 64
+#: ggml-rpc's wire format for the commands the device query checks first (ggml-rpc.cpp, protocol 7).
+RPC_PROTO_MAJOR = 7
+_CMD_HELLO, _CMD_DEVICE_COUNT, _CONN_CAPS = 14, 15, 24
 
 
 class RpcUnavailable(FitchatError):
@@ -162,9 +175,9 @@ def parse_endpoints(text: str) -> tuple[str, ...]:
             raise BadEndpoint(f"worker {quoted(part)} is not HOST:PORT, like 192.168.1.20:{DEFAULT_PORT}")
         if ":" in host or host.startswith("["):
             raise BadEndpoint(f"worker {quoted(part)}: llama.cpp's RPC takes IPv4 addresses and host names, not IPv6")
-        if not _HOST_RE.match(host):
+        if not _HOST_RE.match(host) or not all(_LABEL_RE.match(label) for label in host.split(".")):
             raise BadEndpoint(f"worker {quoted(part)}: {quoted(host)} is not a host name or IPv4 address")
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not _PORT_RE.match(port) or not 1 <= int(port) <= 65535:
             raise BadEndpoint(f"worker {quoted(part)}: the port must be a number from 1 to 65535")
         endpoint = f"{host}:{int(port)}"
         if endpoint in out:
@@ -177,31 +190,61 @@ def parse_endpoints(text: str) -> tuple[str, ...]:
 
 def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """None when something listens at ``endpoint``; else why not, in words (refused, timed out, unknown host)."""
+    return _connect(endpoint, timeout_s)[0]
+
+
+def _connect(endpoint: str, timeout_s: float) -> tuple[str | None, tuple[str, int] | None]:
+    """Connect once: (why not, None), or (None, the address reached: what two names of one worker share)."""
     host, _, port = endpoint.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            return None
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+            peer = sock.getpeername()
+            return None, (str(peer[0]), int(peer[1]))
     except socket.gaierror:
-        return f"cannot be reached: no host named {host}"
+        return f"cannot be reached: no host named {host}", None
     except TimeoutError:
-        return f"did not answer within {timeout_s:g} s"
+        return f"did not answer within {timeout_s:g} s", None
     except ConnectionRefusedError:
-        return "refused the connection (is 'fitchat worker' running there?)"
+        return "refused the connection (is 'fitchat worker' running there?)", None
     except OSError as exc:
-        return f"cannot be reached: {exc.strerror or exc}"
+        return f"cannot be reached: {exc.strerror or exc}", None
+    except UnicodeError:  # the resolver refuses the name (a label over 63 characters …)
+        return f"cannot be reached: {host} is not a name the resolver takes", None
 
 
 def check_reachable(endpoints: Sequence[str], timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Raise :class:`WorkerUnreachable` naming the first worker whose port does not answer."""
+    """Raise :class:`WorkerUnreachable` naming the first worker whose port does not answer, and
+    :class:`BadEndpoint` for one worker named twice (``localhost:50052,127.0.0.1:50052``): a worker serves
+    one client at a time, so the second connection of one load would wait for the first without end."""
+    seen: dict[tuple[str, int], str] = {}
     for endpoint in endpoints:
-        why = probe(endpoint, timeout_s)
+        why, peer = _connect(endpoint, timeout_s)
         if why:
             raise WorkerUnreachable(endpoint, why)
+        assert peer is not None
+        if peer in seen:
+            raise BadEndpoint(f"workers {seen[peer]} and {endpoint} are the same worker ({peer[0]} port {peer[1]}); "
+                              "name it once")
+        seen[peer] = endpoint
 
 
 def unreachable(endpoints: Sequence[str], timeout_s: float = 1.0) -> list[str]:
     """The workers among ``endpoints`` whose port no longer answers (after a failure mid-reply)."""
     return [e for e in endpoints if probe(e, timeout_s)]
+
+
+#: ggml-rpc's abort lines (ggml-rpc.cpp): the process died because a worker broke off or answered wrongly.
+_RPC_ABORTS = ("Remote RPC server crashed or returned malformed response", "RPC handshake failed for",
+               "Failed to connect to")
+
+
+def engine_abort(log_lines: Sequence[str], endpoints: Sequence[str]) -> str | None:
+    """When a process's last log lines hold ggml-rpc's abort: why, naming the workers it used (the abort
+    itself says which only sometimes); None otherwise."""
+    if not endpoints or not any(a in line for line in log_lines for a in _RPC_ABORTS):
+        return None
+    who = f"worker {endpoints[0]}" if len(endpoints) == 1 else f"one of the workers {', '.join(endpoints)}"
+    return f"{who} broke off the connection or answered with something that is not llama.cpp's RPC"
 
 
 def lost_message(gone: Sequence[str]) -> str:
@@ -226,19 +269,20 @@ def query_workers(endpoints: Sequence[str], timeout_s: float = QUERY_TIMEOUT_S) 
     out: list[RpcDevice] = []
     for endpoint in endpoints:  # one child per worker: a failure names its worker
         cmd = module_command("fitchat.llama.rpc", "query", endpoint)
+        env = dict(os.environ, GGML_NO_BACKTRACE="1")  # an abort there says its one line, without gdb
         try:
-            done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+            done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False, env=env)
         except subprocess.TimeoutExpired:
             raise WorkerUnreachable(
                 endpoint, f"accepted the connection but did not answer within {timeout_s:g} s "
                 "(a worker serves one client at a time: is another fitchat using it?)"
             ) from None
         if done.returncode != 0:
-            why = _last_line(done.stderr) or f"the query ended with status {done.returncode}"
-            raise WorkerUnreachable(endpoint, f"did not answer the device query: {why}")
+            raise WorkerUnreachable(endpoint, _query_failure(endpoint, done.stderr, done.returncode))
         for d in json.loads(done.stdout.decode().strip().splitlines()[-1]):
-            out.append(RpcDevice(endpoint=endpoint, name=d["name"], total_bytes=int(d["total"]),
-                                 free_bytes=int(d["free"]), index=int(d["index"])))
+            total = int(d["total"])  # a worker's word: free past total is no memory anyone has
+            out.append(RpcDevice(endpoint=endpoint, name=d["name"], total_bytes=total,
+                                 free_bytes=min(int(d["free"]), total), index=int(d["index"])))
     return tuple(out)
 
 
@@ -249,11 +293,24 @@ def with_workers(hw: HardwareInfo, endpoints: Sequence[str]) -> HardwareInfo:
     return dataclasses.replace(hw, rpc=query_workers(endpoints))
 
 
-def _last_line(data: bytes) -> str:
+_VERSION_MISMATCH = re.compile(r"RPC server version mismatch: (\d+\.\d+\.\d+)")
+
+
+def _query_failure(endpoint: str, stderr: bytes, returncode: int) -> str:
+    """Why the query child failed, in words: its own one-line error, or what ggml-rpc's abort means."""
+    from fitchat.child import crash_line
     from fitchat.format import printable
 
-    lines = [line for line in data.decode(errors="replace").splitlines() if line.strip()]
-    return printable(lines[-1], 300, one_line=True).strip() if lines else ""
+    text = stderr.decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if returncode == 1 and lines:  # main()'s own FitchatError ("worker HOST:PORT …"): the rest of it
+        return printable(lines[-1].removeprefix(f"worker {endpoint} "), 300, one_line=True)
+    if m := _VERSION_MISMATCH.search(text):
+        return (f"speaks RPC protocol {m.group(1)}, not {RPC_PROTO_MAJOR}.x: run the same fitchat and "
+                "llama-cpp-python on both machines")
+    if "malformed response" in text or "handshake failed" in text:
+        return "closed the connection or answered with something that is not llama.cpp's RPC (is it a fitchat worker?)"
+    return f"did not answer the device query: {crash_line(text) if lines else f'status {returncode}'}"
 
 
 def device_name(endpoint: str, index: int) -> str:
@@ -274,17 +331,61 @@ class Registered:
 def register(endpoints: Sequence[str]) -> list[Registered]:
     """Connect to every worker in this process and return its devices (for ``llama_model_params.devices``).
 
-    Only the engine process calls this, after :func:`check_reachable`: a worker that fails here aborts it.
+    Only child processes call this (the query's, the engine's), after :func:`check_reachable`: a worker that
+    fails inside ggml-rpc aborts the process. Each is checked here first (:func:`check_worker`), so only a
+    worker that answers well here and lies on the next connection gets that far.
     """
     lib, g = _rpc_lib(), _ggml()
     out: list[Registered] = []
     for endpoint in endpoints:
+        check_worker(endpoint)
         reg = lib.ggml_backend_rpc_add_server(endpoint.encode())
         if not reg:
             raise WorkerUnreachable(endpoint, "lends no devices")
         for i in range(int(g.ggml_backend_reg_dev_count(reg))):
             out.append(Registered(endpoint, i, device_name(endpoint, i), int(g.ggml_backend_reg_dev_get(reg, i))))
     return out
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed the connection")
+        data += chunk
+    return data
+
+
+def _reply(sock: socket.socket, cmd: int, body: bytes, size: int) -> bytes:
+    """Send one ggml-rpc request and read its reply of ``size`` bytes (``cmd | u64 size | body`` out,
+    ``u64 size | data`` back)."""
+    sock.sendall(bytes([cmd]) + struct.pack("<Q", len(body)) + body)
+    (got,) = struct.unpack("<Q", _recv_exactly(sock, 8))
+    if got != size:
+        raise ConnectionError(f"answered {got} bytes where llama.cpp's RPC answers {size}")
+    return _recv_exactly(sock, size)
+
+
+def check_worker(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """The handshake and device count, read here before ggml-rpc sees them: a peer that is not a worker of
+    this protocol, or claims more devices than a machine has, gets one line - :class:`WorkerUnreachable`
+    naming it (ggml-rpc would abort the process, or make an object per claimed device)."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+            hello = _reply(sock, _CMD_HELLO, bytes(_CONN_CAPS), 4 + _CONN_CAPS)
+            if hello[0] != RPC_PROTO_MAJOR:
+                raise WorkerUnreachable(endpoint, f"speaks RPC protocol {hello[0]}.{hello[1]}.{hello[2]}, not "
+                                        f"{RPC_PROTO_MAJOR}.x: run the same fitchat and llama-cpp-python on both machines")
+            (count,) = struct.unpack("<I", _reply(sock, _CMD_DEVICE_COUNT, b"", 4))
+    except TimeoutError:
+        raise WorkerUnreachable(endpoint, f"did not answer the handshake within {timeout_s:g} s") from None
+    except OSError as exc:  # refused, reset, closed, a reply of the wrong size
+        why = exc.strerror if exc.strerror else str(exc)
+        raise WorkerUnreachable(endpoint, f"is not a llama.cpp RPC worker of this version: {why}") from None
+    if count > MAX_WORKER_DEVICES:
+        raise WorkerUnreachable(endpoint, f"claims {count} devices; a worker lends at most {MAX_WORKER_DEVICES}")
 
 
 def _query_one(endpoint: str) -> list[dict[str, Any]]:

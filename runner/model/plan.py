@@ -33,7 +33,7 @@ from fitchat.format import human_bytes
 from fitchat.model.estimate import DEFAULT_CTX, DEFAULT_SETTINGS, Estimate, LoadSettings, estimate, expert_layers
 from fitchat.model.gguf_spec import ModelSpec
 from fitchat.model.hardware import GpuInfo, HardwareInfo, MetalInfo, RamInfo
-from fitchat.model.split import CPU, PlanDevice, Target, assign_units, describe, split_units
+from fitchat.model.split import CPU, MAX_DEVICES, PlanDevice, Target, assign_units, describe, split_units
 
 MiB = 1024**2
 GiB = 1024**3
@@ -289,6 +289,10 @@ def plan_model(
     """
     b = _budget(hw, margin_bytes)
     if hw.rpc:
+        local = len(hw.gpu_budgets())
+        if len(hw.rpc) + local > MAX_DEVICES:
+            raise FitchatError(f"the workers lend {len(hw.rpc)} devices and this machine offloads to {local}: "
+                               f"llama.cpp loads onto at most {MAX_DEVICES}; name fewer workers")
         return _plan_split(spec, hw, ctx, settings, margin_bytes, b)
     verdict, gpu_layers, est, full = _solve(spec, hw, ctx, settings, b, moe_cpu_layers)
     n_off = spec.n_layers + 1

@@ -37,6 +37,9 @@ from fitchat.model.estimate import (
 )
 from fitchat.model.gguf_spec import ModelSpec
 
+#: llama.cpp's LLAMA_MAX_DEVICES: the most offload devices (workers' and local GPUs together) one load takes;
+#: more and llama-cpp-python refuses the tensor_split.
+MAX_DEVICES = 16
 #: The name the CPU has in a plan's devices (llama.cpp's name for its CPU device).
 CPU = "CPU"
 

@@ -42,7 +42,9 @@ def test_worker_on_a_port_in_use_is_one_line(rpc_build: None) -> None:
 
 def test_worker_bad_arguments_are_one_line(rpc_build: None) -> None:
     for args, words in ((["--port", "0"], "the port must be a number"), (["--device", "NOPE"], "no device named"),
-                        (["--host", "bad host"], "is not a host name"), (["--threads", "0"], "at least 1")):
+                        (["--host", "bad host"], "is not a host name"), (["--threads", "0"], "from 1 to 512"),
+                        (["--threads", "513"], "from 1 to 512"), (["--threads", "1" + "0" * 23], "from 1 to 512"),
+                        (["--host", "a..b"], "is not a host name")):
         proc = subprocess.run([sys.executable, "-m", "fitchat", "worker", "--port", str(free_port()), *args]
                               if "--port" not in args else [sys.executable, "-m", "fitchat", "worker", *args],
                               capture_output=True, text=True, timeout=60)

@@ -231,6 +231,10 @@ async def test_settings_modal_and_code_block_copy(smollm2: Path, tmp_path: Path,
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, SettingsScreen)
         assert any("is not HOST:PORT" in m for m in notifications(app))
+        dialog.query_one("#set-rpc").value = "x:²"  # a digit to str.isdigit, not to int(): the usual words
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, SettingsScreen)
+        assert any("worker 'x:²': the port must be a number from 1 to 65535" in m for m in notifications(app))
         assert app.services.rpc == ()
         dialog.query_one("#set-rpc").value = ""
         # A value out of range is refused by the settings themselves, told by its label; nothing changes.
