@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.processes import restore_ctrl_c
+
 REQUIRE_ENV = "FITCHAT_REQUIRE_RPC"
 
 
@@ -75,21 +77,28 @@ class Worker:
             shutil.rmtree(self.own_cache, ignore_errors=True)
 
 
-def start_worker(*args: str, port: int | None = None, timeout: float = 30.0, data_limit: int | None = None) -> Worker:
-    """Start ``fitchat worker`` (one thread, its own cache) and wait for its ready line.
+def _prepare_child(data_limit: int | None) -> None:
+    restore_ctrl_c()
+    if data_limit is not None:
+        resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
+
+
+def start_worker(*args: str, port: int | None = None, timeout: float = 30.0, data_limit: int | None = None,
+                 cache: bool = True) -> Worker:
+    """Start ``fitchat worker`` (one thread; with ``cache``, a tensor cache of its own) and wait for its ready line.
 
     ``data_limit``: the worker's RLIMIT_DATA, so it claims all the RAM (the CPU device's free memory) but
     cannot allocate past the limit: a worker with less memory than it offers.
     """
     port = port or free_port()
     own_cache = None
-    if "--cache" not in args:
+    if cache and "--cache" not in args:
         own_cache = tempfile.mkdtemp(prefix="fitchat-worker-cache-")
         args = (*args, "--cache", own_cache)
     proc = subprocess.Popen(
         [sys.executable, "-m", "fitchat", "worker", "--port", str(port), "--threads", "1", *args],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        preexec_fn=None if data_limit is None else (lambda: resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))),
+        preexec_fn=lambda: _prepare_child(data_limit),
     )
     worker = Worker(port, proc, own_cache=own_cache)
     first = threading.Event()

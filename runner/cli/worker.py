@@ -55,9 +55,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", action="append", default=[], metavar="D",
                    help="a device to lend, as llama.cpp names it (CPU, CUDA0, Metal …); repeat for more "
                    "(default: every GPU, else the CPU)")
-    p.add_argument("--cache", default=None, metavar="DIR",
-                   help="where the worker keeps the tensors it was sent, so a reload sends less "
-                   "(default: fitchat's cache folder, rpc/)")
+    p.add_argument("--cache", nargs="?", const="", default=None, metavar="DIR",
+                   help="keep the tensors the worker is sent, so a reload sends less; in DIR, or fitchat's cache "
+                   "folder (rpc/) without one. Off by default, as in llama.cpp's rpc-server: the cache grows with "
+                   "every model sent, and anyone who can reach the worker can fill it")
     p.set_defaults(func=run)
 
 
@@ -101,11 +102,13 @@ def run(args: argparse.Namespace) -> int:
     host = endpoint.rpartition(":")[0]
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         raise FitchatError(f"--threads must be from 1 to {MAX_THREADS}")
-    cache = os.path.abspath(args.cache) if args.cache else str(cache_dir() / "rpc")
-    try:
-        os.makedirs(cache, exist_ok=True)
-    except OSError as exc:
-        raise FitchatError(f"cannot use {cache} as the worker's cache: {exc.strerror or exc}") from None
+    cache: str | None = None
+    if args.cache is not None:
+        cache = os.path.abspath(args.cache) if args.cache else str(cache_dir() / "rpc")
+        try:
+            os.makedirs(cache, exist_ok=True)
+        except OSError as exc:
+            raise FitchatError(f"cannot use {cache} as the worker's cache: {exc.strerror or exc}") from None
     if not _loopback(host):
         print(WARNING.format(host=host, port=args.port), file=sys.stderr, flush=True)
     # A port in use: say so in one line (llama.cpp would only print "Failed to create server socket").

@@ -30,6 +30,7 @@ from fitchat.llama.engine import ChatEngine, ChatTemplateError, SamplingSettings
 from tests import REPO_ROOT
 from tests.cli.test_chat import REPL_ARGS
 from tests.gguf_factory import kv_str
+from tests.processes import restore_ctrl_c
 
 ROOT = REPO_ROOT
 FAST = ["--threads", "1", "--temp", "0", "--seed", "1", "--ctx", "1024"]
@@ -292,7 +293,7 @@ HUNG_REPLY = textwrap.dedent(
 def test_a_second_ctrl_c_ends_a_reply_that_does_not_stop(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-c", HUNG_REPLY], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, text=True, cwd=tmp_path)
+                            env=env, text=True, cwd=tmp_path, preexec_fn=restore_ctrl_c)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 
+from fitchat.paths import cache_dir
 from tests.rpc_support import free_port, start_worker
 
 
 def test_worker_says_it_is_ready_and_ctrl_c_ends_it(rpc_build: None) -> None:
-    worker = start_worker()
+    worker = start_worker(cache=False)
     try:
         line = worker.ready_line
         assert line.startswith(f"listening on {worker.endpoint}: lending CPU "), line
@@ -23,6 +24,7 @@ def test_worker_says_it_is_ready_and_ctrl_c_ends_it(rpc_build: None) -> None:
         assert worker.proc.wait(10) == 0
         time.sleep(0.2)
         assert f"worker on {worker.endpoint} stopped" in worker.lines
+        assert not (cache_dir() / "rpc").exists()  # no tensor cache unless --cache asks for one
     finally:
         worker.kill()
 

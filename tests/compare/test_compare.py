@@ -21,6 +21,7 @@ from fitchat.compare import run as C
 from fitchat.compare import worker
 from fitchat.errors import Cancelled
 from tests.models import place_in_hf_cache
+from tests.processes import restore_ctrl_c
 
 CTX = 128
 PROBES = C.ProbeSet(seed=0, arithmetic=2, needle_depths=(0.5,), speed_tokens=64)
@@ -282,7 +283,7 @@ def test_ctrl_c_cancels_the_cli_and_keeps_nothing_partial(smollm2_variants: dict
     proc = subprocess.Popen(
         [sys.executable, "-m", "fitchat", "compare", str(smollm2_variants["Q8_0"]), str(smollm2_variants["Q4_K_M"]),
          "--ctx", "64", "--budget", "4096", "--arithmetic", "0", "--needle-depths", "none"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ), preexec_fn=restore_ctrl_c,
     )
     try:
         deadline = time.monotonic() + 120

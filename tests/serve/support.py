@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.processes import restore_ctrl_c
+
 READY = re.compile(r"serving (\S+) on (http://\S+/v1)")
 
 
@@ -31,7 +33,7 @@ class ServeProcess:
         environ.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fitchat", "serve", str(model), "--port", "0", "--threads", "1", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ, preexec_fn=restore_ctrl_c,
         )
         self.stderr: list[str] = []
         threading.Thread(target=self._drain_stderr, daemon=True).start()
