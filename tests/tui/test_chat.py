@@ -334,6 +334,8 @@ async def test_worker_lost_mid_reply_keeps_the_chat_and_reloads_without_it(
             doomed.kill()
             await wait_for(pilot, lambda: not screen.generating, timeout=30, what="the reply to end")
             assert app.is_running and app.screen is screen
+            # Which worker went is found off the UI thread (each probe may wait for a timeout), then said.
+            await wait_for(pilot, lambda: bool(notifications(app, "error")), timeout=10, what="the worker-lost notice")
             lost = notifications(app, "error")
             assert len(lost) == 1 and f"worker {doomed.endpoint} stopped answering" in lost[0], lost
             assert "ctrl+l" in lost[0] and "\n" not in lost[0]

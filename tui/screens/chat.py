@@ -266,20 +266,34 @@ class ChatScreen(Guarded, Screen[None]):
         if self.app.services.serving_status().serving:
             self.stop_serving()
         self.status.set_state("engine stopped · ctrl+l reloads the model")
-        services = self.app.services
-        if services.rpc:
-            from fitchat.llama.rpc import lost_message, unreachable
+        if self.app.services.rpc:
+            self._find_lost_workers(tuple(self.app.services.rpc), str(exc))  # probing takes time: not on the UI thread
+            return
+        self._say_engine_stopped(str(exc))
 
-            gone = unreachable(services.rpc, timeout_s=0.5)
-            if gone:
-                # The reload goes without them: the workers still up and this machine.
-                services.set_workers(tuple(w for w in services.rpc if w not in gone))
-                self.notify(f"{lost_message(gone)}. Press ctrl+l to reload the model without "
-                            f"{'it' if len(gone) == 1 else 'them'} (the conversation stays).",
-                            title="Worker lost", severity="error", timeout=20, markup=False)
-                return
-        self.notify(f"{exc}. Press ctrl+l to reload the model.", title="Engine stopped", severity="error",
+    def _say_engine_stopped(self, reason: str) -> None:
+        self.notify(f"{reason}. Press ctrl+l to reload the model.", title="Engine stopped", severity="error",
                     timeout=20, markup=False)
+
+    @work(thread=True, group="lost-workers", exit_on_error=False)
+    def _find_lost_workers(self, workers: tuple[str, ...], reason: str) -> None:
+        """Which of the engine's workers stopped answering; the reload then goes without them."""
+        from fitchat.llama.rpc import unreachable
+
+        gone = unreachable(workers, timeout_s=0.5)
+        self.app.call_from_thread(self._report_lost_workers, workers, gone, reason)
+
+    def _report_lost_workers(self, workers: tuple[str, ...], gone: list[str], reason: str) -> None:
+        from fitchat.llama.rpc import lost_message
+
+        if not gone:
+            self._say_engine_stopped(reason)
+            return
+        # The reload goes without them: the workers still up and this machine.
+        self.app.services.set_workers(tuple(w for w in workers if w not in gone))
+        self.notify(f"{lost_message(gone)}. Press ctrl+l to reload the model without "
+                    f"{'it' if len(gone) == 1 else 'them'} (the conversation stays).",
+                    title="Worker lost", severity="error", timeout=20, markup=False)
 
     def action_reload_model(self) -> None:
         """Load the model on screen again (the way back after its engine stopped)."""
