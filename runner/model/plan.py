@@ -289,6 +289,9 @@ def plan_model(
     """
     b = _budget(hw, margin_bytes)
     if hw.rpc:
+        if moe_cpu_layers:
+            raise FitchatError("--cpu-moe cannot be combined with --rpc workers yet: the split over workers keeps "
+                               "each layer's experts with the layer; drop one of the two")
         local = len(hw.gpu_budgets())
         if len(hw.rpc) + local > MAX_DEVICES:
             raise FitchatError(f"the workers lend {len(hw.rpc)} devices and this machine offloads to {local}: "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fitchat.errors import FitchatError
 from fitchat.hub.remote import fit_remote_repo
 from fitchat.model.estimate import DEFAULT_SETTINGS, LoadSettings, estimate
 from fitchat.model.gguf_spec import ModelSpec, read_spec
@@ -299,6 +300,9 @@ def test_split_over_workers_in_proportion_to_their_memory(specs: dict[str, Model
     assert layers[1] < layers[2]  # the worker with more memory takes more layers
     assert plan.rpc_endpoints == ("10.0.0.2:50052", "10.0.0.3:50052")
     assert "31 of 31 layers on 2 device(s)" in plan.reason
+    # Experts in RAM are not planned across workers: asking for both is one line, not a plan the load would betray.
+    with pytest.raises(FitchatError, match="--cpu-moe cannot be combined with --rpc"):
+        plan_model(spec, hw, CTX, moe_cpu_layers=4)
 
 
 def test_what_no_worker_can_hold_stays_on_the_cpu_and_is_explained(specs: dict[str, ModelSpec]) -> None:
