@@ -229,6 +229,11 @@ class Services:
         """
         from fitchat.model.measure import measure, measure_header
 
+        if any(d.endpoint for d in plan.devices):  # a dry run here would be set against a split's estimate
+            from fitchat.errors import FitchatError
+
+            raise FitchatError("measuring runs llama.cpp on this machine alone, not over RPC workers; "
+                               "clear the workers in the chat settings (F2) to measure")
         if local_path is not None:
             on_stage("llama.cpp dry run on the file on disk")
             return measure(local_path, plan.context, plan.settings, mode="dry_run", gpu_layers=plan.gpu_layers,

@@ -202,7 +202,7 @@ def _resolve(ref: str) -> _Model:
 
 
 def _load(model: _Model, args: argparse.Namespace, rpc: Any = None) -> Any:
-    from fitchat.llama.planned import plan_load
+    from fitchat.llama.planned import engine_moe, plan_load
     from fitchat.llama.process import ProcessEngine
 
     workers = tuple(args.rpc if rpc is None else rpc)
@@ -212,7 +212,7 @@ def _load(model: _Model, args: argparse.Namespace, rpc: Any = None) -> Any:
     # The model runs in its own process: a crash in llama.cpp is one line and exit status 1, not fitchat's end.
     return ProcessEngine.load(
         model.path, plan=plan, n_ctx=args.ctx, n_threads=args.threads, gpu_layers=args.gpu_layers, on_notice=notice,
-        moe_cpu_layers=args.cpu_moe,
+        moe_cpu_layers=engine_moe(plan, args.cpu_moe),
     )
 
 

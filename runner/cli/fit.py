@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from fitchat.model.hardware import detect_hardware
     from fitchat.model.plan import plan_hardware, plan_variants
 
+    if args.rpc and args.measure:  # its figures would be this machine's alone, set against a split's estimate
+        raise BadOption("--measure runs llama.cpp on this machine alone, not over --rpc workers; drop one of the two")
     ctx = args.ctx or DEFAULT_CTX
     settings = settings_from_args(args)
     kind, what = resolve_source(args.source)

@@ -41,6 +41,12 @@ def plan_load(path: str | Path, name: str, *, ctx: int | None = None, settings: 
     return plan
 
 
+def engine_moe(plan: Plan, moe_cpu_layers: int | None) -> int | None:
+    """The ``--cpu-moe`` count the engine loads with beside ``plan``: none for a model without experts (the plan
+    says 0 there; the count would be reported as experts in RAM and add a fallback rung that loads the same)."""
+    return moe_cpu_layers if plan.spec.n_expert else None
+
+
 def load_planned(path: str | Path, name: str, *, ctx: int | None = None, settings: Any = None,
                  n_threads: int | None = None, gpu_layers: int | None = None,
                  on_notice: Notice | None = None, moe_cpu_layers: int | None = None,
@@ -55,4 +61,4 @@ def load_planned(path: str | Path, name: str, *, ctx: int | None = None, setting
     plan = plan_load(path, name, ctx=ctx, settings=settings, gpu_layers=gpu_layers, moe_cpu_layers=moe_cpu_layers,
                      rpc=rpc)
     return ProcessEngine.load(path, plan=plan, n_ctx=ctx, n_threads=n_threads, gpu_layers=gpu_layers,
-                              on_notice=on_notice, moe_cpu_layers=moe_cpu_layers)
+                              on_notice=on_notice, moe_cpu_layers=engine_moe(plan, moe_cpu_layers))

@@ -313,7 +313,7 @@ def plan_model(
         ram_budget_bytes=b.ram,
         margin_bytes=b.margin,
         full_gpu_bytes=full.gpu_bytes if full else 0,
-        devices=_local_devices(spec, hw, ctx, settings, gpu_layers, margin_bytes),
+        devices=_local_devices(spec, hw, ctx, settings, gpu_layers, margin_bytes, est),
     )
     plan = dataclasses.replace(plan, reason=explain(plan, hw))
     if verdict != "full_gpu":
@@ -336,10 +336,18 @@ def _local_targets(hw: HardwareInfo, margin_bytes: int | None) -> list[Target]:
 
 
 def _local_devices(spec: ModelSpec, hw: HardwareInfo, ctx: int, settings: LoadSettings, gpu_layers: int,
-                   margin_bytes: int | None) -> tuple[PlanDevice, ...]:
+                   margin_bytes: int | None, est: Estimate) -> tuple[PlanDevice, ...]:
     """The devices of a plan on this machine alone: ``gpu_layers`` over the GPUs as llama.cpp spreads them
-    by default (in proportion to free memory), the rest on the CPU."""
+    by default (in proportion to free memory), the rest on the CPU.
+
+    With one GPU at most the bytes are the plan's estimate itself (which also knows MoE experts kept in RAM
+    and CUDA's host buffer); the split over several GPUs keeps each layer's experts with the layer."""
     targets = _local_targets(hw, margin_bytes)
+    if len(targets) <= 1:
+        n_units = spec.n_layers + 1
+        g = n_units if gpu_layers < 0 else min(gpu_layers, n_units)
+        cpu = PlanDevice(CPU, n_units - g, est.cpu_bytes)
+        return (cpu,) + tuple(PlanDevice(t.name, g, est.gpu_bytes, "", t.index) for t in targets)
     frees = [free for free, _ in _gpu_devices(hw)]
     _, counts = assign_units(spec.n_layers + 1, gpu_layers, frees)
     return describe(spec, ctx, settings, targets, counts, hw.cpu.isa or None)

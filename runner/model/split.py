@@ -128,7 +128,8 @@ def device_bytes(spec: ModelSpec, ctx: int, settings: LoadSettings, first: int, 
     layout = _layout(spec, _extra_buft_rules(None, False))
     kv = kv_layer_bytes(spec, ctx, settings)
     blocks = range(first, min(last, n_layers))
-    weights = sum(layout.get(f"blk.{i}", (0, 0, 0))[0] for i in blocks)
+    # A block's expert tensors are a group of their own (blk.N.exps): they move with the block here.
+    weights = sum(layout.get(g, (0, 0, 0))[0] for i in blocks for g in (f"blk.{i}", f"blk.{i}.exps"))
     kv_bytes = sum(kv[i] for i in blocks)
     stages = compute_stages(spec, ctx, settings)
     holds_output = last > n_layers
@@ -152,7 +153,8 @@ def cpu_share(spec: ModelSpec, ctx: int, settings: LoadSettings, offloaded: int,
 
 def _largest_cpu_matrix(spec: ModelSpec, cpu_units: int) -> int:
     layout = _layout(spec, _extra_buft_rules(None, False))
-    return max((layout.get(f"blk.{i}", (0, 0, 0))[2] for i in range(min(cpu_units, spec.n_layers))), default=0)
+    return max((layout.get(g, (0, 0, 0))[2] for i in range(min(cpu_units, spec.n_layers))
+                for g in (f"blk.{i}", f"blk.{i}.exps")), default=0)
 
 
 def describe(spec: ModelSpec, ctx: int, settings: LoadSettings, targets: Sequence[Target], counts: Sequence[int],

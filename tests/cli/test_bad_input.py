@@ -158,3 +158,9 @@ def test_fit_option_values_are_one_short_usage_line(capsys: pytest.CaptureFixtur
 def test_chat_and_serve_refuse_a_cpu_moe_beyond_any_model(capsys: pytest.CaptureFixture[str], command: str) -> None:
     rc, err = _run(capsys, command, "some/model", "--cpu-moe", "99999999999")
     assert rc == 2 and "more layers than any model has" in err
+
+
+def test_fit_measure_with_workers_is_one_usage_line(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err = _run(capsys, "fit", "some/model", "--rpc", "127.0.0.1:50052", "--measure")
+    assert rc == 2 and "--measure runs llama.cpp on this machine alone, not over --rpc workers" in err
+    assert len(err.strip().splitlines()) == 1, err

@@ -53,6 +53,16 @@ def test_json(smollm2: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert s["ttft_s"] > 0 and s["decode_tokens_per_s"] > 0 and s["prompt_tokens_per_s"] > 0
 
 
+def test_cpu_moe_on_a_dense_model_keeps_no_experts_in_ram(smollm2: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["chat", str(smollm2), "-p", "Hi.", "--json", "--ctx", "512", "--max-tokens", "4", "--cpu-moe", "4",
+               *FAST])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    s = json.loads(out)["stats"]
+    assert s["moe_cpu_layers"] == 0 and s["completion_tokens"] > 0  # SmolLM2 has no experts to keep in RAM
+    assert "retrying" not in err
+
+
 def test_prompt_on_stdin_and_system_prompt(smollm2: Path, capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("What is 2 + 2?\n"))

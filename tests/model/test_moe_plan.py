@@ -205,3 +205,21 @@ def test_on_a_cuda_machine_experts_in_ram_keep_no_repacked_copy(q4: ModelSpec) -
     plan = plan_model(q4, gpu_machine((8 * GiB, 8 * GiB), ram=16 * GiB))
     assert plan.verdict == "partial_gpu" and plan.gpu_layers == 49 and plan.moe_cpu_layers > 0
     assert plan.estimate.repack_bytes == 0 and plan.estimate.cpu_bytes <= plan.ram_budget_bytes
+
+
+def test_the_plans_devices_hold_the_experts_where_the_estimate_puts_them(q4: ModelSpec) -> None:
+    """``fit --json``'s per-device bytes: the experts count on the GPU when they are there, in RAM when kept there,
+    and a split over devices carries each block's experts with the block."""
+    from fitchat.model.split import device_bytes
+
+    kinds = []
+    for gpu in (40 * GiB, 8 * GiB, 2 * GiB):  # all on the GPU, experts in RAM, a split with every expert in RAM
+        plan = plan_model(q4, gpu_machine((gpu, gpu), ram=64 * GiB), 4096)
+        kinds.append((plan.verdict, plan.moe_cpu_layers > 0, plan.gpu_layers == plan.n_layers))
+        devices = {d.name: d for d in plan.devices}
+        assert sum(d.layers for d in plan.devices) == plan.n_layers
+        assert devices["CPU"].bytes == plan.estimate.cpu_bytes
+        assert sum(d.bytes for n, d in devices.items() if n != "CPU") == plan.estimate.gpu_bytes
+    assert kinds == [("full_gpu", False, True), ("partial_gpu", True, True), ("partial_gpu", True, False)]
+    every_block = device_bytes(q4, 4096, plan.settings, 0, q4.n_layers + 1)
+    assert every_block > expert_bytes(q4, range(q4.n_layers)) > 10 * GiB

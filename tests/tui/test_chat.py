@@ -350,3 +350,27 @@ async def test_worker_lost_mid_reply_keeps_the_chat_and_reloads_without_it(
     finally:
         keep.stop()
         doomed.kill()
+
+
+async def test_a_worker_not_running_at_load_is_one_line_not_a_load_without_it(
+    rpc_build: None, smollm2: Path, tmp_path: Path, unreachable_endpoint: str
+) -> None:
+    from tests.rpc_support import free_port
+
+    link_starter(smollm2)
+    app = make_app(tmp_path, unreachable_endpoint)
+    missing = f"127.0.0.1:{free_port()}"
+    app.services.set_workers((missing,))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query(LocalModels) and app.screen.query_one(LocalModels).row_count == 1,
+                       what="the model on disk")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat screen")
+        screen = app.screen
+        await wait_for(pilot, lambda: any(missing in m for m in notifications(app, "error")), timeout=30,
+                       what="the line naming the worker")
+        await pilot.pause(0.5)
+        assert screen.engine is None  # no load on this machine alone, behind the user's back
+        assert screen.status.state == "no model"
+        lines = [m for m in notifications(app, "error") if missing in m]
+        assert all("\n" not in m for m in lines), lines

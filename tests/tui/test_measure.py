@@ -5,10 +5,15 @@ SmolLM2 variants; the machine is a fixed CPU-only HardwareInfo, like this build.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
+from fitchat.errors import FitchatError
 from fitchat.hub.store import list_local
+from fitchat.model.split import PlanDevice
 from fitchat.tui.screens.model import ModelScreen
 from fitchat.tui.services import Services
 from fitchat.tui.widgets.measure_panel import MeasurePanel
@@ -107,3 +112,13 @@ async def test_a_hub_failure_is_one_line_in_the_panel(hub, smollm2_variants) -> 
         await pilot.press("m")
         await wait_for(pilot, lambda: screen.measuring is None and "tolerance" in panel_text(screen), timeout=60,
                        what="the measurement after the Hub came back")
+
+
+def test_a_plan_split_over_workers_is_not_measured_here(smollm2) -> None:
+    services = Services(hardware=cpu_machine(), endpoint="http://127.0.0.1:9", n_threads=1)
+    plan = services.local_plan(smollm2, cpu_machine(), 2048)
+    split = dataclasses.replace(plan, devices=(PlanDevice("CPU", 0, 1), PlanDevice("RPC0[127.0.0.1:50052]", 31, 1,
+                                                                                  "127.0.0.1:50052")))
+    with pytest.raises(FitchatError, match="this machine alone, not over RPC workers"):
+        services.measure_variant(split, repo=None, local_path=smollm2)
+    assert services.measure_variant(plan, repo=None, local_path=smollm2).compute_bytes > 0  # the plan of this machine

@@ -228,7 +228,10 @@ class ChatScreen(Guarded, Screen[None]):
         ctx = self.context or services.default_ctx()
         try:
             plan = services.local_plan(model.path, hw, ctx)
-        except Exception:  # noqa: BLE001 - without a plan the engine picks its own settings
+        except Exception as exc:  # noqa: BLE001 - without a plan the engine picks its own settings
+            if services.rpc:  # ... but would leave the workers out: a worker not answering is the user's to know
+                self.app.call_from_thread(self._load_failed, exc)
+                return
             plan = None
         if getattr(self.app, "sampling", None) is None:
             try:
