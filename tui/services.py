@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -44,6 +45,9 @@ LLAMA_THREAD = "fitchat-llama"
 LLAMA_NICENESS = 3
 
 
+#: How long a failed query of the workers is said again instead of asked again (seconds).
+WORKER_FAILURE_KEPT_S = 15.0
+
 @dataclass
 class Services:
     """Calls into the core. ``hardware``, when given, replaces detection (planning for another machine)."""
@@ -64,6 +68,9 @@ class Services:
     #: ``fitchat worker``\s a chat's model is split over (``--rpc``; the chat settings dialog sets them).
     rpc: tuple[str, ...] = ()
     _rpc_devices: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
+    #: The last failed query of the workers and when (time.monotonic): said again for a while, not asked again.
+    _rpc_failure: tuple[float, Exception] | None = field(default=None, init=False, repr=False)
+    _rpc_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _history: History | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _llama: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
@@ -138,7 +145,7 @@ class Services:
     def set_workers(self, endpoints: tuple[str, ...]) -> None:
         """Use these workers for the next load (their devices are asked once, at the next plan)."""
         with self._lock:
-            self.rpc, self._rpc_devices = tuple(endpoints), None
+            self.rpc, self._rpc_devices, self._rpc_failure = tuple(endpoints), None, None
 
     def with_workers(self, hw: HardwareInfo) -> HardwareInfo:
         """``hw`` with the workers' devices (asked once per set of workers: a worker serves one client at a
@@ -149,9 +156,17 @@ class Services:
 
         from fitchat.llama.rpc import query_workers
 
-        if self._rpc_devices is None:
-            self._rpc_devices = query_workers(self.rpc)
-        return dataclasses.replace(hw, rpc=self._rpc_devices)
+        with self._rpc_lock:  # one query at a time: the home screen and a chat may plan at once
+            if self._rpc_devices is None:
+                failed = self._rpc_failure
+                if failed is not None and time.monotonic() - failed[0] < WORKER_FAILURE_KEPT_S:
+                    raise failed[1]  # a worker that is down costs one timeout, not one per model row
+                try:
+                    self._rpc_devices = query_workers(self.rpc)
+                except Exception as exc:
+                    self._rpc_failure = (time.monotonic(), exc)
+                    raise
+            return dataclasses.replace(hw, rpc=self._rpc_devices)
 
     def default_ctx(self) -> int:
         """The context length plans start from."""

@@ -78,3 +78,25 @@ def test_the_engine_process_and_its_openmp_threads_yield_to_the_ui(smollm2: Path
     assert engine.pid != os.getpid() and len(in_engine) >= 3
     assert all(nice == before[ui] + LLAMA_NICENESS for nice in in_engine.values())
     assert after[ui] == before[ui]  # the UI keeps its priority
+
+
+def test_a_worker_that_is_down_is_asked_once_not_once_per_plan(rpc_build: None) -> None:
+    """The home screen plans every model row: a worker that is down must cost one probe, then the same one line."""
+    import time
+
+    from fitchat.errors import FitchatError
+    from tests.rpc_support import free_port
+
+    services = Services(hardware=cpu_machine(), n_threads=1)
+    services.set_workers((f"127.0.0.1:{free_port()}",))  # nothing listens there
+    with pytest.raises(FitchatError) as first:
+        services.with_workers(cpu_machine())
+    t0 = time.monotonic()
+    for _ in range(20):
+        with pytest.raises(FitchatError) as again:
+            services.with_workers(cpu_machine())
+        assert str(again.value) == str(first.value)
+    assert time.monotonic() - t0 < 0.5
+    # Setting the workers again asks again (say, once the worker has been started).
+    services.set_workers(services.rpc)
+    assert services._rpc_failure is None
