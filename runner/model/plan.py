@@ -391,7 +391,7 @@ def _plan_split(spec: ModelSpec, hw: HardwareInfo, ctx: int, settings: LoadSetti
                 gpu_budget_bytes=sum(t.budget for t in targets), ram_budget_bytes=b.ram,
                 margin_bytes=max([b.margin, *margins]),
                 full_gpu_bytes=off_bytes, devices=devices)
-    return dataclasses.replace(plan, reason=explain(plan, hw))
+    return dataclasses.replace(plan, reason=explain_split(plan, hw, margin_bytes))
 
 
 def split_label(devices: Sequence[PlanDevice]) -> str:
@@ -399,9 +399,10 @@ def split_label(devices: Sequence[PlanDevice]) -> str:
     return ", ".join(f"{d.name} {d.layers}" for d in devices)
 
 
-def explain_split(plan: Plan, hw: HardwareInfo) -> str:
-    """Why this split, in one clause: where the layers go, and what did not fit where."""
-    targets = _rpc_targets(hw, None) + _local_targets(hw, None)
+def explain_split(plan: Plan, hw: HardwareInfo, margin_bytes: int | None = None) -> str:
+    """Why this split, in one clause: where the layers go, and what did not fit where (``margin_bytes``: the
+    ``--margin`` the plan was made with; None, the default margin per device)."""
+    targets = _rpc_targets(hw, margin_bytes) + _local_targets(hw, margin_bytes)
     c = ctx_label(plan.context)
     cpu = plan.devices[0]
     text = f"{plan.gpu_layers} of {plan.n_layers} layers on {len(targets)} device(s) at {c} context ({split_label(plan.devices)})"

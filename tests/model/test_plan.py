@@ -322,6 +322,10 @@ def test_what_no_worker_can_hold_stays_on_the_cpu_and_is_explained(specs: dict[s
     for d in (a, b):
         assert d.bytes <= room
     assert f"{cpu.layers} stay on the CPU because" in plan.reason and "no room for more" in plan.reason
+    assert a.name in plan.reason and b.name in plan.reason
+    # With --margin the explanation counts that margin: workers this big, keeping 64 MiB, have room for every layer.
+    roomy = plan_model(spec, hw, CTX, margin_bytes=64 * 1024**2)
+    assert roomy.devices[0].layers == 0 and "stay on the CPU" not in roomy.reason
     # The CPU's share has to fit in RAM too.
     tiny_ram = dataclasses.replace(plan_hardware(cpu_machine(), ram=600 * MiB), rpc=hw.rpc)
     too_big = plan_model(spec, tiny_ram, CTX)
