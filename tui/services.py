@@ -198,10 +198,11 @@ class Services:
             return False
 
     def remote_plans(self, repo: str, hw: HardwareInfo, ctx: int) -> list[Plan]:
-        """Every GGUF variant of ``repo`` planned at ``ctx`` (headers read remotely)."""
+        """Every GGUF variant of ``repo`` planned at ``ctx`` (headers read remotely; split over the workers, when
+        some are set, as a file on disk is)."""
         from fitchat.hub.remote import fit_remote_repo
 
-        return list(fit_remote_repo(repo, hw, ctx, endpoint=self.endpoint, token=self.token))
+        return list(fit_remote_repo(repo, self.with_workers(hw), ctx, endpoint=self.endpoint, token=self.token))
 
     def recommend_first_model(self, hw: HardwareInfo, ctx: int) -> Recommendation | None:
         """The catalog model to suggest when nothing is on disk (a Recommendation), or None."""
@@ -212,10 +213,10 @@ class Services:
         )
 
     def replan(self, specs: list[ModelSpec], hw: HardwareInfo, ctx: int) -> list[Plan]:
-        """Plan already-read specs at another context (no network)."""
+        """Plan already-read specs at another context (no network beyond the workers, asked once)."""
         from fitchat.model.plan import plan_variants
 
-        return list(plan_variants(specs, hw, ctx, self.load_settings()))
+        return list(plan_variants(specs, self.with_workers(hw), ctx, self.load_settings()))
 
     def pull(
         self,

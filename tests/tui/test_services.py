@@ -97,6 +97,12 @@ def test_a_worker_that_is_down_is_asked_once_not_once_per_plan(rpc_build: None) 
             services.with_workers(cpu_machine())
         assert str(again.value) == str(first.value)
     assert time.monotonic() - t0 < 0.5
+    # A Hub model and a new context are planned with the workers too, as a file on disk is: the same line.
+    with pytest.raises(FitchatError) as remote:
+        services.remote_plans("org/model", cpu_machine(), 4096)
+    with pytest.raises(FitchatError) as replanned:
+        services.replan([], cpu_machine(), 8192)
+    assert str(remote.value) == str(replanned.value) == str(first.value)
     # Setting the workers again asks again (say, once the worker has been started).
     services.set_workers(services.rpc)
     assert services._rpc_failure is None
