@@ -21,6 +21,7 @@ llama.cpp does by default), no device above what it can hold; what none can hold
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ from fitchat.model.estimate import (
     effective_batches,
     estimate,
     kv_layer_bytes,
+    pad,
+    recurrent_layer_bytes,
 )
 from fitchat.model.gguf_spec import ModelSpec
 
@@ -62,8 +65,6 @@ def pipeline_inputs(spec: ModelSpec, ctx: int, settings: LoadSettings) -> tuple[
     Measured on llama.cpp 0.3.36 over two RPC workers (SmolLM2, ctx 1k to 16k, flash attention on and off):
     the mask term is exact; the hidden-state term, five of ``4·ub·n_embd``, is fitted.
     """
-    from fitchat.model.estimate import pad
-
     _, ub = effective_batches(ctx, settings)
     n_kv = pad(max(ctx, 1))
     masks = 2 if spec.sliding_window and any(spec.swa_layers) else 1
@@ -118,31 +119,50 @@ def assign_units(n_units: int, n_gpu_layers: int, weights: Sequence[float]) -> t
     return start, counts
 
 
+@dataclass(frozen=True)
+class _UnitCosts:
+    """What each unit of a model costs on an offload device at one context: worked out once per (spec, ctx,
+    settings), since a split weighs every device for every candidate count."""
+
+    block: tuple[int, ...]  # per block: weights (its expert tensors included), KV cache and recurrent state
+    output: int  # the output layer's weights (and the tied output's copy of token_embd)
+    compute_output: int  # the compute buffer of the device holding the output layer (the logits stage included)
+    compute_layers: int  # the compute buffer of the others (attention/feed-forward peak)
+    pipeline: int  # each device's copies of the inputs under pipeline parallelism
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_costs(spec: ModelSpec, ctx: int, settings: LoadSettings) -> _UnitCosts:
+    layout = _layout(spec, _extra_buft_rules(None, False))
+    kv = kv_layer_bytes(spec, ctx, settings)
+    rs = recurrent_layer_bytes(spec)  # like the KV cache, a layer's state lives with the layer
+    # A block's expert tensors are a group of their own (blk.N.exps): they move with the block here.
+    block = tuple(sum(layout.get(g, (0, 0, 0))[0] for g in (f"blk.{i}", f"blk.{i}.exps")) + kv[i] + rs[i]
+                  for i in range(spec.n_layers))
+    output = sum(layout.get(g, (0, 0, 0))[0] for g in ("output", "output_norm"))
+    if spec.tied_embeddings:
+        output += spec.tensor_bytes.get("token_embd", 0)
+    stages = compute_stages(spec, ctx, settings)
+    return _UnitCosts(block, output, max(stages.values()), max(stages["attention"], stages["ffn"]),
+                      pipeline_inputs(spec, ctx, settings)[0])
+
+
 def device_bytes(spec: ModelSpec, ctx: int, settings: LoadSettings, first: int, last: int, *,
                  largest_cpu_matrix: int = 0, pipeline: bool = False) -> int:
     """Bytes an offload device needs for units ``first`` to ``last - 1`` (unit ``n_layers`` = the output layer);
     ``pipeline``: under pipeline parallelism (:func:`pipelined`), with its copies of the inputs."""
     if last <= first:
         return 0
+    costs = _unit_costs(spec, ctx, settings)
     n_layers = spec.n_layers
-    layout = _layout(spec, _extra_buft_rules(None, False))
-    kv = kv_layer_bytes(spec, ctx, settings)
-    blocks = range(first, min(last, n_layers))
-    # A block's expert tensors are a group of their own (blk.N.exps): they move with the block here.
-    weights = sum(layout.get(g, (0, 0, 0))[0] for i in blocks for g in (f"blk.{i}", f"blk.{i}.exps"))
-    kv_bytes = sum(kv[i] for i in blocks)
-    stages = compute_stages(spec, ctx, settings)
-    holds_output = last > n_layers
-    if holds_output:
-        weights += sum(layout.get(g, (0, 0, 0))[0] for g in ("output", "output_norm"))
-        if spec.tied_embeddings:
-            weights += spec.tensor_bytes.get("token_embd", 0)
-        compute = max(stages.values())
+    total = sum(costs.block[first:min(last, n_layers)])
+    if last > n_layers:
+        total += costs.output + costs.compute_output
     else:
-        compute = max(stages["attention"], stages["ffn"])
+        total += costs.compute_layers
     if pipeline:
-        compute += pipeline_inputs(spec, ctx, settings)[0]
-    return weights + kv_bytes + compute + largest_cpu_matrix
+        total += costs.pipeline
+    return total + largest_cpu_matrix
 
 
 def cpu_share(spec: ModelSpec, ctx: int, settings: LoadSettings, offloaded: int,

@@ -330,3 +330,18 @@ def test_what_no_worker_can_hold_stays_on_the_cpu_and_is_explained(specs: dict[s
     tiny_ram = dataclasses.replace(plan_hardware(cpu_machine(), ram=600 * MiB), rpc=hw.rpc)
     too_big = plan_model(spec, tiny_ram, CTX)
     assert too_big.verdict == "too_big" and "of RAM is usable" in too_big.reason
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3moe", "mamba2", "granitehybrid", "lfm2"])
+def test_one_device_holding_every_unit_needs_what_a_full_offload_puts_on_the_gpu(name: str, tmp_path: Path) -> None:
+    """The split's per-device bytes and the estimate are one model: the recurrent state of Mamba-style and
+    hybrid layers, the experts and the output layer go with the device as they go to the GPU."""
+    from fitchat.model.estimate import DEFAULT_SETTINGS, estimate
+    from fitchat.model.split import device_bytes
+    from tests import arch_factory
+
+    spec = read_spec(arch_factory.small_model(name, tmp_path))
+    full = estimate(spec, 4096, DEFAULT_SETTINGS, gpu_layers=spec.n_layers + 1)
+    assert device_bytes(spec, 4096, DEFAULT_SETTINGS, 0, spec.n_layers + 1) == full.gpu_bytes
+    if name in ("mamba2", "granitehybrid", "lfm2"):
+        assert full.gpu_recurrent_bytes > 0
