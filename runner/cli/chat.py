@@ -375,9 +375,9 @@ def _one_shot(session: Any, prompt: str, args: argparse.Namespace) -> int:
         if out is not None:
             out.write("\n")  # after the reply so far; the error follows on stderr
             out.flush()
-        lost = worker_lost(exc, args.rpc)
-        if lost is not None:
-            raise lost from exc
+        gone = lost_workers(args.rpc)
+        if gone:
+            raise worker_lost(gone) from exc
         raise
     stats = session.last_stats
     if args.json:
@@ -396,17 +396,20 @@ def json_stats(stats: Any) -> dict[str, Any]:
     return out
 
 
-def worker_lost(exc: BaseException, workers: Any) -> Exception | None:
-    """When the engine died because a worker went away: one line naming it (None when no worker is gone)."""
-    from fitchat.errors import FitchatError
-
+def lost_workers(workers: Any) -> list[str]:
+    """After the engine died: the workers among ``workers`` that went away with it (probed once)."""
     if not workers:
-        return None
-    from fitchat.llama.rpc import lost_message, unreachable
+        return []
+    from fitchat.llama.rpc import unreachable
 
-    gone = unreachable(workers)
-    if not gone:
-        return None
+    return unreachable(workers)
+
+
+def worker_lost(gone: list[str]) -> Exception:
+    """The one line for an engine that died because the workers ``gone`` went away."""
+    from fitchat.errors import FitchatError
+    from fitchat.llama.rpc import lost_message
+
     return FitchatError(f"{lost_message(gone)} (restart 'fitchat worker' there, or chat without it)")
 
 
@@ -424,8 +427,13 @@ def format_stats(stats: Any) -> str:
         f"threads {stats.n_threads}/{stats.n_threads_batch}, GPU layers {stats.gpu_layers}"
         + (f", {_experts_words(stats.moe_cpu_layers)}" if stats.moe_cpu_layers else "")
         + (f", {stats.finish_reason}" if stats.finish_reason != "stop" else "")
-        + (", layers " + ", ".join(f"{name} {n}" for name, n in stats.devices if n) if len(stats.devices) > 1 else "")
+        + (f", {_layers_words(stats.devices)}" if len(stats.devices) > 1 else "")
     )
+
+
+def _layers_words(devices: Any) -> str:
+    """'layers RPC0[10.0.0.2:50052] 15, CPU 16': the devices holding layers (stats and the banner)."""
+    return "layers " + ", ".join(f"{name} {n}" for name, n in devices if n)
 
 
 def _experts_words(moe_cpu_layers: int) -> str:
@@ -457,7 +465,7 @@ class Repl:
         where = f"GPU layers {e.gpu_layers}" if e.gpu_layers else "CPU"
         devices = getattr(e, "devices", ())
         if any(name.startswith("RPC") for name, _ in devices):
-            where = "layers " + ", ".join(f"{name} {n}" for name, n in devices if n)
+            where = _layers_words(devices)
         if getattr(e, "moe_cpu_layers", 0):
             where += f", {_experts_words(e.moe_cpu_layers)}"
         self.say(
@@ -525,14 +533,14 @@ class Repl:
         except RenderCancelled:
             self.say("(stopped)")
             return
-        except EngineDied as exc:
+        except EngineDied:
             self.out.write("\n")  # the partial reply is saved; the error ends the command (one line, status 1)
             self.out.flush()
-            lost = worker_lost(exc, self.workers)
-            if lost is None or self.reload is None:
+            gone = lost_workers(self.workers)
+            if not gone or self.reload is None:
                 raise
-            self.say(f"fitchat: error: {printable(lost, 500, one_line=True)}")
-            self.offer_reload()
+            self.say(f"fitchat: error: {printable(worker_lost(gone), 500, one_line=True)}")
+            self.offer_reload(gone)
             return
         except FitchatError as exc:
             self.say(f"fitchat: error: {printable(exc, 500, one_line=True)}")
@@ -543,12 +551,12 @@ class Repl:
         if interrupted:
             self.say("(stopped)")
 
-    def offer_reload(self) -> None:
-        """After a worker was lost: offer to load the model again on what is left (the conversation stays)."""
+    def offer_reload(self, gone: list[str]) -> None:
+        """After the workers ``gone`` were lost: offer to load the model again on what is left (the conversation
+        stays)."""
         from fitchat.errors import FitchatError
-        from fitchat.llama.rpc import unreachable
 
-        left = tuple(w for w in self.workers if w not in unreachable(self.workers))
+        left = tuple(w for w in self.workers if w not in gone)
         where = f"the workers still up ({', '.join(left)}) and this machine" if left else "this machine alone"
         try:
             answer = self.read_line(f"Reload the model on {where}? The conversation is kept. [Y/n] ")
