@@ -55,6 +55,11 @@ def default_gpu_margin(device_bytes: int) -> int:
     return min(GiB, max(512 * MiB, device_bytes // 10))
 
 
+def gpu_margin(margin_bytes: int | None, device_bytes: int) -> int:
+    """The margin kept free on a device of ``device_bytes``: ``--margin`` when given, else the default."""
+    return margin_bytes if margin_bytes is not None else default_gpu_margin(device_bytes)
+
+
 def default_ram_margin(total_ram: int) -> int:
     """RAM kept free for the system when a model runs on the CPU."""
     return min(2 * GiB, max(512 * MiB, total_ram // 20))
@@ -184,7 +189,7 @@ def _budget(hw: HardwareInfo, margin_bytes: int | None) -> _Budget:
     ram = max(0, hw.ram.available_bytes - default_ram_margin(hw.ram.total_bytes))
     if not devices:
         return _Budget(None, 0, ram, 0, False)
-    margins = [margin_bytes if margin_bytes is not None else default_gpu_margin(total) for _, total in devices]
+    margins = [gpu_margin(margin_bytes, total) for _, total in devices]
     usable = sum(max(0, free - m) for (free, _), m in zip(devices, margins))
     return _Budget(usable, len(devices), ram, max(margins), hw.backend == "metal")
 
@@ -329,7 +334,7 @@ def _local_targets(hw: HardwareInfo, margin_bytes: int | None) -> list[Target]:
     names = [d.name for d in hw.llama_cpp.devices if d.kind in ("gpu", "igpu")]
     out = []
     for i, (free, total) in enumerate(_gpu_devices(hw)):
-        margin = margin_bytes if margin_bytes is not None else default_gpu_margin(total)
+        margin = gpu_margin(margin_bytes, total)
         name = names[i] if i < len(names) else ("Metal" if hw.backend == "metal" else f"CUDA{i}")
         out.append(Target(name, max(0, free - margin), "", i))
     return out
@@ -357,7 +362,7 @@ def _rpc_targets(hw: HardwareInfo, margin_bytes: int | None) -> list[Target]:
     """The workers' devices, before the local GPUs (llama.cpp puts RPC devices first)."""
     out = []
     for d in hw.rpc:
-        margin = margin_bytes if margin_bytes is not None else default_gpu_margin(d.total_bytes)
+        margin = gpu_margin(margin_bytes, d.total_bytes)
         out.append(Target(d.name, max(0, d.free_bytes - margin), d.endpoint, d.index))
     return out
 
@@ -376,7 +381,7 @@ def _plan_split(spec: ModelSpec, hw: HardwareInfo, ctx: int, settings: LoadSetti
     # Each device holds its own compute buffer: the compute figure is what is left of the total.
     est = dataclasses.replace(est, gpu_bytes=off_bytes, total_bytes=total,
                               compute_bytes=total - est.weights_bytes - est.kv_bytes - est.overhead_bytes)
-    margins = [margin_bytes if margin_bytes is not None else default_gpu_margin(d.total_bytes) for d in hw.rpc]
+    margins = [gpu_margin(margin_bytes, d.total_bytes) for d in hw.rpc]
     cpu_fits = est.cpu_bytes <= b.ram
     if not cpu_fits:
         verdict = "too_big"
