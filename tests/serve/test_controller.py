@@ -65,6 +65,8 @@ def test_serve_an_owned_engine_then_stop(engine: ProcessEngine) -> None:
         with pytest.raises(FitchatError, match="already serving"):
             controller.start(engine, "smol", port=0)
         assert ask(status.url or "").strip()
+        # The client has its reply a moment before the server's request ends (and leaves the in-flight count).
+        wait(lambda: controller.status().in_flight == 0, timeout=10)
         assert controller.status().served == 1 and controller.status().in_flight == 0
     finally:
         final = controller.stop()
@@ -112,6 +114,8 @@ def test_owner_and_api_take_turns(engine: ProcessEngine) -> None:
             assert mine and controller.status().served == 1  # its reply was over before the turn came
         api.join(60)
         assert len(answers) == 1 and answers[0].strip()
+        # The client has its reply a moment before the server's request ends (and leaves the in-flight count).
+        wait(lambda: controller.status().in_flight == 0, timeout=10)
         assert controller.status().served == 1 and controller.status().in_flight == 0
         assert ask(url).strip()  # the withdrawn turn left nothing holding the engine
     finally:
